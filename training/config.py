@@ -1,0 +1,278 @@
+"""The run config: one pydantic model, loaded from YAML, flattened to dotted keys.
+
+The dotted keys (``model.sharing.strength``) are at once the MLflow params and the Ray Tune
+search keys, so ``flatten``/``unflatten`` must round-trip exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config: one line naming the field and what is allowed."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    path: str = Field("workspace/synth/store.h5", description="Compact store (.h5) or Basset HDF5 file.")
+    tasks: Optional[list[Union[str, int]]] = Field(
+        None, description="Task subset by name or index; null = all tasks.")
+    batch_size: int = Field(128, ge=1, le=65536, description="Sequences per batch.")
+    use_tracks: bool = Field(True, description="Concatenate the store's extra tracks as input channels.")
+
+
+class ArchConfig(_Section):
+    conv_channels: list[int] = Field([300, 200, 200], min_length=1, description="Filters per conv layer.")
+    conv_widths: list[int] = Field([19, 11, 7], min_length=1, description="Kernel width per conv layer.")
+    pool: list[int] = Field([3, 4, 4], min_length=1, description="Max-pool width per conv layer (ceil mode).")
+    dense: list[int] = Field([1000, 1000], description="Units per dense layer.")
+    dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout after each dense layer.")
+
+    @model_validator(mode="after")
+    def _same_lengths(self):
+        n = len(self.conv_channels)
+        if len(self.conv_widths) != n or len(self.pool) != n:
+            raise ValueError(
+                f"conv_channels, conv_widths and pool must have the same length "
+                f"(got {n}, {len(self.conv_widths)}, {len(self.pool)})")
+        for name in ("conv_channels", "conv_widths", "pool", "dense"):
+            if any(v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} entries must be >= 1")
+        return self
+
+
+class SharingConfig(_Section):
+    shared_layers: int = Field(5, ge=0, description="First k trunk layers shared by all tasks; the rest are per-task towers.")
+    coupling: Literal["none", "l2", "trace_norm", "cross_stitch"] = Field(
+        "none", description="Soft coupling between towers.")
+    strength: float = Field(0.0, ge=0.0, description="Coupling strength lambda (l2, trace_norm).")
+    cross_stitch_self: float = Field(0.9, ge=0.0, le=1.0, description="Initial self weight of cross-stitch units.")
+    cross_stitch_lr: Optional[float] = Field(None, gt=0.0, description="Learning rate of cross-stitch units (null = optim.lr).")
+
+
+class ModelConfig(_Section):
+    family: Literal["cnn"] = Field("cnn", description="Model family.")
+    arch: ArchConfig = Field(default_factory=ArchConfig)
+    sharing: SharingConfig = Field(default_factory=SharingConfig)
+    width: float = Field(1.0, gt=0.0, le=4.0, description="Scale of tower layer widths (shared layers keep arch widths).")
+    backend: Literal["auto", "loop", "batched"] = Field("auto", description="How towers are computed.")
+
+    @model_validator(mode="after")
+    def _k_in_range(self):
+        n_layers = len(self.arch.conv_channels) + len(self.arch.dense)
+        if self.sharing.shared_layers > n_layers:
+            raise ValueError(
+                f"sharing.shared_layers must be between 0 and {n_layers} (the trunk's layer count), "
+                f"got {self.sharing.shared_layers}")
+        return self
+
+
+class InitConfig(_Section):
+    kind: Literal["random", "checkpoint", "from_hard", "from_single", "motifs"] = Field(
+        "random", description="How parameters start.")
+    checkpoint: Optional[str] = Field(None, description="Checkpoint file for checkpoint/from_hard/from_single.")
+    layers: Optional[list[str]] = Field(None, description="Layers to copy from the checkpoint (null = all that fit).")
+    task: Optional[Union[str, int]] = Field(None, description="from_single: the warm-start task whose tower seeds the trunk.")
+    motif_collection: str = Field("CORE", description="motifs: JASPAR collection.")
+    motif_tax_group: str = Field("vertebrates", description="motifs: JASPAR tax group.")
+
+    @model_validator(mode="after")
+    def _needs_checkpoint(self):
+        if self.kind in ("checkpoint", "from_hard", "from_single") and not self.checkpoint:
+            raise ValueError(f"checkpoint is required when kind is {self.kind}")
+        if self.kind == "from_single" and self.task is None:
+            raise ValueError("task is required when kind is from_single")
+        return self
+
+
+class WarmStartConfig(_Section):
+    task: Optional[Union[str, int]] = Field(None, description="Task trained alone first (null = no warm start).")
+    epochs: int = Field(0, ge=0, description="Epochs of warm start.")
+    until_plateau: bool = Field(False, description="End the warm start when the task's validation AUROC stops improving.")
+
+
+class ScheduleConfig(_Section):
+    order: Literal["joint", "task_per_epoch", "round_robin", "curriculum", "annealed"] = Field(
+        "joint", description="Which tasks count at each step.")
+    order_by: Literal["given", "prevalence", "baseline_auroc", "shuffle"] = Field(
+        "given", description="How tasks are ordered for task_per_epoch/round_robin/curriculum.")
+    order_list: Optional[list[Union[str, int]]] = Field(None, description="Explicit order for order_by=given.")
+    baseline_auroc: Optional[str] = Field(None, description="JSON/CSV file or MLflow run id with per-task AUROC.")
+    curriculum_epochs: Optional[list[int]] = Field(None, description="Epoch each task enters (null = evenly spread).")
+    anneal_floor: float = Field(0.0, ge=0.0, le=1.0, description="annealed: final alpha.")
+    warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
+    weighting: Literal["equal", "uncertainty", "gradnorm", "pcgrad"] = Field("equal", description="Task weighting.")
+    gradnorm_alpha: float = Field(1.5, ge=0.0, description="GradNorm restoring force.")
+
+
+class OptimConfig(_Section):
+    name: Literal["rmsprop", "adam", "adamw", "sgd"] = Field("rmsprop", description="Optimizer (Basset: RMSprop).")
+    lr: float = Field(0.002, gt=0.0, le=10.0, description="Learning rate.")
+    alpha: float = Field(0.98, gt=0.0, lt=1.0, description="RMSprop smoothing constant.")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD/RMSprop momentum.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
+    max_norm: Optional[float] = Field(7.0, gt=0.0, description="Max L2 norm per unit after each step (null = off).")
+    grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the gradient's global norm (null = off).")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, description="Maximum epochs.")
+    steps_per_epoch: Optional[int] = Field(None, ge=1, description="Cap on steps per epoch (null = whole split).")
+    patience: int = Field(3, ge=1, description="Early stopping: epochs without validation AUROC gain.")
+    seed: int = Field(0, ge=0, description="Seed of data order, init and dropout.")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$", description="cpu, cuda, cuda:N or auto.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only).")
+    compile: bool = Field(False, description="torch.compile the model.")
+    out_dir: str = Field("workspace/runs", description="Where run directories are written.")
+    eval_batch_size: int = Field(1024, ge=1, description="Batch size for evaluation.")
+
+
+class TrackingConfig(_Section):
+    enabled: bool = Field(False, description="Log to MLflow.")
+    uri: Optional[str] = Field(None, description="Tracking URI (null = MLFLOW_TRACKING_URI or the local SQLite store).")
+    experiment: str = Field("mtlsweep", min_length=1, description="Experiment (one per study).")
+
+
+class RunConfig(_Section):
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _cross_section(self):
+        ws = self.schedule.warm_start
+        if ws.task is not None and ws.epochs == 0 and not ws.until_plateau:
+            raise ValueError("schedule.warm_start.epochs must be >= 1 (or until_plateau true) when a warm-start task is set")
+        if self.schedule.weighting in ("pcgrad", "gradnorm") and self.model.sharing.shared_layers == 0:
+            raise ValueError(
+                f"schedule.weighting={self.schedule.weighting} needs shared parameters; "
+                "model.sharing.shared_layers is 0")
+        if self.schedule.order_by == "baseline_auroc" and not self.schedule.baseline_auroc:
+            raise ValueError("schedule.baseline_auroc is required when schedule.order_by is baseline_auroc")
+        if self.precision_needs_cuda():
+            raise ValueError("train.precision=bf16 needs train.device cuda")
+        return self
+
+    def precision_needs_cuda(self) -> bool:
+        return self.train.precision == "bf16" and self.train.device == "cpu"
+
+    # ---- dotted keys -------------------------------------------------------------------
+    def flatten(self) -> dict[str, Any]:
+        return flatten(self.model_dump(mode="json"))
+
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any], source: str = "config") -> "RunConfig":
+        return validate(unflatten(flat), source)
+
+    def with_overrides(self, overrides: dict[str, Any], source: str = "--set") -> "RunConfig":
+        flat = self.flatten()
+        for key, value in overrides.items():
+            if key not in flat and not _is_prefix_of_any(key, flat):
+                raise ConfigError(f"{source}: unknown key {key!r}; keys are the dotted fields of the config "
+                                  f"(e.g. model.sharing.strength)")
+            flat = {k: v for k, v in flat.items() if not (k == key or k.startswith(key + "."))}
+            flat[key] = value
+        return RunConfig.from_flat(flat, source)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+def _is_prefix_of_any(key: str, flat: dict) -> bool:
+    return any(k.startswith(key + ".") for k in flat)
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested dict -> {"a.b.c": leaf}. Lists and None are leaves."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for dotted, value in flat.items():
+        parts = dotted.split(".")
+        node = tree
+        for part in parts[:-1]:
+            nxt = node.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"key {dotted!r} conflicts with the leaf {part!r}")
+            node = nxt
+        node[parts[-1]] = value
+    return tree
+
+
+def _describe(err: dict) -> str:
+    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{loc}: unknown key"
+    if kind == "literal_error":
+        return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
+        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(ctx.values()))
+        return f"{loc}: must be {op} {bound}, got {got!r}"
+    if kind == "value_error":
+        msg = str(ctx.get("error", err["msg"]))
+        return f"{loc}: {msg}" if loc else msg
+    return f"{loc}: {err['msg'].lower()}, got {got!r}"
+
+
+def validate(tree: Any, source: str = "config") -> RunConfig:
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of sections "
+                          f"(data, model, init, schedule, optim, train, tracking)")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        parts = [_describe(e) for e in exc.errors()]
+        raise ConfigError(f"{source}: " + "; ".join(parts)) from None
+
+
+def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> RunConfig:
+    """Load a YAML config and apply ``key=value`` overrides (values parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        tree = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    cfg = validate(tree, str(path))
+    if overrides:
+        cfg = cfg.with_overrides(parse_overrides(overrides), f"{path} --set")
+    return cfg
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+    return out
