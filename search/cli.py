@@ -1,0 +1,164 @@
+"""The `mtlsweep` command line. Heavy imports happen inside each command so `--help` is instant."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Printed as one line, exit status 2, no traceback."""
+
+
+def _user_errors():
+    from data.errors import DataError
+    from training.config import ConfigError
+    return (UserError, DataError, ConfigError, FileNotFoundError, FileExistsError)
+
+
+# ---- data ----------------------------------------------------------------------------
+def cmd_data_synth(args) -> int:
+    from data.synthetic import spec_from_dict, write_synthetic
+    knobs = {k: v for k, v in {
+        "n_tasks": args.tasks, "n_groups": args.groups, "motifs_per_task": args.motifs_per_task,
+        "shared_fraction": args.shared_fraction, "n_seqs": args.seqs, "seq_len": args.length,
+        "gc": args.gc, "label_noise": args.label_noise, "unknown_rate": args.unknown_rate,
+        "seed": args.seed}.items() if v is not None}
+    spec = spec_from_dict(knobs)
+    paths = write_synthetic(spec, args.out, overwrite=args.force)
+    for p in (paths.values() if isinstance(paths, dict) else paths):
+        print(p)
+    return 0
+
+
+def cmd_data_build(args) -> int:
+    from data.peaks import build_from_peaks
+    report = build_from_peaks(
+        sample_sheet=args.samples, fasta=args.fasta, out_dir=args.out, seq_len=args.length,
+        merge_overlap=args.merge_overlap, valid_chroms=args.valid_chroms, test_chroms=args.test_chroms,
+        valid_fraction=args.valid_fraction, test_fraction=args.test_fraction, seed=args.seed,
+        on_error=args.on_error, overwrite=args.force)
+    print(report if isinstance(report, str) else _summarize_build(report))
+    return 0
+
+
+def _summarize_build(report) -> str:
+    import json
+    return json.dumps(report, indent=1, default=str)
+
+
+def cmd_data_info(args) -> int:
+    from data.info import describe, format_info
+    print(format_info(describe(args.file)))
+    return 0
+
+
+def cmd_data_convert(args) -> int:
+    from data.store import basset_to_store
+    basset_to_store(args.source, args.dest, overwrite=args.force)
+    print(args.dest)
+    return 0
+
+
+# ---- train ---------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from training.callbacks import ConsoleReporter
+    from training.config import load_config
+    from training.engine import prepare_run_dir, train
+    cfg = load_config(args.config, args.set)
+    if args.resume:
+        run_dir = prepare_run_dir(cfg, Path(args.resume).name, resume=True) if not Path(args.resume).is_dir() \
+            else Path(args.resume).resolve()
+        if not (run_dir / "last.pt").is_file():
+            raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
+    else:
+        run_dir = prepare_run_dir(cfg, args.name, force=args.force)
+    train(cfg, run_dir, callbacks=[ConsoleReporter()], resume=bool(args.resume), progress=not args.no_progress)
+    return 0
+
+
+# ---- demo ----------------------------------------------------------------------------
+def cmd_demo(args) -> int:
+    from search.demo import run_demo
+    return run_demo(workspace=Path(args.workspace))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mtlsweep", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("data", help="datasets: synthetic benchmark, build from peaks, convert, info")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    s = dsub.add_parser("synth", help="write the synthetic motif benchmark (Basset HDF5 + store + truth.json)")
+    s.add_argument("--out", required=True, help="output directory")
+    s.add_argument("--tasks", type=int)
+    s.add_argument("--groups", type=int)
+    s.add_argument("--motifs-per-task", type=int)
+    s.add_argument("--shared-fraction", type=float, help="fraction of a task's motifs shared within its group")
+    s.add_argument("--seqs", type=int, help="number of sequences")
+    s.add_argument("--length", type=int, help="sequence length (bp)")
+    s.add_argument("--gc", type=float)
+    s.add_argument("--label-noise", type=float)
+    s.add_argument("--unknown-rate", type=float)
+    s.add_argument("--seed", type=int)
+    s.add_argument("--force", action="store_true", help="overwrite existing files")
+    s.set_defaults(func=cmd_data_synth)
+
+    b = dsub.add_parser("build", help="Basset preprocessing: peak BED files + genome FASTA -> HDF5 + store")
+    b.add_argument("--samples", required=True, help="TSV: task name <TAB> BED/narrowPeak path")
+    b.add_argument("--fasta", required=True, help="genome FASTA (indexed or indexable with pyfaidx)")
+    b.add_argument("--out", required=True, help="output directory")
+    b.add_argument("--length", type=int, default=600)
+    b.add_argument("--merge-overlap", type=int, default=200, help="merge peaks overlapping by more than this (bp)")
+    b.add_argument("--valid-chroms", nargs="*", default=None)
+    b.add_argument("--test-chroms", nargs="*", default=None)
+    b.add_argument("--valid-fraction", type=float, default=0.05)
+    b.add_argument("--test-fraction", type=float, default=0.05)
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed BED lines")
+    b.add_argument("--force", action="store_true")
+    b.set_defaults(func=cmd_data_build)
+
+    i = dsub.add_parser("info", help="sizes, tasks, prevalence, unknown fraction, layout of a Basset file or store")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_data_info)
+
+    c = dsub.add_parser("convert", help="Basset HDF5 -> compact store (streaming, bounded memory)")
+    c.add_argument("source")
+    c.add_argument("dest")
+    c.add_argument("--force", action="store_true")
+    c.set_defaults(func=cmd_data_convert)
+
+    t = sub.add_parser("train", help="train one config (no Ray)")
+    t.add_argument("--config", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a dotted config key, e.g. --set model.sharing.strength=0.1")
+    t.add_argument("--name", help="run directory name under train.out_dir (default: timestamp)")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    t.add_argument("--force", action="store_true", help="reuse an existing run directory")
+    t.add_argument("--no-progress", action="store_true")
+    t.set_defaults(func=cmd_train)
+
+    m = sub.add_parser("demo", help="the main job on the embedded defaults")
+    m.add_argument("--workspace", default="workspace")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("mtlsweep: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
+        if isinstance(exc, _user_errors()):
+            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            print(f"mtlsweep: error: {msg}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,89 @@
+import pytest
+import yaml
+
+from training.config import ConfigError, RunConfig, flatten, load_config, unflatten, validate
+
+
+def write(tmp_path, tree, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(tree))
+    return p
+
+
+def test_defaults_are_basset():
+    cfg = RunConfig()
+    assert cfg.model.arch.conv_channels == [300, 200, 200]
+    assert cfg.model.arch.conv_widths == [19, 11, 7]
+    assert cfg.model.arch.pool == [3, 4, 4]
+    assert cfg.model.arch.dense == [1000, 1000]
+    assert cfg.optim.name == "rmsprop" and cfg.optim.lr == 0.002 and cfg.optim.alpha == 0.98
+    assert cfg.optim.max_norm == 7.0 and cfg.data.batch_size == 128
+
+
+def test_flatten_round_trip():
+    cfg = RunConfig()
+    flat = cfg.flatten()
+    assert flat["model.sharing.strength"] == 0.0
+    assert flat["model.arch.conv_channels"] == [300, 200, 200]
+    assert "model.sharing" not in flat
+    assert RunConfig.from_flat(flat) == cfg
+    assert unflatten(flatten({"a": {"b": {"c": 1}}, "d": None})) == {"a": {"b": {"c": 1}}, "d": None}
+
+
+def test_overrides_apply_and_validate():
+    cfg = RunConfig().with_overrides({"model.sharing.strength": 0.5, "model.sharing.coupling": "l2",
+                                      "model.sharing.shared_layers": 2})
+    assert cfg.model.sharing.strength == 0.5
+    with pytest.raises(ConfigError, match=r"model\.sharing\.strength: must be >= 0"):
+        RunConfig().with_overrides({"model.sharing.strength": -1})
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.sharing\.strenght'"):
+        RunConfig().with_overrides({"model.sharing.strenght": 1})
+
+
+@pytest.mark.parametrize("tree, pattern", [
+    ({"model": {"sharing": {"strenght": 1}}}, r"model\.sharing\.strenght: unknown key"),
+    ({"optim": {"lr": "fast"}}, r"optim\.lr: .*got 'fast'"),
+    ({"optim": {"name": "lbfgs"}}, r"optim\.name: must be one of 'rmsprop', 'adam', 'adamw' or 'sgd', got 'lbfgs'"),
+    ({"train": {"epochs": 0}}, r"train\.epochs: must be >= 1, got 0"),
+    ({"model": {"sharing": {"shared_layers": 9}}}, r"model: .*shared_layers must be between 0 and 5"),
+    ({"model": {"arch": {"conv_widths": [5]}}}, r"model\.arch: .*same length"),
+    ({"init": {"kind": "from_hard"}}, r"init: checkpoint is required when kind is from_hard"),
+    ({"schedule": {"weighting": "pcgrad"}, "model": {"sharing": {"shared_layers": 0}}},
+     r"weighting=pcgrad needs shared parameters"),
+    ({"schedule": {"warm_start": {"epochs": -1}}}, r"schedule\.warm_start\.epochs: must be >= 0, got -1"),
+    ({"schedule": {"anneal_floor": 1.5}}, r"schedule\.anneal_floor: must be <= 1"),
+    ({"train": {"device": "tpu"}}, r"train\.device"),
+    ({"bogus": {}}, r"bogus: unknown key"),
+])
+def test_bad_values_name_the_field(tmp_path, tree, pattern):
+    p = write(tmp_path, tree)
+    with pytest.raises(ConfigError, match=pattern) as exc:
+        load_config(p)
+    assert "\n" not in str(exc.value)
+    assert str(p) in str(exc.value)
+
+
+def test_load_yaml_and_set(tmp_path):
+    p = write(tmp_path, {"model": {"sharing": {"shared_layers": 0}}, "train": {"epochs": 3}})
+    cfg = load_config(p, ["train.seed=7", "model.arch.dense=[8, 8]"])
+    assert cfg.train.seed == 7 and cfg.model.arch.dense == [8, 8] and cfg.train.epochs == 3
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(p, ["train.seed"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        validate([1, 2])
+
+
+def test_yaml_dump_reloads(tmp_path):
+    cfg = RunConfig().with_overrides({"train.seed": 3})
+    p = tmp_path / "x.yaml"
+    p.write_text(cfg.to_yaml())
+    assert load_config(p) == cfg

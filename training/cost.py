@@ -1,0 +1,24 @@
+"""Cost measurements: wall time, throughput, peak memory."""
+from __future__ import annotations
+
+import resource
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set of this process so far (VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return peak_rss_mb()

@@ -1,0 +1,336 @@
+"""One run of one config: build, train with early stopping, checkpoint, test the best model.
+
+Knows nothing of Ray or MLflow: it reports through ``training.callbacks.Callback``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.errors import DataError
+from data.store import Store, batches, open_dataset, to_device
+from models import build_model
+from models.initialization import apply_init
+from schedules import build_schedule, build_weighting
+from training.callbacks import Callback, CallbackList
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.config import ConfigError, RunConfig
+from training.cost import peak_memory_mb
+from training.loss import masked_bce_per_task
+from training.metrics import TaskMetrics, task_metrics
+from training.optim import build_optimizer
+
+LAST = "last.pt"
+BEST = "best.pt"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    task_names: list[str]
+    best_epoch: int
+    best_val_auroc: float
+    epochs_run: int
+    history: list[dict[str, float]]
+    val: TaskMetrics
+    test: Optional[TaskMetrics]
+    test_summary: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_metrics(self) -> dict[str, float]:
+        out = dict(self.history[self.best_epoch - 1]) if self.history else {}
+        out.update(self.test_summary)
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name}: CUDA is not available on this machine; use cpu or auto")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def _task_metric_dict(prefix: str, names: list[str], values: np.ndarray) -> dict[str, float]:
+    return {f"{prefix}/{n}": float(v) for n, v in zip(names, values)}
+
+
+class Trainer:
+    """Holds one run's state so that a trial wrapper can drive it epoch by epoch."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, *, store: Optional[Store] = None,
+                 callbacks: Iterable[Callback] = (), progress: bool = True):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.callbacks = CallbackList(callbacks)
+        self.progress = progress
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+
+        full = store if store is not None else open_dataset(cfg.data.path)
+        self.store = full.select_tasks(cfg.data.tasks)
+        for split in ("train", "valid"):
+            if split not in self.store.splits or self.store.n(split) == 0:
+                raise DataError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
+        self.tasks = list(self.store.task_names)
+        self.use_tracks = cfg.data.use_tracks and bool(self.store.track_names)
+        in_channels = 4 + (len(self.store.track_names) if self.use_tracks else 0)
+        self.in_channels = in_channels
+        try:
+            self.model = build_model(cfg.model, n_tasks=len(self.tasks), in_channels=in_channels,
+                                     seq_len=self.store.seq_len, task_names=self.tasks, seed=cfg.train.seed)
+            apply_init(self.model, cfg.init)
+        except (ValueError, KeyError) as exc:
+            raise ConfigError(str(exc).splitlines()[0]) from None
+        self.model.to(self.device)
+        self.weighting = build_weighting(cfg.schedule, len(self.tasks)).to(self.device)
+        self.schedule = build_schedule(cfg.schedule, self.tasks, self.store.prevalence("train"),
+                                       cfg.train.epochs, seed=cfg.train.seed)
+        self.optimizer = build_optimizer(cfg.optim, self.model, extra_params=list(self.weighting.parameters()))
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+
+        n_train = self.store.n("train")
+        bs = cfg.data.batch_size
+        full_steps = n_train // bs if n_train >= bs else 1
+        self.steps_per_epoch = min(full_steps, cfg.train.steps_per_epoch or full_steps)
+        self.start_epoch = 1
+        self.best_val = -math.inf
+        self.best_epoch = 0
+        self.bad_epochs = 0
+        self.history: list[dict[str, float]] = []
+
+    # ---- state ---------------------------------------------------------------------
+    def state(self, epoch: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "model_config": self.cfg.model.model_dump(mode="json"),
+            "config": self.cfg.model_dump(mode="json"),
+            "task_names": self.tasks,
+            "in_channels": self.in_channels,
+            "seq_len": self.store.seq_len,
+            "optimizer": self.optimizer.state_dict(),
+            "weighting": self.weighting.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "model": self.model.rng_state()},
+            "epoch": epoch,
+            "best_val": self.best_val,
+            "best_epoch": self.best_epoch,
+            "bad_epochs": self.bad_epochs,
+            "history": self.history,
+            "data_fingerprint": self.store.fingerprint,
+        }
+
+    def resume(self, path: str | Path) -> None:
+        ck = load_checkpoint(path, map_location=self.device)
+        if ck.get("task_names") != self.tasks:
+            raise ConfigError(f"{path}: checkpoint tasks differ from the config's data.tasks")
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.weighting.load_state_dict(ck["weighting"])
+        self.schedule.load_state_dict(ck["schedule"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.model.set_rng_state(ck["rng"]["model"])
+        self.start_epoch = ck["epoch"] + 1
+        self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
+        self.bad_epochs, self.history = ck["bad_epochs"], list(ck["history"])
+
+    # ---- loops ---------------------------------------------------------------------
+    def _batch(self, split, idx):
+        x, y, mask = to_device(split, idx, self.device)
+        if not self.use_tracks and x.shape[1] > 4:
+            x = x[:, :4]
+        return x, y, mask
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        cfg = self.cfg
+        self.model.train()
+        split = self.store.splits["train"]
+        # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
+        rng = np.random.default_rng([cfg.train.seed, epoch])
+        it = batches(split, cfg.data.batch_size, shuffle=True, rng=rng,
+                     drop_last=self.store.n("train") >= cfg.data.batch_size)
+        bar = None
+        if self.progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
+                    else torch.autocast("cpu", enabled=False))
+        loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
+        n_known = torch.zeros(len(self.tasks), dtype=torch.float64)
+        weight_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
+        objective = 0.0
+        n_seen = 0
+        t0 = time.perf_counter()
+        for step, idx in enumerate(it):
+            if step >= self.steps_per_epoch:
+                break
+            x, y, mask = self._batch(split, idx)
+            w = self.schedule.weights(epoch, step, self.steps_per_epoch).to(self.device)
+            with autocast:
+                logits = self.forward(x)
+            per_task, known = masked_bce_per_task(logits.float(), y, mask)
+            penalty = self.model.coupling_penalty()
+            self.optimizer.zero_grad(set_to_none=True)
+            objective += self.weighting.backward(per_task, w, penalty, self.model)
+            if cfg.optim.grad_clip:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
+            self.optimizer.step()
+            if cfg.optim.max_norm:
+                self.model.apply_max_norm(cfg.optim.max_norm)
+            loss_sum += (per_task.detach() * known).double().cpu()
+            n_known += known.double().cpu()
+            weight_sum += w.double().cpu()
+            n_seen += len(idx)
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        elapsed = time.perf_counter() - t0
+        steps = max(1, min(self.steps_per_epoch, step + 1))
+        train_loss = (loss_sum / n_known.clamp(min=1)).numpy()
+        out = {
+            "train/loss": float(np.nanmean(np.where(n_known.numpy() > 0, train_loss, np.nan))),
+            "train/objective": objective / steps,
+            "cost/train_s": elapsed,
+            "cost/samples_per_s": n_seen / elapsed if elapsed > 0 else float("nan"),
+        }
+        out.update(_task_metric_dict("schedule/weight", self.tasks, (weight_sum / steps).numpy()))
+        out.update(self.weighting.report())
+        return out
+
+    @torch.no_grad()
+    def predict(self, split_name: str) -> np.ndarray:
+        self.model.eval()
+        split = self.store.splits[split_name]
+        outs = []
+        for idx in batches(split, self.cfg.train.eval_batch_size, shuffle=False, rng=None):
+            x, _, _ = self._batch(split, idx)
+            outs.append(torch.sigmoid(self.forward(x).float()).cpu().numpy())
+        return np.concatenate(outs) if outs else np.zeros((0, len(self.tasks)), np.float32)
+
+    def evaluate(self, split_name: str) -> TaskMetrics:
+        return task_metrics(self.predict(split_name), self.store.splits[split_name].labels)
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "task_names": self.tasks, "n_tasks": len(self.tasks),
+            "n_params": self.model.n_params(), "flops_per_sample": self.model.flops_per_sample(),
+            "n_train": self.store.n("train"), "steps_per_epoch": self.steps_per_epoch,
+            "start_epoch": self.start_epoch, "data_fingerprint": self.store.fingerprint,
+            "device": str(self.device),
+        }
+
+    def run_epoch(self, epoch: int) -> dict[str, float]:
+        t0 = time.perf_counter()
+        m = {"epoch": float(epoch)}
+        m.update(self.train_epoch(epoch))
+        val = self.evaluate("valid")
+        self.schedule.observe(epoch, val.auroc)
+        m.update({f"val/{k}": v for k, v in val.summary().items()})
+        m.update(_task_metric_dict("val/auroc", self.tasks, val.auroc))
+        m.update(_task_metric_dict("val/auprc", self.tasks, val.auprc))
+        m["cost/epoch_s"] = time.perf_counter() - t0
+        m["cost/peak_mem_mb"] = peak_memory_mb(self.device)
+        score = m["val/auroc_mean"]
+        improved = not math.isnan(score) and score > self.best_val
+        if improved:
+            self.best_val, self.best_epoch, self.bad_epochs = score, epoch, 0
+            save_checkpoint(self.run_dir / BEST, self.state(epoch))
+        else:
+            self.bad_epochs += 1
+        m["best"] = float(improved)
+        self.history.append(m)
+        save_checkpoint(self.run_dir / LAST, self.state(epoch))
+        self.callbacks.on_epoch_end(epoch, m)
+        self.callbacks.on_checkpoint(self.run_dir / LAST, epoch)
+        return m
+
+    def should_stop(self) -> bool:
+        return self.bad_epochs >= self.cfg.train.patience
+
+    def finish(self) -> RunResult:
+        if self.best_epoch == 0:
+            raise DataError(f"{self.cfg.data.path}: validation AUROC was undefined for every task "
+                            "(no task has both positives and negatives in the valid split)")
+        ck = load_checkpoint(self.run_dir / BEST, map_location=self.device)
+        self.model.load_state_dict(ck["model"])
+        val = self.evaluate("valid")
+        test = None
+        test_summary: dict[str, float] = {}
+        if "test" in self.store.splits and self.store.n("test") > 0:
+            test = self.evaluate("test")
+            test_summary = {f"test/{k}": v for k, v in test.summary().items()}
+            test_summary.update(_task_metric_dict("test/auroc", self.tasks, test.auroc))
+        result = RunResult(self.run_dir, self.tasks, self.best_epoch, self.best_val, len(self.history),
+                           self.history, val, test, test_summary, self.info())
+        write_outputs(result, self.cfg)
+        self.callbacks.on_train_end(result)
+        return result
+
+    def fit(self) -> RunResult:
+        self.callbacks.on_train_start(self.info())
+        for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
+            if self.history and self.should_stop():
+                break
+            self.run_epoch(epoch)
+        return self.finish()
+
+
+def write_outputs(result: RunResult, cfg: RunConfig) -> None:
+    d = result.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.yaml").write_text(cfg.to_yaml())
+    payload = {"best_epoch": result.best_epoch, "best_val_auroc": result.best_val_auroc,
+               "epochs_run": result.epochs_run, "final": result.final_metrics,
+               "history": result.history, "info": result.info}
+    (d / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
+    with open(d / "per_task.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["task", "val_auroc", "val_auprc", "val_accuracy", "val_loss", "val_n_pos", "val_n_neg",
+                    "test_auroc", "test_auprc"])
+        for i, name in enumerate(result.task_names):
+            t_roc = result.test.auroc[i] if result.test is not None else float("nan")
+            t_pr = result.test.auprc[i] if result.test is not None else float("nan")
+            w.writerow([name, result.val.auroc[i], result.val.auprc[i], result.val.accuracy[i],
+                        result.val.loss[i], int(result.val.n_pos[i]), int(result.val.n_neg[i]), t_roc, t_pr])
+
+
+def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, resume: bool = False,
+                    force: bool = False) -> Path:
+    """The run's output directory; refuses to reuse one unless resuming or forced."""
+    if name is None:
+        name = time.strftime("%Y%m%d-%H%M%S") + f"-s{cfg.train.seed}"
+    run_dir = Path(cfg.train.out_dir) / name
+    if resume:
+        if not (run_dir / LAST).is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+        raise ConfigError(f"{run_dir}: run directory exists; choose another --name, --resume it, or --force")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir.resolve()
+
+
+def train(cfg: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (),
+          store: Optional[Store] = None, resume: bool = False, progress: bool = True) -> RunResult:
+    trainer = Trainer(cfg, run_dir, store=store, callbacks=callbacks, progress=progress)
+    if resume:
+        trainer.resume(Path(run_dir) / LAST)
+    return trainer.fit()
