@@ -1,23 +1,87 @@
-"""From the config's schedule section to the objects the training loop calls."""
+"""From the config's schedule section to the objects the training loop calls.
+
+Errors name the config field: they are user mistakes found once the run's tasks are known.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 
 from schedules.base import Joint, Schedule
-from schedules.weighting import Equal, Weighting
+from schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
+from schedules.weighting import Equal, GradNorm, PCGrad, Uncertainty, Weighting
 
 
-def build_schedule(cfg, task_names: Sequence[str], prevalence: np.ndarray, epochs: int,
-                   seed: int = 0) -> Schedule:
-    if cfg.order == "joint" and cfg.warm_start.task is None:
-        return Joint(len(task_names))
-    raise ValueError(f"schedule.order={cfg.order!r} with warm start {cfg.warm_start.task!r} "
-                     "is not available yet; only schedule.order=joint without warm start is")
+def resolve_task(field: str, task: Union[str, int], task_names: Sequence[str]) -> int:
+    if isinstance(task, int) and not isinstance(task, bool):
+        if 0 <= task < len(task_names):
+            return task
+        raise ValueError(f"{field}={task}: index out of range; the run has {len(task_names)} tasks (0..{len(task_names) - 1})")
+    if task in task_names:
+        return list(task_names).index(task)
+    shown = ", ".join(list(task_names)[:8]) + (", ..." if len(task_names) > 8 else "")
+    raise ValueError(f"{field}={task!r} is not among the run's tasks ({shown})")
+
+
+def task_order(cfg, task_names: Sequence[str], prevalence: np.ndarray,
+               baseline_auroc: Optional[np.ndarray], seed: int) -> list[int]:
+    n = len(task_names)
+    if cfg.order_by == "given":
+        if not cfg.order_list:
+            return list(range(n))
+        order = [resolve_task("schedule.order_list", t, task_names) for t in cfg.order_list]
+        if sorted(order) != list(range(n)):
+            raise ValueError(f"schedule.order_list must name each of the run's {n} tasks exactly once "
+                             f"(got {len(order)} entries, {len(set(order))} distinct)")
+        return order
+    if cfg.order_by == "prevalence":
+        key = np.asarray(prevalence, dtype=np.float64)
+    elif cfg.order_by == "baseline_auroc":
+        if baseline_auroc is None:
+            raise ValueError("schedule.order_by=baseline_auroc needs schedule.baseline_auroc (a per-task AUROC file)")
+        key = np.nan_to_num(np.asarray(baseline_auroc, dtype=np.float64), nan=-np.inf)
+    else:  # shuffle: a seeded order, redrawn per epoch by the orderings that support it
+        return [int(i) for i in np.random.default_rng([seed, 7]).permutation(n)]
+    sign = -1.0 if cfg.order_descending else 1.0
+    return [int(i) for i in np.argsort(sign * key, kind="stable")]
+
+
+def build_schedule(cfg, task_names: Sequence[str], *, prevalence: np.ndarray, sizes: np.ndarray,
+                   epochs: int, seed: int = 0, baseline_auroc: Optional[np.ndarray] = None) -> Schedule:
+    n = len(task_names)
+    order = task_order(cfg, task_names, prevalence, baseline_auroc, seed)
+    shuffle = cfg.order_by == "shuffle"
+    if cfg.order == "joint":
+        inner: Schedule = Joint(n)
+    elif cfg.order == "task_per_epoch":
+        inner = TaskPerEpoch(n, order, shuffle=shuffle, seed=seed)
+    elif cfg.order == "round_robin":
+        inner = RoundRobin(n, order, shuffle=shuffle, seed=seed)
+    elif cfg.order == "curriculum":
+        entries = cfg.curriculum_epochs or Curriculum.even_entries(n, epochs)
+        if len(entries) != n:
+            raise ValueError(f"schedule.curriculum_epochs must have one entry epoch per task ({n}), got {len(entries)}")
+        if any(e < 1 for e in entries):
+            raise ValueError("schedule.curriculum_epochs entries must be >= 1")
+        inner = Curriculum(n, order, entries)
+    else:
+        inner = Annealed(n, sizes, epochs, floor=cfg.anneal_floor, seed=seed)
+    ws = cfg.warm_start
+    if ws.task is None:
+        return inner
+    task = resolve_task("schedule.warm_start.task", ws.task, task_names)
+    if ws.epochs >= epochs and not ws.until_plateau:
+        raise ValueError(f"schedule.warm_start.epochs={ws.epochs} leaves no epoch for the other tasks "
+                         f"(train.epochs={epochs})")
+    return WarmStart(n, task, ws.epochs, inner, until_plateau=ws.until_plateau)
 
 
 def build_weighting(cfg, n_tasks: int) -> Weighting:
     if cfg.weighting == "equal":
         return Equal()
-    raise ValueError(f"schedule.weighting={cfg.weighting!r} is not available yet; only equal is")
+    if cfg.weighting == "uncertainty":
+        return Uncertainty(n_tasks)
+    if cfg.weighting == "gradnorm":
+        return GradNorm(n_tasks, alpha=cfg.gradnorm_alpha)
+    return PCGrad(n_tasks, seed=0, chunk=cfg.per_task_grad_chunk)

@@ -1,8 +1,14 @@
-"""Task weighting: turns per-task losses and the schedule's weights into gradients."""
+"""Task weighting: turns per-task losses and the ordering's weights into gradients.
+
+The ordering says which tasks count at a step (0/1 or fractional weights); the weighting
+says how the counted tasks are balanced. Both compose: a task the ordering switches off
+contributes no gradient whatever the weighting.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +20,10 @@ class Weighting(nn.Module):
                  model: nn.Module) -> float:
         raise NotImplementedError
 
-    def report(self) -> dict[str, Any]:
+    def after_step(self) -> None:
+        """Called after the optimizer step (GradNorm renormalizes its weights here)."""
+
+    def report(self) -> dict[str, float]:
         return {}
 
 
@@ -23,3 +32,142 @@ class Equal(Weighting):
         total = (weights * losses).sum() + extra
         total.backward()
         return float(total.detach())
+
+
+class Uncertainty(Weighting):
+    """Kendall et al. 2018: each task's loss scaled by exp(-s_t) plus s_t/2, s_t = log σ_t²
+    learned with the model."""
+
+    def __init__(self, n_tasks: int):
+        super().__init__()
+        self.log_var = nn.Parameter(torch.zeros(n_tasks))
+
+    def backward(self, losses, weights, extra, model):
+        total = (weights * (torch.exp(-self.log_var) * losses + 0.5 * self.log_var)).sum() + extra
+        total.backward()
+        return float(total.detach())
+
+    def report(self):
+        return {f"weighting/log_var_mean": float(self.log_var.detach().mean())}
+
+
+def per_task_gradients(losses: torch.Tensor, params: Sequence[torch.Tensor], chunk: int) -> torch.Tensor:
+    """[T, P] gradients of each task's loss with respect to ``params``, flattened.
+
+    One vectorized backward pass per chunk of tasks (``is_grads_batched``), not T passes;
+    the graph is kept for the caller's own backward."""
+    n = losses.shape[0]
+    eye = torch.eye(n, device=losses.device, dtype=losses.dtype)
+    rows = []
+    for start in range(0, n, chunk):
+        cot = eye[start:start + chunk]
+        try:
+            grads = torch.autograd.grad(losses, params, grad_outputs=cot, is_grads_batched=True,
+                                        retain_graph=True, allow_unused=True)
+        except RuntimeError:
+            # Some kernels have no batching rule; fall back to one pass per task.
+            grads = [torch.stack(g) for g in zip(*[
+                [gi if gi is not None else torch.zeros_like(p) for gi, p in zip(
+                    torch.autograd.grad(losses, params, grad_outputs=c, retain_graph=True, allow_unused=True),
+                    params)] for c in cot])]
+        flat = [(g if g is not None else torch.zeros(cot.shape[0], *p.shape, device=p.device)).reshape(cot.shape[0], -1)
+                for g, p in zip(grads, params)]
+        rows.append(torch.cat(flat, dim=1))
+    return torch.cat(rows, dim=0)
+
+
+class PCGrad(Weighting):
+    """Yu et al. 2020 on the shared parameters: each task's gradient loses its component
+    along any other task's gradient it conflicts with (negative inner product), in a random
+    order per step; towers get their ordinary gradients."""
+
+    def __init__(self, n_tasks: int, seed: int = 0, chunk: int = 32):
+        super().__init__()
+        self.chunk = chunk
+        self.gen = np.random.default_rng([seed, 53])
+        self.last_conflicts = 0.0
+
+    @staticmethod
+    def project(grads: torch.Tensor, order: Sequence[int]) -> tuple[torch.Tensor, int]:
+        """grads [T, P] -> projected [T, P] and the number of conflicting pairs met."""
+        out = grads.clone()
+        sq = (grads * grads).sum(1)
+        conflicts = 0
+        for j in order:
+            if sq[j] == 0:
+                continue
+            dots = out @ grads[j]
+            hit = dots < 0
+            hit[j] = False
+            conflicts += int(hit.sum())
+            if hit.any():
+                out[hit] -= (dots[hit] / sq[j]).unsqueeze(1) * grads[j]
+        return out, conflicts
+
+    def backward(self, losses, weights, extra, model):
+        shared = [p for p in model.shared_parameters() if p.requires_grad]
+        weighted = weights * losses
+        total = weighted.sum() + extra
+        if shared:
+            active = torch.nonzero(weights != 0).flatten()
+            g = per_task_gradients(weighted[active], shared, self.chunk) if len(active) else None
+        total.backward()
+        if shared and g is not None and len(active) > 1:
+            proj, conflicts = self.project(g, self.gen.permutation(len(active)).tolist())
+            self.last_conflicts = conflicts / (len(active) * (len(active) - 1))
+            summed = proj.sum(0)
+            offset = 0
+            for p in shared:
+                n = p.numel()
+                p.grad = summed[offset:offset + n].view_as(p).to(p.dtype) + (p.grad - g.sum(0)[offset:offset + n].view_as(p))
+                offset += n
+        return float(total.detach())
+
+    def report(self):
+        return {"weighting/conflict_frac": float(self.last_conflicts)}
+
+
+class GradNorm(Weighting):
+    """Chen et al. 2018: learned task weights w_t whose gradients pull each task's gradient
+    norm on the last shared layer towards mean norm × (relative inverse training rate)^α."""
+
+    def __init__(self, n_tasks: int, alpha: float = 1.5, chunk: int = 32):
+        super().__init__()
+        self.alpha = alpha
+        self.chunk = chunk
+        self.task_weights = nn.Parameter(torch.ones(n_tasks))
+        self.register_buffer("initial_loss", torch.full((n_tasks,), float("nan")))
+        self.last_norms = torch.zeros(n_tasks)
+
+    def backward(self, losses, weights, extra, model):
+        params = [p for p in model.last_shared_parameters() if p.requires_grad]
+        active = torch.nonzero(weights != 0).flatten()
+        with torch.no_grad():
+            fresh = torch.isnan(self.initial_loss) & (weights != 0)
+            self.initial_loss[fresh] = losses.detach()[fresh]
+        # Per-task gradient norms of the unweighted losses; ||∇(w L)|| = w ||∇L||.
+        g = per_task_gradients(losses[active], params, self.chunk)
+        base = g.norm(dim=1).detach()
+        w = self.task_weights.detach()[active]
+        norms = w * base
+        with torch.no_grad():
+            ratio = losses.detach()[active] / self.initial_loss[active].clamp(min=1e-12)
+            r = ratio / ratio.mean().clamp(min=1e-12)
+            target = norms.mean() * r.pow(self.alpha)
+            grad_w = torch.zeros_like(self.task_weights)
+            grad_w[active] = torch.sign(norms - target) * base
+        total = (weights * self.task_weights.detach() * losses).sum() + extra
+        total.backward()
+        self.task_weights.grad = grad_w
+        self.last_norms = torch.zeros_like(self.task_weights.detach())
+        self.last_norms[active] = norms
+        return float(total.detach())
+
+    def after_step(self):
+        with torch.no_grad():
+            w = self.task_weights.clamp_(min=1e-3)
+            w.mul_(len(w) / w.sum())
+
+    def report(self):
+        return {"weighting/gradnorm_weight_std": float(self.task_weights.detach().std()),
+                "weighting/grad_norm_mean": float(self.last_norms.mean())}

@@ -104,12 +104,15 @@ class ScheduleConfig(_Section):
     order_by: Literal["given", "prevalence", "baseline_auroc", "shuffle"] = Field(
         "given", description="How tasks are ordered for task_per_epoch/round_robin/curriculum.")
     order_list: Optional[list[Union[str, int]]] = Field(None, description="Explicit order for order_by=given.")
-    baseline_auroc: Optional[str] = Field(None, description="JSON/CSV file or MLflow run id with per-task AUROC.")
+    order_descending: bool = Field(True, description="prevalence/baseline_auroc: highest first.")
+    baseline_auroc: Optional[str] = Field(
+        None, description="Per-task AUROC: a run's per_task.csv, a JSON {task: auroc}, or runs:/<mlflow run id>.")
     curriculum_epochs: Optional[list[int]] = Field(None, description="Epoch each task enters (null = evenly spread).")
     anneal_floor: float = Field(0.0, ge=0.0, le=1.0, description="annealed: final alpha.")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     weighting: Literal["equal", "uncertainty", "gradnorm", "pcgrad"] = Field("equal", description="Task weighting.")
     gradnorm_alpha: float = Field(1.5, ge=0.0, description="GradNorm restoring force.")
+    per_task_grad_chunk: int = Field(32, ge=1, description="GradNorm/PCGrad: tasks per vectorized backward pass.")
 
 
 class OptimConfig(_Section):

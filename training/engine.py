@@ -25,6 +25,7 @@ from training.callbacks import Callback, CallbackList
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import ConfigError, RunConfig
 from training.cost import peak_memory_mb
+from training.baseline_scores import load_task_scores
 from training.loss import masked_bce_per_task
 from training.metrics import TaskMetrics, task_metrics
 from training.optim import build_optimizer
@@ -100,8 +101,15 @@ class Trainer:
             raise ConfigError(str(exc).splitlines()[0]) from None
         self.model.to(self.device)
         self.weighting = build_weighting(cfg.schedule, len(self.tasks)).to(self.device)
-        self.schedule = build_schedule(cfg.schedule, self.tasks, self.store.prevalence("train"),
-                                       cfg.train.epochs, seed=cfg.train.seed)
+        train_labels = self.store.splits["train"].labels
+        try:
+            self.schedule = build_schedule(
+                cfg.schedule, self.tasks, prevalence=self.store.prevalence("train"),
+                sizes=(train_labels >= 0).sum(0), epochs=cfg.train.epochs, seed=cfg.train.seed,
+                baseline_auroc=load_task_scores(cfg.schedule.baseline_auroc, self.tasks)
+                if cfg.schedule.baseline_auroc else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.optimizer = build_optimizer(cfg.optim, self.model, extra_params=list(self.weighting.parameters()))
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
 
@@ -191,6 +199,7 @@ class Trainer:
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
+            self.weighting.after_step()
             if cfg.optim.max_norm:
                 self.model.apply_max_norm(cfg.optim.max_norm)
             loss_sum += (per_task.detach() * known).double().cpu()
