@@ -32,19 +32,17 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_build(args) -> int:
-    from data.peaks import build_from_peaks
-    report = build_from_peaks(
-        sample_sheet=args.samples, fasta=args.fasta, out_dir=args.out, seq_len=args.length,
-        merge_overlap=args.merge_overlap, valid_chroms=args.valid_chroms, test_chroms=args.test_chroms,
-        valid_fraction=args.valid_fraction, test_fraction=args.test_fraction, seed=args.seed,
-        on_error=args.on_error, overwrite=args.force)
-    print(report if isinstance(report, str) else _summarize_build(report))
+    from data.peaks import build_from_peaks, format_report
+
+    def chroms(values):
+        return tuple(c for v in values or () for c in v.split(",") if c)
+    result = build_from_peaks(
+        args.samples, args.fasta, args.out, seq_len=args.length, merge_overlap=args.merge_overlap,
+        merge_mode=args.merge_mode, valid_chroms=chroms(args.valid_chroms), test_chroms=chroms(args.test_chroms),
+        valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed, on_error=args.on_error,
+        on_outside=args.on_outside, overwrite=args.force)
+    print(format_report(result.report))
     return 0
-
-
-def _summarize_build(report) -> str:
-    import json
-    return json.dumps(report, indent=1, default=str)
 
 
 def cmd_data_info(args) -> int:
@@ -105,18 +103,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_data_synth)
 
     b = dsub.add_parser("build", help="Basset preprocessing: peak BED files + genome FASTA -> HDF5 + store")
-    b.add_argument("--samples", required=True, help="TSV: task name <TAB> BED/narrowPeak path")
-    b.add_argument("--fasta", required=True, help="genome FASTA (indexed or indexable with pyfaidx)")
-    b.add_argument("--out", required=True, help="output directory")
-    b.add_argument("--length", type=int, default=600)
-    b.add_argument("--merge-overlap", type=int, default=200, help="merge peaks overlapping by more than this (bp)")
-    b.add_argument("--valid-chroms", nargs="*", default=None)
-    b.add_argument("--test-chroms", nargs="*", default=None)
-    b.add_argument("--valid-fraction", type=float, default=0.05)
-    b.add_argument("--test-fraction", type=float, default=0.05)
+    b.add_argument("samples", help="sample sheet TSV: task name <TAB> BED/narrowPeak path (.gz allowed)")
+    b.add_argument("fasta", help="genome FASTA (indexed, or indexable with pyfaidx)")
+    b.add_argument("--out", required=True, help="output directory (basset.h5, store.h5, build_report.json)")
+    b.add_argument("--length", type=int, default=600, help="sequence length around each peak (bp)")
+    b.add_argument("--merge-overlap", type=int, default=200, help="merge peaks overlapping by at least this (bp)")
+    b.add_argument("--merge-mode", choices=["basset", "span"], default="basset",
+                   help="basset: Basset's weighted pairwise merge; span: one peak per overlapping group")
+    b.add_argument("--valid-chroms", action="append", help="held-out chromosomes for valid (repeat or comma-separate)")
+    b.add_argument("--test-chroms", action="append", help="held-out chromosomes for test")
+    b.add_argument("--valid-frac", type=float, default=0.1, help="random valid fraction when no chromosomes are given")
+    b.add_argument("--test-frac", type=float, default=0.1)
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed BED lines")
-    b.add_argument("--force", action="store_true")
+    b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed lines")
+    b.add_argument("--on-outside", choices=["skip", "fail"], default="skip",
+                   help="peaks on unknown chromosomes or running off a chromosome end")
+    b.add_argument("--force", action="store_true", help="replace existing outputs")
     b.set_defaults(func=cmd_data_build)
 
     i = dsub.add_parser("info", help="sizes, tasks, prevalence, unknown fraction, layout of a Basset file or store")

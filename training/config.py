@@ -279,3 +279,15 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
     return out
+
+
+def model_family(cfg: RunConfig) -> str:
+    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L)."""
+    s = cfg.model.sharing
+    n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
+    soft = s.coupling == "cross_stitch" or (s.coupling != "none" and s.strength > 0)
+    if s.shared_layers == n_layers:
+        return "hard"
+    if soft:
+        return "soft"
+    return "single" if s.shared_layers == 0 else "branched"

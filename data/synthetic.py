@@ -1,0 +1,668 @@
+"""Synthetic multi-task benchmark with known ground truth: JASPAR motifs planted in GC background.
+
+T tasks fall into G groups (contiguous blocks of task indices). Each group owns
+round(shared_fraction * motifs_per_task) shared activating motifs; each task adds private ones
+up to motifs_per_task. Every activating motif and every decoy is planted, independently, in a
+fraction of the sequences (one site per motif, random strand, random position, never overlapping
+another site).
+
+Planted sites are PWM samples conditioned on scoring at least the motif's *floor*: the score
+that random background reaches only `chance_matches` times per sequence on average (exact score
+distribution, both strands). So a planted site stands out from chance matches, and a scan of
+the sequence finds essentially the sites the generator planted.
+
+Label rule (before noise): a task is positive exactly when one of its activating motifs has a
+planted site scoring at least the task's threshold for that motif. Private motifs count from
+their floor. A group's shared motifs are planted often enough for its most prevalent member, and
+each task responds only to the sites above its own threshold (like cell types with different TF
+levels), chosen so that shared motifs explain about n_shared / motifs_per_task of every task's
+positives; the task's private motifs supply the rest of its target prevalence. Then
+`label_noise` flips labels symmetrically (targets are corrected so that the observed prevalence
+still matches) and `unknown_rate` sets labels to -1. Decoys never affect a label, so the
+presence of some motif is not enough. With shared_fraction = 1 (no private motifs) the tasks of
+a group differ only by their thresholds, and prevalences are as close as the motifs' discrete
+score distributions allow.
+
+Same spec (seed included) -> identical arrays and byte-identical files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from data.errors import DataError
+from data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file
+from data.store import SplitArrays
+
+SPLITS = ("train", "valid", "test")
+OUTPUT_FILES = {"basset": "basset.h5", "store": "store.h5", "truth": "truth.json"}
+# Sequences are generated in blocks of this many so that the [N, motifs] temporaries stay small;
+# it is part of the random stream, so changing it changes the data for a given seed.
+_CHUNK = 4096
+# Planted sites may cover at most this fraction of a sequence on average.
+_MAX_COVERAGE = 0.5
+SCORE_RES = 20       # log-odds in 1/20 bit: integer site scores are exact on any machine
+_MIN_ACCEPT = 0.2    # a motif must reach its floor in >= this share of PWM samples to be usable
+NO_SITE = np.iinfo(np.int64).min
+_SHARED_RESOLUTION = 0.05
+LABEL_RULE = ("positive iff one of the task's activating motifs has a planted site scoring at least the "
+              "task's min_score_bits for it (before label_noise flips and unknown_rate)")
+
+
+@dataclass(frozen=True)
+class SynthSpec:
+    n_tasks: int = 16
+    n_groups: int = 4
+    motifs_per_task: int = 3
+    shared_fraction: float = 0.67          # share of a task's motifs common to its group; 0 = unrelated tasks
+    n_seqs: int = 20000
+    seq_len: int = 600
+    gc: float = 0.41                       # human genome average
+    prevalence_min: float = 0.04           # targets spaced log-linearly min..median..max (Basset: 4-19%, median 8%)
+    prevalence_median: float = 0.08
+    prevalence_max: float = 0.19
+    label_noise: float = 0.02              # probability that a label is flipped
+    unknown_rate: float = 0.0              # probability that a label is set to -1 (unknown)
+    valid_fraction: float = 0.1
+    test_fraction: float = 0.1
+    seed: int = 0
+    motif_collection: str = "CORE"
+    motif_tax_group: str = "vertebrates"
+    motif_release: str | None = "JASPAR2026"  # pinned so that a seed means the same data next year
+    motif_file: str | None = None          # JASPAR or MEME file used as the motif pool instead of pyjaspar
+    min_ic: float = 10.0                   # bits over the whole motif
+    min_width: int = 6
+    max_width: int = 19                    # Basset's first-layer filters are 19 wide
+    max_similarity: float = 0.6            # no two chosen motifs align better (jaspar.pfm_similarity); 1 = no limit
+    chance_matches: float = 0.001          # background matches per sequence at a motif's weakest planted score
+    n_decoys: int = 4                      # motifs planted like the others but tied to no task
+
+    def __post_init__(self) -> None:
+        # gc=1 and gc=1.0 must be the same spec, down to the bytes of truth.json and the fingerprint.
+        for name, (typ, _) in _FIELD_TYPES.items():
+            v = getattr(self, name)
+            if typ is float and isinstance(v, (int, np.integer, np.floating)) and not isinstance(v, bool):
+                object.__setattr__(self, name, float(v))
+            elif typ is int and isinstance(v, np.integer):
+                object.__setattr__(self, name, int(v))
+        validate_spec(self)
+
+    @property
+    def n_shared(self) -> int:
+        # Half rounds up (Python's round() would send 2.5 to 2).
+        return int(math.floor(self.shared_fraction * self.motifs_per_task + 0.5))
+
+    @property
+    def n_private(self) -> int:
+        return self.motifs_per_task - self.n_shared
+
+    @property
+    def n_activating(self) -> int:
+        return self.n_groups * self.n_shared + self.n_tasks * self.n_private
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- spec validation
+
+_FIELD_TYPES: dict[str, tuple[type, bool]] = {}  # name -> (int|float|str, optional)
+for _f in dataclasses.fields(SynthSpec):
+    _t = str(_f.type)
+    _FIELD_TYPES[_f.name] = (int if _t.startswith("int") else float if _t.startswith("float") else str, "None" in _t)
+
+
+def _bad(field: str, value, allowed: str) -> DataError:
+    return DataError(f"synthetic spec: {field}={value!r} is not allowed; {allowed}")
+
+
+def validate_spec(s: SynthSpec) -> None:
+    """Raise DataError naming the first bad field and its allowed range."""
+    for name, (typ, optional) in _FIELD_TYPES.items():
+        v = getattr(s, name)
+        if v is None and optional:
+            continue
+        if typ is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+            raise _bad(name, v, "expected an integer")
+        if typ is float and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)):
+            raise _bad(name, v, "expected a finite number")
+        if typ is str and not isinstance(v, str):
+            raise _bad(name, v, "expected a string")
+    if s.n_tasks < 1:
+        raise _bad("n_tasks", s.n_tasks, "allowed: >= 1")
+    if not 1 <= s.n_groups <= s.n_tasks:
+        raise _bad("n_groups", s.n_groups, f"allowed: 1..n_tasks ({s.n_tasks})")
+    if s.motifs_per_task < 1:
+        raise _bad("motifs_per_task", s.motifs_per_task, "allowed: >= 1")
+    if not 0.0 <= s.shared_fraction <= 1.0:
+        raise _bad("shared_fraction", s.shared_fraction, "allowed: 0..1")
+    if s.n_seqs < 100:
+        raise _bad("n_seqs", s.n_seqs, "allowed: >= 100")
+    if not 1 <= s.min_width <= s.max_width:
+        raise _bad("min_width", s.min_width, f"allowed: 1..max_width ({s.max_width})")
+    if s.seq_len < s.max_width:
+        raise _bad("seq_len", s.seq_len, f"it must be >= max_width ({s.max_width}), the widest motif allowed")
+    if not 0.0 < s.gc < 1.0:
+        raise _bad("gc", s.gc, "allowed: strictly between 0 and 1")
+    if not 0.0 < s.prevalence_min < 1.0:
+        raise _bad("prevalence_min", s.prevalence_min, "allowed: strictly between 0 and 1")
+    if not s.prevalence_min <= s.prevalence_median <= s.prevalence_max:
+        raise _bad("prevalence_median", s.prevalence_median,
+                   f"allowed: prevalence_min ({s.prevalence_min})..prevalence_max ({s.prevalence_max})")
+    if not s.prevalence_max < 1.0:
+        raise _bad("prevalence_max", s.prevalence_max, f"allowed: prevalence_min ({s.prevalence_min})..below 1")
+    if not 0.0 <= s.label_noise < min(0.5, s.prevalence_min, 1.0 - s.prevalence_max):
+        raise _bad("label_noise", s.label_noise,
+                   f"allowed: 0..below {min(0.5, s.prevalence_min, 1.0 - s.prevalence_max):g} "
+                   "(flips alone would exceed the smallest prevalence)")
+    if not 0.0 <= s.unknown_rate < 1.0:
+        raise _bad("unknown_rate", s.unknown_rate, "allowed: 0..below 1")
+    for name in ("valid_fraction", "test_fraction"):
+        v = getattr(s, name)
+        if not 0.0 < v < 1.0 or round(v * s.n_seqs) < 1:
+            raise _bad(name, v, f"allowed: between 0 and 1, at least one of n_seqs ({s.n_seqs}) sequences")
+    if s.valid_fraction + s.test_fraction >= 1.0 or s.n_seqs - round(s.valid_fraction * s.n_seqs) - round(s.test_fraction * s.n_seqs) < 1:
+        raise _bad("test_fraction", s.test_fraction, f"valid_fraction + test_fraction must leave training sequences (sum < 1)")
+    if s.seed < 0:
+        raise _bad("seed", s.seed, "allowed: >= 0")
+    if not 0.0 < s.chance_matches <= 0.1:
+        raise _bad("chance_matches", s.chance_matches, "allowed: above 0, up to 0.1 (matches per sequence)")
+    if s.min_ic < 0:
+        raise _bad("min_ic", s.min_ic, "allowed: >= 0 bits")
+    if not 0.0 < s.max_similarity <= 1.0:
+        raise _bad("max_similarity", s.max_similarity, "allowed: above 0, up to 1 (1 = no limit)")
+    if s.n_decoys < 0:
+        raise _bad("n_decoys", s.n_decoys, "allowed: >= 0")
+    if s.motif_release is not None:
+        from pyjaspar import jaspar_releases
+
+        if s.motif_release not in jaspar_releases:
+            raise _bad("motif_release", s.motif_release, f"allowed: {', '.join(sorted(jaspar_releases))} or null (newest)")
+    if s.motif_file is not None and not Path(s.motif_file).is_file():
+        raise _bad("motif_file", s.motif_file, "the file does not exist")
+
+
+def spec_from_dict(d: dict | None) -> SynthSpec:
+    """SynthSpec from CLI/YAML knobs (missing keys take the defaults); DataError names a bad key."""
+    if d is None:
+        return SynthSpec()
+    if not isinstance(d, dict):
+        raise DataError(f"synthetic spec: expected a mapping of knobs, got {type(d).__name__}")
+    kwargs = {}
+    for key, value in d.items():
+        if key not in _FIELD_TYPES:
+            raise DataError(f"synthetic spec: unknown knob {key!r}; allowed: {', '.join(_FIELD_TYPES)}")
+        kwargs[key] = _coerce(key, value)
+    return SynthSpec(**kwargs)
+
+
+def _coerce(key: str, value):
+    typ, optional = _FIELD_TYPES[key]
+    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
+        if optional:
+            return None
+        raise _bad(key, value, "a value is required")
+    if typ is str:
+        if not isinstance(value, str):
+            raise _bad(key, value, "expected a string")
+        return value
+    if isinstance(value, bool):
+        raise _bad(key, value, f"expected {'an integer' if typ is int else 'a number'}")
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise _bad(key, value, f"expected {'an integer' if typ is int else 'a number'}") from None
+    if typ is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise _bad(key, value, "expected an integer")
+        return int(value)
+    return float(value)
+
+
+# ---------------------------------------------------------------- motifs
+
+
+def background(gc: float) -> np.ndarray:
+    return np.array([(1.0 - gc) / 2.0, gc / 2.0, gc / 2.0, (1.0 - gc) / 2.0])
+
+
+def quantized_log_odds(pfm: np.ndarray, gc: float) -> np.ndarray:
+    """int64 [4, W]: log2 odds against the GC background (pseudocount 0.01), in 1/SCORE_RES bit."""
+    return np.round(log_odds(pfm, background(gc)) * SCORE_RES).astype(np.int64)
+
+
+@dataclass
+class _SiteModel:
+    motif: Motif
+    lo: np.ndarray      # int64 [4, W] quantized log-odds
+    floor: int          # weakest planted score
+    top: int            # best possible score
+    chance: float       # background matches >= floor per sequence, both strands
+    accept: float       # share of PWM samples that reach the floor
+    scores: np.ndarray  # int64, ascending: the possible planted-site scores
+    tail: np.ndarray    # P(planted score >= scores[i]), decreasing from 1
+
+    @property
+    def resolution(self) -> float:
+        """The largest share of planted sites that have one same score."""
+        return float(max(self.tail[-1], (-np.diff(self.tail)).max(initial=0.0)))
+
+
+def _site_model(m: Motif, spec: SynthSpec) -> _SiteModel | None:
+    """The motif's floor for this background and length, or None when it cannot stand out."""
+    lo = quantized_log_odds(m.pfm, spec.gc)
+    bg = background(spec.gc)
+    low = lo.min(axis=0)
+    # Exact score distributions (background and PWM samples) by convolving the columns.
+    p_bg, p_site = np.ones(1), np.ones(1)
+    for j in range(m.width):
+        col = lo[:, j] - low[j]
+        k_bg, k_site = np.zeros(col.max() + 1), np.zeros(col.max() + 1)
+        np.add.at(k_bg, col, bg)
+        np.add.at(k_site, col, m.pfm[:, j])
+        p_bg, p_site = np.convolve(p_bg, k_bg), np.convolve(p_site, k_site)
+    per_seq = np.cumsum(p_bg[::-1])[::-1] * (2 * (spec.seq_len - m.width + 1))
+    ok = np.flatnonzero(per_seq <= spec.chance_matches)
+    if ok.size == 0:
+        return None
+    f = int(ok[0])
+    accept = float(p_site[f:].sum())
+    if accept < _MIN_ACCEPT:
+        return None
+    mass = p_site[f:] / accept
+    possible = np.flatnonzero(mass > 0)
+    tail = np.cumsum(mass[::-1])[::-1][possible]
+    return _SiteModel(m, lo, f + int(low.sum()), int(lo.max(axis=0).sum()), float(per_seq[f]), accept,
+                      possible + f + int(low.sum()), tail / tail[0])
+
+
+def _motif_pool(spec: SynthSpec) -> list[Motif]:
+    if spec.motif_file is not None:
+        motifs = read_motif_file(spec.motif_file)
+    else:
+        try:
+            motifs = load_motifs(spec.motif_collection, spec.motif_tax_group, spec.motif_release)
+        except DataError as e:
+            raise DataError(f"synthetic spec: motif_collection/motif_tax_group/motif_release: {e}") from None
+    return [m for m in motifs if spec.min_width <= m.width <= spec.max_width and m.information_content() >= spec.min_ic]
+
+
+def _choose_motifs(spec: SynthSpec, rng: np.random.Generator) -> list[_SiteModel]:
+    """Random usable motifs, none more similar than max_similarity to another: shared ones first.
+
+    Shared motifs must have finely graded site scores (no score holds more than
+    _SHARED_RESOLUTION of the planted sites), so that each task of a group can be given its own
+    threshold without a jump in how many sites it responds to.
+    """
+    pool = _motif_pool(spec)
+    need_shared = spec.n_groups * spec.n_shared
+    need_other = spec.n_activating - need_shared + spec.n_decoys
+    source = spec.motif_file or f"{spec.motif_release} {spec.motif_collection} {spec.motif_tax_group}"
+    shared: list[_SiteModel] = []
+    other: list[_SiteModel] = []
+    order = rng.permutation(len(pool))
+    if len(pool) < need_shared + need_other:
+        order = order[:0]  # hopeless: go straight to the error instead of scanning the pool
+    for i in order:
+        if len(shared) == need_shared and len(other) == need_other:
+            break
+        cand = pool[int(i)]
+        if spec.max_similarity < 1.0 and (shared or other):
+            taken = [c.motif.pfm for c in shared + other]
+            if pfm_similarity_many(cand.pfm, taken).max() >= spec.max_similarity:
+                continue
+        model = _site_model(cand, spec)
+        if model is None:
+            continue
+        if len(shared) < need_shared and model.resolution <= _SHARED_RESOLUTION:
+            shared.append(model)
+        elif len(other) < need_other:
+            other.append(model)
+    if len(shared) < need_shared or len(other) < need_other:
+        raise DataError(
+            f"synthetic spec: needs {need_shared} finely graded shared + {need_other} other distinct motifs "
+            f"({spec.n_activating} activating + n_decoys={spec.n_decoys}) but {source} gives only "
+            f"{len(shared)} + {len(other)} with min_ic={spec.min_ic}, width {spec.min_width}..{spec.max_width}, "
+            f"max_similarity={spec.max_similarity}, chance_matches={spec.chance_matches}; raise max_similarity or "
+            "chance_matches, or lower n_tasks/n_groups/motifs_per_task/n_decoys"
+        )
+    return shared + other
+
+
+# ---------------------------------------------------------------- tasks
+
+
+def target_prevalences(spec: SynthSpec) -> np.ndarray:
+    """Ascending targets spaced log-linearly from min through median to max (endpoints included)."""
+    t = spec.n_tasks
+    if t == 1:
+        return np.array([spec.prevalence_median])
+    u = np.arange(t) / (t - 1)
+    lo, mid, hi = np.log([spec.prevalence_min, spec.prevalence_median, spec.prevalence_max])
+    return np.exp(np.where(u <= 0.5, lo + (mid - lo) * u / 0.5, mid + (hi - mid) * (u - 0.5) / 0.5))
+
+
+def _clean_prevalence(target: np.ndarray, noise: float) -> np.ndarray:
+    # Symmetric flips turn clean prevalence c into c(1-e) + (1-c)e; invert so the observed rate hits the target.
+    return (target - noise) / (1.0 - 2.0 * noise)
+
+
+@dataclass
+class _Tasks:
+    names: list[str]
+    group_of: np.ndarray            # [T]
+    motifs: list[list[int]]         # [T] indices of activating motifs (shared first)
+    targets: np.ndarray             # [T] observed-prevalence targets
+    clean: np.ndarray               # [T] prevalence before label noise
+    rates: np.ndarray               # [M] site rate per motif (activating, then decoys)
+    min_score: np.ndarray           # [T, M] score a site needs to activate the task; above any score if unrelated
+    shared_expected: np.ndarray     # [T] P(a shared motif activates the task)
+
+
+def _tasks(spec: SynthSpec, models: list[_SiteModel], rng: np.random.Generator) -> _Tasks:
+    T, G, ns, npv = spec.n_tasks, spec.n_groups, spec.n_shared, spec.n_private
+    M = len(models)
+    group_of = np.concatenate([np.full(len(b), g) for g, b in enumerate(np.array_split(np.arange(T), G))])
+    base = G * ns
+    motifs = [list(range(group_of[t] * ns, (group_of[t] + 1) * ns)) + list(range(base + t * npv, base + (t + 1) * npv))
+              for t in range(T)]
+    digits = max(2, len(str(T - 1)))
+    names = [f"g{int(g)}_t{t:0{digits}d}" for t, g in enumerate(group_of)]
+
+    # Random assignment so that prevalence is not tied to group or task index.
+    targets = rng.permutation(target_prevalences(spec))
+    clean = _clean_prevalence(targets, spec.label_noise)
+    share = ns / spec.motifs_per_task
+
+    rates = np.zeros(M)
+    never = np.iinfo(np.int64).max
+    min_score = np.full((T, M), never, dtype=np.int64)
+    shared_expected = np.zeros(T)
+    for g in range(G):
+        members = np.flatnonzero(group_of == g)
+        if ns:
+            want = share * clean[members]
+            # Planted often enough for the member that needs the most; the others need stronger sites.
+            q = 1.0 - (1.0 - want.max()) ** (1.0 / ns)
+            rates[g * ns:(g + 1) * ns] = q
+            for t, w in zip(members, want):
+                frac = (1.0 - (1.0 - w) ** (1.0 / ns)) / q
+                # Nearest achievable share of sites; with private motifs, never so many that shared motifs
+                # alone would exceed the task's prevalence (the private ones could not make up for it).
+                cap = frac / share if npv else np.inf
+                miss = 1.0
+                for m in range(g * ns, (g + 1) * ns):
+                    tail = models[m].tail
+                    dist = np.where(tail <= cap, np.abs(tail - frac), np.inf)
+                    i = int(np.argmin(dist)) if np.isfinite(dist).any() else len(tail) - 1
+                    min_score[t, m] = models[m].scores[i]
+                    miss *= 1.0 - q * models[m].tail[i]
+                shared_expected[t] = 1.0 - miss
+        for t in members:
+            for m in motifs[t][ns:]:
+                min_score[t, m] = models[m].floor
+            if npv:
+                p_private = max(0.0, 1.0 - (1.0 - clean[t]) / (1.0 - shared_expected[t]))
+                rates[base + t * npv: base + (t + 1) * npv] = 1.0 - (1.0 - p_private) ** (1.0 / npv)
+    if spec.n_decoys:
+        rates[spec.n_activating:] = np.median(rates[:spec.n_activating])
+    return _Tasks(names, group_of, motifs, targets, clean, rates, min_score, shared_expected)
+
+
+# ---------------------------------------------------------------- sequences
+
+
+@dataclass
+class _Tables:
+    widths: np.ndarray   # [M]
+    cdf: np.ndarray      # [M, Wmax, 3] cumulative P(A), P(A or C), P(A, C or G); 1 past the width
+    lo: np.ndarray       # [M, 4, Wmax] quantized log-odds, 0 past the width
+    floor: np.ndarray    # [M]
+
+
+def _tables(models: list[_SiteModel]) -> _Tables:
+    wmax = max(sm.motif.width for sm in models)
+    cdf = np.ones((len(models), wmax, 3))
+    lo = np.zeros((len(models), 4, wmax), dtype=np.int64)
+    for k, sm in enumerate(models):
+        w = sm.motif.width
+        cdf[k, :w] = np.cumsum(sm.motif.pfm, axis=0)[:3].T
+        lo[k, :, :w] = sm.lo
+    return _Tables(np.array([sm.motif.width for sm in models], dtype=np.int64), cdf, lo,
+                   np.array([sm.floor for sm in models], dtype=np.int64))
+
+
+def _sample_sites(mot: np.ndarray, tab: _Tables, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """PWM samples (forward strand, uint8 [n, Wmax]) scoring >= each motif's floor, and their scores."""
+    wmax = tab.cdf.shape[1]
+    cols = np.arange(wmax)
+    sites = np.zeros((len(mot), wmax), dtype=np.uint8)
+    scores = np.zeros(len(mot), dtype=np.int64)
+    pending = np.arange(len(mot))
+    # Rejection sampling: every usable motif accepts >= _MIN_ACCEPT of draws, so this ends fast.
+    while pending.size:
+        m = mot[pending]
+        cand = (rng.random((pending.size, wmax))[:, :, None] >= tab.cdf[m]).sum(axis=2)
+        sc = tab.lo[m[:, None], cand, cols[None, :]].sum(axis=1)
+        ok = sc >= tab.floor[m]
+        sites[pending[ok]] = cand[ok]
+        scores[pending[ok]] = sc[ok]
+        pending = pending[~ok]
+    return sites, scores
+
+
+def _generate_chunk(n: int, spec: SynthSpec, tab: _Tables, rates: np.ndarray, rng: np.random.Generator):
+    """n sequences -> (codes uint8 [n, L], planted-site scores int64 [n, M], NO_SITE where absent)."""
+    L, M = spec.seq_len, len(tab.widths)
+    at = (1.0 - spec.gc) / 2.0
+    u = rng.random((n, L), dtype=np.float32)
+    codes = ((u >= at).astype(np.uint8) + (u >= 0.5) + (u >= 1.0 - at)).astype(np.uint8)
+
+    present = rng.random((n, M)) < rates[None, :]
+    # Random order of each sequence's sites; absent motifs sort last.
+    order = np.argsort(rng.random((n, M)) + 2.0 * ~present, axis=1, kind="stable")
+    present_ord = np.take_along_axis(present, order, axis=1)
+    w_ord = tab.widths[order] * present_ord
+    # Sites that would overflow the sequence are dropped (only when it is nearly full).
+    keep = present_ord & (np.cumsum(w_ord, axis=1) <= L)
+    w_ord = w_ord * keep
+    free = L - w_ord.sum(axis=1)
+    # Sorted uniform gaps in [0, free] plus the widths before each site give non-overlapping starts.
+    gaps = np.floor(rng.random((n, M)) * (free[:, None] + 1)).astype(np.int64)
+    gaps = np.sort(np.where(keep, gaps, L + 1), axis=1)
+    starts = gaps + np.cumsum(w_ord, axis=1) - w_ord
+    minus = rng.random((n, M)) < 0.5
+
+    seq_idx, slot = np.nonzero(keep)
+    mot = order[seq_idx, slot]
+    start = starts[seq_idx, slot]
+    strand_minus = minus[seq_idx, slot]
+    site, score = _sample_sites(mot, tab, rng)
+
+    wmax = tab.cdf.shape[1]
+    cols = np.arange(wmax)
+    w = tab.widths[mot][:, None]
+    valid = cols[None, :] < w
+    src = np.where(strand_minus[:, None], w - 1 - cols[None, :], cols[None, :])
+    written = np.take_along_axis(site, np.clip(src, 0, wmax - 1), axis=1)
+    written = np.where(strand_minus[:, None], 3 - written, written).astype(np.uint8)
+    rows = np.broadcast_to(seq_idx[:, None], valid.shape)
+    pos = start[:, None] + cols[None, :]
+    codes[rows[valid], pos[valid]] = written[valid]
+
+    scores = np.full((n, M), NO_SITE, dtype=np.int64)
+    scores[seq_idx, mot] = score
+    return codes, scores
+
+
+# ---------------------------------------------------------------- generation
+
+
+def generate(spec: SynthSpec) -> tuple[list[str], dict[str, SplitArrays], dict]:
+    """(task_names, {"train","valid","test"} -> SplitArrays, truth) for the spec; nothing is written."""
+    validate_spec(spec)
+    rng = np.random.Generator(np.random.PCG64(spec.seed))
+    models = _choose_motifs(spec, rng)
+    tasks = _tasks(spec, models, rng)
+    tab = _tables(models)
+    coverage = float(tasks.rates @ tab.widths) / spec.seq_len
+    if coverage > _MAX_COVERAGE:
+        raise DataError(
+            f"synthetic spec: planted sites would cover {coverage:.0%} of seq_len={spec.seq_len} on average "
+            f"(limit {_MAX_COVERAGE:.0%}); raise seq_len or lower prevalence_max, n_tasks, motifs_per_task or n_decoys"
+        )
+
+    N = spec.n_seqs
+    codes = np.empty((N, spec.seq_len), dtype=np.uint8)
+    site_scores = np.empty((N, len(models)), dtype=np.int64)
+    for lo in range(0, N, _CHUNK):
+        hi = min(N, lo + _CHUNK)
+        codes[lo:hi], site_scores[lo:hi] = _generate_chunk(hi - lo, spec, tab, tasks.rates, rng)
+
+    clean = np.stack([(site_scores[:, ms] >= tasks.min_score[t, ms]).any(axis=1) for t, ms in enumerate(tasks.motifs)],
+                     axis=1)
+    labels = clean.astype(np.int8) ^ (rng.random(clean.shape) < spec.label_noise).astype(np.int8)
+    labels[rng.random(clean.shape) < spec.unknown_rate] = -1
+
+    n_valid = int(round(spec.valid_fraction * N))
+    n_test = int(round(spec.test_fraction * N))
+    bounds = {"train": (0, N - n_valid - n_test), "valid": (N - n_valid - n_test, N - n_test), "test": (N - n_test, N)}
+    width = len(str(N - 1))
+    splits = {
+        s: SplitArrays(codes=codes[a:b], labels=labels[a:b], tracks=None,
+                       headers=[f"synth:{i:0{width}d}" for i in range(a, b)])
+        for s, (a, b) in bounds.items()
+    }
+    truth = _truth(spec, models, tasks, site_scores, clean, labels, bounds)
+    truth["fingerprint"] = _fingerprint(spec, tasks.names, models, splits)
+    return tasks.names, splits, truth
+
+
+def _r(x) -> float:
+    return float(round(float(x), 6))
+
+
+def _truth(spec: SynthSpec, models: list[_SiteModel], tasks: _Tasks, site_scores: np.ndarray, clean: np.ndarray,
+           labels: np.ndarray, bounds: dict) -> dict:
+    def ref(k: int) -> dict:
+        return {"matrix_id": models[k].motif.matrix_id, "name": models[k].motif.name}
+
+    n_act, n_shared_total = spec.n_activating, spec.n_groups * spec.n_shared
+    planted = site_scores != NO_SITE
+    task_info = {}
+    for t, name in enumerate(tasks.names):
+        pos = clean[:, t]
+        shared = [m for m in tasks.motifs[t] if m < n_shared_total]
+        active = site_scores >= tasks.min_score[t][None, :]
+        task_info[name] = {
+            "group": f"g{int(tasks.group_of[t])}",
+            "activating_motifs": [{**ref(m), "shared": m < n_shared_total, "site_rate": _r(tasks.rates[m]),
+                                   "min_score_bits": _r(tasks.min_score[t, m] / SCORE_RES),
+                                   "planted_sites_used": _r(models[m].tail[np.searchsorted(models[m].scores,
+                                                                                           tasks.min_score[t, m])])}
+                                  for m in tasks.motifs[t]],
+            "prevalence_target": _r(tasks.targets[t]),
+            "clean_prevalence_target": _r(tasks.clean[t]),
+            "clean_prevalence": _r(pos.mean()),
+            # Share of the task's clean positives activated by a motif shared with its group.
+            "positives_from_shared_motifs": _r(active[pos][:, shared].any(axis=1).mean() if pos.any() and shared else 0.0),
+            "positives_from_shared_motifs_target": _r(tasks.shared_expected[t] / tasks.clean[t]),
+        }
+    groups = {f"g{g}": {"tasks": [n for n, gg in zip(tasks.names, tasks.group_of) if gg == g],
+                        "shared_motifs": [ref(m) for m in range(g * spec.n_shared, (g + 1) * spec.n_shared)]}
+              for g in range(spec.n_groups)}
+    prevalence, unknown = {}, {}
+    for s, (a, b) in bounds.items():
+        lab = labels[a:b]
+        known = lab >= 0
+        n_known = known.sum(axis=0)
+        prev = np.where(n_known > 0, (lab == 1).sum(axis=0) / np.maximum(n_known, 1), 0.0)
+        prevalence[s] = {n: _r(p) for n, p in zip(tasks.names, prev)}
+        unknown[s] = {n: _r(u) for n, u in zip(tasks.names, 1.0 - known.mean(axis=0))}
+    return {
+        "spec": spec.to_dict(),
+        "label_rule": LABEL_RULE,
+        "tasks": task_info,
+        "groups": groups,
+        "decoys": [ref(k) for k in range(n_act, len(models))],
+        "motifs": {sm.motif.matrix_id: {
+            "name": sm.motif.name,
+            "role": "decoy" if k >= n_act else "activating",
+            "width": sm.motif.width,
+            "information_content": _r(sm.motif.information_content()),
+            "site_rate": _r(tasks.rates[k]),
+            "planted_fraction": _r(planted[:, k].mean()),
+            "floor_bits": _r(sm.floor / SCORE_RES),
+            "max_bits": _r(sm.top / SCORE_RES),
+            "chance_matches_per_seq": _r(sm.chance),
+            "pwm_samples_above_floor": _r(sm.accept),
+        } for k, sm in enumerate(models)},
+        "score_units": f"log2 odds against the GC background (pseudocount 0.01), rounded to 1/{SCORE_RES} bit",
+        "split_sizes": {s: b - a for s, (a, b) in bounds.items()},
+        "prevalence": prevalence,
+        "unknown_fraction": unknown,
+    }
+
+
+def _fingerprint(spec: SynthSpec, names: list[str], models: list[_SiteModel], splits: dict[str, SplitArrays]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps(spec.to_dict(), sort_keys=True).encode())
+    h.update(json.dumps(names).encode())
+    for sm in models:
+        h.update(sm.motif.matrix_id.encode() + b"\0" + np.ascontiguousarray(sm.motif.pfm, dtype="<f8").tobytes())
+    for s in SPLITS:
+        h.update(s.encode())
+        h.update(np.ascontiguousarray(splits[s].codes).tobytes())
+        h.update(np.ascontiguousarray(splits[s].labels).tobytes())
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_synthetic(spec: SynthSpec, out_dir, overwrite: bool = False) -> dict[str, Path]:
+    """Write out_dir/basset.h5, out_dir/store.h5 and out_dir/truth.json; returns their paths by kind.
+
+    Everything is checked (spec, existing files) and generated before the first byte is written.
+    """
+    from data.basset_hdf5 import write_basset
+    from data.store import Store
+
+    if not isinstance(spec, SynthSpec):
+        raise DataError(f"write_synthetic: spec must be a SynthSpec, got {type(spec).__name__}")
+    validate_spec(spec)
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a directory")
+    paths = {kind: out / fname for kind, fname in OUTPUT_FILES.items()}
+    if not overwrite:
+        for p in paths.values():
+            if p.exists():
+                raise DataError(f"{p}: already exists; pass overwrite=True (--overwrite) to replace it")
+    names, splits, truth = generate(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    write_basset(paths["basset"], names, {s: (splits[s].codes, splits[s].labels) for s in SPLITS},
+                 test_headers=splits["test"].headers, overwrite=overwrite)
+    Store.from_arrays(names, splits, fingerprint=truth["fingerprint"]).save(paths["store"], overwrite=overwrite)
+    _write_text_atomic(paths["truth"], json.dumps(truth, sort_keys=True, indent=2) + "\n")
+    return paths
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    # A named temp file opened with "x" gets the usual umask permissions (mkstemp would force 0600).
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

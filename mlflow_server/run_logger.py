@@ -1,0 +1,198 @@
+"""One training run as one MLflow run: params, per-epoch metrics in batches, deltas against
+the single-task baseline, artifacts and plots. Plugs into training/ as a Callback."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from mlflow.tracking import MlflowClient
+
+from analysis import plots
+from mlflow_server.fast_logger import FastLogger
+from mlflow_server.names import sanitize_names
+from mlflow_server.server import check_reachable
+from training.callbacks import Callback
+from training.config import RunConfig, model_family
+
+PARENT_TAG = "mlflow.parentRunId"
+PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "test/auroc/")
+
+
+def get_or_create_experiment(client: MlflowClient, name: str) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    return client.create_experiment(name)
+
+
+def param_value(v: Any) -> str:
+    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    return s if len(s) <= 6000 else s[:5990] + "...[cut]"
+
+
+def delta_metrics(auroc: np.ndarray, baseline: np.ndarray, keys: list[str], prefix: str = "val") -> dict[str, float]:
+    delta = auroc - baseline
+    ok = np.isfinite(delta)
+    out = {f"{prefix}/delta_auroc/{k}": float(d) for k, d in zip(keys, delta) if np.isfinite(d)}
+    out[f"{prefix}/delta_auroc_mean"] = float(delta[ok].mean()) if ok.any() else math.nan
+    out[f"{prefix}/delta_auroc_median"] = float(np.median(delta[ok])) if ok.any() else math.nan
+    out[f"{prefix}/tasks_improved"] = float((delta[ok] > 0).sum())
+    out[f"{prefix}/tasks_compared"] = float(ok.sum())
+    return out
+
+
+class MlflowRunLogger(Callback):
+    """Creates (or continues) an MLflow run for a training run.
+
+    ``baseline`` maps task name -> the matching single-task baseline's validation AUROC;
+    without it no delta is logged (a run is never compared against the wrong baseline)."""
+
+    def __init__(self, tracking_uri: str, experiment: str, cfg: RunConfig, *, run_name: Optional[str] = None,
+                 parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
+                 baseline: Optional[dict[str, float]] = None, run_id: Optional[str] = None,
+                 spool_dir: Optional[Path] = None, async_: bool = True):
+        check_reachable(tracking_uri)
+        self.uri = tracking_uri
+        self.client = MlflowClient(tracking_uri)
+        self.cfg = cfg
+        self.baseline = baseline
+        self.experiment_id = get_or_create_experiment(self.client, experiment)
+        all_tags = {"family": model_family(cfg), "role": "trial"}
+        all_tags.update(tags or {})
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        if run_id is None:
+            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+            run_id = run.info.run_id
+        self.run_id = run_id
+        self.tags = all_tags
+        self.spool_dir = Path(spool_dir) if spool_dir else None
+        self.logger: Optional[FastLogger] = None
+        self.async_ = async_
+        self.keys: dict[str, str] = {}
+        self.tasks: list[str] = []
+        self.history: list[dict[str, float]] = []
+
+    def _fast(self, run_dir: Path) -> FastLogger:
+        if self.logger is None:
+            spool = self.spool_dir or (run_dir / "mlflow_spool")
+            self.logger = FastLogger(self.uri, self.run_id, spool, async_=self.async_)
+        return self.logger
+
+    def on_train_start(self, info):
+        run_dir = Path(info["run_dir"])
+        self.tasks = list(info["task_names"])
+        self.keys = sanitize_names(self.tasks)
+        log = self._fast(run_dir)
+        params = {k: param_value(v) for k, v in self.cfg.flatten().items()}
+        params.update({"model.family": model_family(self.cfg), "model.n_params": str(info["n_params"]),
+                       "model.flops_per_sample": str(info["flops_per_sample"]),
+                       "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"])})
+        log.log_params(params)
+        log.set_tags({**self.tags, "run_dir": str(run_dir)})
+        d = run_dir / "mlflow_artifacts"
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / "task_names.json"
+        p.write_text(json.dumps({"task_to_key": self.keys}, indent=1))
+        c = d / "config.yaml"
+        c.write_text(self.cfg.to_yaml())
+        self._artifacts([p, c])
+        self.history = []
+
+    def _baseline_array(self) -> Optional[np.ndarray]:
+        if not self.baseline:
+            return None
+        return np.array([self.baseline.get(t, math.nan) for t in self.tasks], dtype=np.float64)
+
+    def epoch_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
+        out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("epoch", "best")}
+        base = self._baseline_array()
+        if base is not None:
+            auroc = np.array([metrics.get(f"val/auroc/{t}", math.nan) for t in self.tasks])
+            out.update(delta_metrics(auroc, base, self.tasks))
+        return out
+
+    def on_epoch_end(self, epoch, metrics):
+        m = self.epoch_metrics(metrics)
+        self.history.append({"epoch": epoch, **m})
+        if metrics.get("best"):
+            # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
+            m.update({f"best/{k}": v for k, v in m.items() if k.startswith("val/")})
+            m["best/epoch"] = float(epoch)
+        self._fast(Path(".")).log_metrics(self._rename(m), step=epoch)
+
+    def _rename(self, metrics: dict[str, float]) -> dict[str, float]:
+        out = {}
+        for k, v in metrics.items():
+            head, _, rest = k.partition("/") if k.startswith("best/") else ("", "", k)
+            for prefix in PER_TASK_PREFIXES + ("val/delta_auroc/", "test/delta_auroc/"):
+                if rest.startswith(prefix):
+                    rest = prefix + self.keys.get(rest[len(prefix):], rest[len(prefix):])
+                    break
+            out[f"{head}/{rest}" if head else rest] = v
+        return out
+
+    def on_train_end(self, result):
+        log = self._fast(result.run_dir)
+        final = dict(result.test_summary)
+        base = self._baseline_array()
+        if base is not None and result.test is not None:
+            final.update(delta_metrics(result.test.auroc, base, self.tasks, prefix="test"))
+        log.log_metrics(self._rename(final), step=result.best_epoch)
+        log.flush()
+        self._artifacts(self._result_files(result, base))
+        log.close()
+        self.client.set_terminated(self.run_id, "FINISHED")
+
+    def _result_files(self, result, base: Optional[np.ndarray]) -> list[Path]:
+        d = Path(result.run_dir) / "mlflow_artifacts"
+        d.mkdir(parents=True, exist_ok=True)
+        files = [Path(result.run_dir) / "metrics.json"]
+        table = d / "per_task.csv"
+        with open(table, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["task", "key", "val_auroc", "val_auprc", "baseline_val_auroc", "delta_val_auroc",
+                        "test_auroc", "val_n_pos", "val_n_neg"])
+            for i, t in enumerate(self.tasks):
+                b = base[i] if base is not None else math.nan
+                w.writerow([t, self.keys[t], result.val.auroc[i], result.val.auprc[i], b, result.val.auroc[i] - b,
+                            result.test.auroc[i] if result.test is not None else math.nan,
+                            int(result.val.n_pos[i]), int(result.val.n_neg[i])])
+        files.append(table)
+        files.append(plots.learning_curves(result.history, d / "learning_curves.png", title=self.tags.get("family", "")))
+        files.append(plots.schedule_weights(result.history, self.tasks, d / "schedule_weights.png"))
+        if base is not None:
+            files.append(plots.auroc_vs_baseline(self.tasks, result.val.auroc, base, d / "auroc_vs_baseline.png"))
+        return files
+
+    def _artifacts(self, paths: list[Path]) -> None:
+        """Artifacts go straight to the server; when it is away they stay listed in the spool
+        directory for `mtlsweep sync` (metrics/params are spooled by FastLogger)."""
+        pending = []
+        for p in paths:
+            try:
+                self.client.log_artifact(self.run_id, str(p))
+            except Exception:  # noqa: BLE001 - any transport failure: keep it for sync
+                pending.append(str(Path(p).resolve()))
+        if pending and self.logger is not None:
+            f = Path(self.logger.spool.dir) / "pending_artifacts.jsonl"
+            with open(f, "a") as fh:
+                for p in pending:
+                    fh.write(json.dumps({"run_id": self.run_id, "path": p}) + "\n")
+
+    def fail(self, status: str = "FAILED") -> None:
+        if self.logger is not None:
+            try:
+                self.logger.close()
+            except Exception:  # noqa: BLE001 - the run already failed; keep the first error
+                pass
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception:  # noqa: BLE001
+            pass

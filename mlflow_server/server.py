@@ -1,0 +1,399 @@
+"""Start, stop and inspect one `mlflow server` per project directory.
+
+The server runs in its own session (process group), so `stop` ends exactly the processes
+this module started, never other MLflow servers on the machine. Its state lives beside the
+data it serves: `<project_dir>/mlflow_server.json` (url, pid, pgid, backend with the password
+redacted, artifact root, log path) and `<project_dir>/mlflow_server.pid`.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+STATE_FILE = "mlflow_server.json"
+PID_FILE = "mlflow_server.pid"
+LOG_FILE = "mlflow_server.log"
+AUTH_INI = "basic_auth.ini"
+SECRET_FILE = ".flask_secret_key"
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# MLflow's own defaults for --allowed-hosts (localhost and private ranges); passing the flag
+# replaces them, so they are repeated when a non-loopback host adds its own names.
+_DEFAULT_ALLOWED = [
+    "localhost", "127.0.0.1", "[::1]", "localhost:*", "127.0.0.1:*", "[[]::1]:*",
+    "10.*", "192.168.*", *[f"172.{n}.*" for n in range(16, 32)],
+]
+# The auth app refuses shorter admin passwords (mlflow.utils.validation._validate_password).
+_MIN_PASSWORD_LEN = 12
+
+# Popen objects of servers started by this process: polling them reaps the zombie that a
+# killed child otherwise leaves, which would still look alive to kill(pid, 0).
+_CHILDREN: dict[int, subprocess.Popen] = {}
+
+
+class TrackingError(RuntimeError):
+    """A tracking server or store problem, described in one line."""
+
+
+@dataclass
+class ServerInfo:
+    url: str
+    pid: int
+    pgid: int
+    backend: str
+    artifact_root: str
+    log_path: str
+    project_dir: str
+    host: str
+    port: int
+    auth: bool = False
+    alive: bool = False
+    healthy: bool = False
+
+
+def redact_uri(uri: str) -> str:
+    """`scheme://user:secret@host` -> `scheme://user:***@host`."""
+    return re.sub(r"(://[^/:@]*):[^/]*@", r"\1:***@", uri)
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((host if host not in ("0.0.0.0", "::") else "", 0))
+        return s.getsockname()[1]
+
+
+def _url_host(host: str) -> str:
+    # A wildcard bind is reached through loopback from this machine.
+    if host in ("0.0.0.0", ""):
+        return "127.0.0.1"
+    if host == "::":
+        return "[::1]"
+    return f"[{host}]" if ":" in host else host
+
+
+# Our own server is on this machine: an http_proxy from the environment must not be asked.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _health(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with _DIRECT.open(url.rstrip("/") + "/health", timeout=timeout) as r:
+            return r.status == 200
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _group_alive(pgid: int) -> bool:
+    """True if a non-zombie process of group `pgid` exists."""
+    for pid, proc in list(_CHILDREN.items()):
+        if proc.poll() is not None:
+            _CHILDREN.pop(pid, None)
+    proc_dir = Path("/proc")
+    if proc_dir.is_dir():
+        for entry in proc_dir.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Fields after the parenthesised command name: state ppid pgrp ...
+            fields = stat.rsplit(")", 1)[-1].split()
+            if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+        return False
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _read_state(project_dir: Path) -> dict | None:
+    path = project_dir / STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise TrackingError(f"{path}: unreadable server state ({e}); delete it if no server runs")
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clear_state(project_dir: Path) -> None:
+    for name in (STATE_FILE, PID_FILE, AUTH_INI):
+        (project_dir / name).unlink(missing_ok=True)
+
+
+def _log_tail(log_path: Path, n: int = 5) -> str:
+    try:
+        lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return " | ".join(lines[-n:]) or "(empty log)"
+
+
+def _info_from_state(state: dict) -> ServerInfo:
+    fields = {k: state[k] for k in ServerInfo.__dataclass_fields__ if k in state}
+    return ServerInfo(**fields)
+
+
+def _allowed_hosts(host: str, port: int) -> list[str]:
+    names = {host, socket.gethostname(), socket.getfqdn()} - {"0.0.0.0", "::", ""}
+    extra = []
+    for name in sorted(names):
+        extra += [name, f"{name}:{port}"]
+    return _DEFAULT_ALLOWED + extra
+
+
+def _auth_files(project_dir: Path, env: dict) -> None:
+    """Write the basic-auth config (0600) from MLFLOW_TRACKING_USERNAME/PASSWORD."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
+    if not user or not password:
+        raise TrackingError(
+            "auth=True needs the admin credentials in the environment variables "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (both set, non-empty)"
+        )
+    if len(password) < _MIN_PASSWORD_LEN:
+        raise TrackingError(
+            f"MLFLOW_TRACKING_PASSWORD: MLflow's basic auth needs at least "
+            f"{_MIN_PASSWORD_LEN} characters, got {len(password)}"
+        )
+    if password != password.strip() or "\n" in password or "\r" in password:
+        raise TrackingError(
+            "MLFLOW_TRACKING_PASSWORD: must not contain line breaks or start/end with whitespace "
+            "(MLflow reads it from an INI file)"
+        )
+    values = {
+        "default_permission": "READ",
+        "database_uri": f"sqlite:///{project_dir / 'basic_auth.db'}",
+        "admin_username": user,
+        "admin_password": password,
+        "authorization_function": "mlflow.server.auth:authenticate_request_basic_auth",
+    }
+    # MLflow parses the file with ConfigParser's default interpolation: '%' must be doubled.
+    lines = [f"{k} = {v.replace('%', '%%')}" for k, v in values.items()]
+    _write_atomic(project_dir / AUTH_INI, "[mlflow]\n" + "\n".join(lines) + "\n", mode=0o600)
+    os.chmod(project_dir / AUTH_INI, 0o600)
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(project_dir / AUTH_INI)
+    # The file above is the single source of the admin credentials.
+    env.pop("MLFLOW_AUTH_ADMIN_USERNAME", None)
+    env.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+    env.pop("MLFLOW_TRACKING_PASSWORD", None)  # the server never needs it in its environment
+    if not env.get("MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        # CSRF key of the auth UI: must stay the same across restarts and workers.
+        secret_path = project_dir / SECRET_FILE
+        if not secret_path.exists():
+            _write_atomic(secret_path, secrets.token_hex(32), mode=0o600)
+        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = secret_path.read_text().strip()
+
+
+def start(
+    project_dir,
+    *,
+    backend_uri: str | None = None,
+    artifact_root: str | None = None,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    auth: bool = False,
+    workers: int = 1,
+    wait_s: float = 90,
+    allowed_hosts: list[str] | None = None,
+) -> ServerInfo:
+    """Start `mlflow server` for `project_dir` and wait until GET /health answers."""
+    project_dir = Path(project_dir).expanduser().resolve()
+    if workers < 1:
+        raise TrackingError(f"workers: must be >= 1, got {workers}")
+    if port is not None and not (0 < port < 65536):
+        raise TrackingError(f"port: must be in 1..65535, got {port}")
+    project_dir.mkdir(parents=True, exist_ok=True)
+
+    old = _read_state(project_dir)
+    if old is not None:
+        if _group_alive(int(old["pgid"])):
+            raise TrackingError(
+                f"{project_dir}: an MLflow server already runs at {old['url']} "
+                f"(pid {old['pid']}); stop it first (python -m mlflow_server stop --dir {project_dir})"
+            )
+        _clear_state(project_dir)
+
+    backend = backend_uri or f"sqlite:///{project_dir / 'mlflow.db'}"
+    if backend.startswith("postgres") and not any(
+        importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")
+    ):
+        raise TrackingError(
+            f"backend {redact_uri(backend)}: PostgreSQL needs a driver; install the project's "
+            "extra: pip install -e '.[postgres]'"
+        )
+    if artifact_root is None:
+        artifacts = str(project_dir / "artifacts")
+    elif "://" in artifact_root:
+        artifacts = artifact_root
+    else:
+        artifacts = str(Path(artifact_root).expanduser().resolve())
+    if "://" not in artifacts:
+        Path(artifacts).mkdir(parents=True, exist_ok=True)
+    port = port or _free_port(host)
+
+    env = dict(os.environ)
+    # Otherwise 3.17 starts a job runner and 7 consumers (~2 GB) that tracking never uses.
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    if auth:
+        _auth_files(project_dir, env)
+
+    cmd = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", backend,
+        "--serve-artifacts", "--artifacts-destination", artifacts,
+        "--host", host, "--port", str(port), "--workers", str(workers),
+    ]
+    if host not in _LOOPBACK or allowed_hosts:
+        cmd += ["--allowed-hosts", ",".join(allowed_hosts or _allowed_hosts(host, port))]
+    if auth:
+        cmd += ["--app-name", "basic-auth"]
+
+    log_path = project_dir / LOG_FILE
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start port {port}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=project_dir, start_new_session=True,
+        )
+    _CHILDREN[proc.pid] = proc
+    url = f"http://{_url_host(host)}:{port}"
+    info = ServerInfo(
+        url=url, pid=proc.pid, pgid=proc.pid, backend=redact_uri(backend),
+        artifact_root=redact_uri(artifacts), log_path=str(log_path),
+        project_dir=str(project_dir), host=host, port=port, auth=auth, alive=True,
+    )
+    # Written before the wait so that `stop` can end a server whose start is interrupted.
+    _write_atomic(project_dir / STATE_FILE, json.dumps(asdict(info), indent=1) + "\n")
+    _write_atomic(project_dir / PID_FILE, f"{proc.pid}\n")
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        if proc.poll() is not None:
+            _clear_state(project_dir)
+            raise TrackingError(
+                f"mlflow server exited with code {proc.returncode} before answering at {url}; "
+                f"log {log_path}: {_log_tail(log_path)}"
+            )
+        if _health(url, timeout=1.0):
+            break
+        if time.monotonic() > deadline:
+            _terminate(proc.pid)
+            _clear_state(project_dir)
+            raise TrackingError(
+                f"mlflow server did not answer at {url}/health within {wait_s:.0f} s; "
+                f"log {log_path}: {_log_tail(log_path)}"
+            )
+        time.sleep(0.25)
+    info.healthy = True
+    return info
+
+
+def _terminate(pgid: int, timeout: float = 10.0) -> None:
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _group_alive(pgid):
+            break
+        time.sleep(0.1)
+    else:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc = _CHILDREN.pop(pgid, None)
+    if proc is not None:
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def stop(project_dir, timeout: float = 10.0) -> bool:
+    """End the server of `project_dir` (SIGTERM, SIGKILL after `timeout`). False if none ran."""
+    project_dir = Path(project_dir).expanduser().resolve()
+    state = _read_state(project_dir)
+    if state is None:
+        return False
+    pgid = int(state["pgid"])
+    was_alive = _group_alive(pgid)
+    if was_alive:
+        _terminate(pgid, timeout)
+    _clear_state(project_dir)
+    return was_alive
+
+
+def status(project_dir) -> ServerInfo | None:
+    """The recorded server of `project_dir`, with whether it lives and answers; None if none."""
+    project_dir = Path(project_dir).expanduser().resolve()
+    state = _read_state(project_dir)
+    if state is None:
+        return None
+    info = _info_from_state(state)
+    info.alive = _group_alive(info.pgid)
+    info.healthy = info.alive and _health(info.url)
+    return info
+
+
+def resolve_tracking_uri(config_uri: str | None = None, cli_uri: str | None = None,
+                         default_dir="workspace") -> str:
+    """First set of: the config's tracking URI, --tracking-uri, MLFLOW_TRACKING_URI;
+    else the embedded default `sqlite:///<abs default_dir>/mlflow.db` (directory created)."""
+    for uri in (config_uri, cli_uri, os.environ.get("MLFLOW_TRACKING_URI")):
+        if uri and uri.strip():
+            return uri.strip()
+    d = Path(default_dir).expanduser().resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{d / 'mlflow.db'}"
+
+
+def check_reachable(uri: str, timeout: float = 5) -> None:
+    """Raise TrackingError if an http(s) tracking URI does not answer GET /health."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
+            if r.status == 200:
+                return
+            reason = f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        reason = f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = str(getattr(e, "reason", e))
+    raise TrackingError(
+        f"MLflow tracking server {redact_uri(uri)} does not answer ({reason}); start it with "
+        f"`python -m mlflow_server start` or set another tracking URI"
+    )

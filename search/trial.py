@@ -1,0 +1,155 @@
+"""One Ray Tune trial: the training/ engine inside a Tune function trainable.
+
+Each epoch reports summary metrics with a checkpoint (last.pt, best.pt and the MLflow run
+id), so a retried or paused trial resumes where it stopped and keeps logging into the same
+MLflow run. Per-task metrics go to MLflow, not to Tune, to keep Tune's results small.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from training.callbacks import Callback
+from training.config import RunConfig
+
+RUN_ID_FILE = "mlflow_run_id.txt"
+TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
+             "val/delta_auroc_mean", "val/tasks_improved", "cost/epoch_s", "cost/train_s",
+             "cost/samples_per_s", "cost/peak_mem_mb")
+REFERENCES = ("@baseline", "@hard")
+
+
+@dataclass
+class SweepContext:
+    """What every trial of a sweep shares; passed once through tune.with_parameters."""
+    base: dict[str, Any]                           # flattened base config
+    tracking_uri: Optional[str] = None
+    experiment: str = "mtlsweep"
+    parent_run_id: Optional[str] = None
+    sweep_name: str = ""
+    baseline_auroc: Optional[dict[str, float]] = None
+    references: dict[str, str] = field(default_factory=dict)   # "@baseline" -> checkpoint path
+    extra_callbacks: tuple = ()                    # test hooks (e.g. a fault injected once)
+
+
+def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
+    """Optuna's choices are hashable (tuples); the config wants lists."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()}
+
+
+def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
+    flat = dict(ctx.base)
+    flat.update(to_overrides(sampled))
+    ck = flat.get("init.checkpoint")
+    if isinstance(ck, str) and ck in REFERENCES:
+        if ck not in ctx.references:
+            raise ValueError(f"init.checkpoint={ck}: this sweep has no {ck[1:]} reference run")
+        flat["init.checkpoint"] = ctx.references[ck]
+    return RunConfig.from_flat(flat, source="trial config")
+
+
+class TuneReporter(Callback):
+    """tune.report once per epoch, with the resumable checkpoint."""
+
+    def __init__(self, run_dir: Path, mlflow_run_id: Optional[str]):
+        self.run_dir = run_dir
+        self.mlflow_run_id = mlflow_run_id
+        self.pending: dict[str, float] = {}
+
+    def on_epoch_end(self, epoch, metrics):
+        self.pending = {k: float(metrics[k]) for k in TUNE_KEYS if k in metrics}
+
+    def add(self, extra: dict[str, float]) -> None:
+        self.pending.update({k: v for k, v in extra.items() if k in TUNE_KEYS})
+
+    def on_checkpoint(self, path, epoch):
+        from ray import tune
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in ("last.pt", "best.pt"):
+                src = self.run_dir / name
+                if src.is_file():
+                    shutil.copy2(src, Path(tmp) / name)
+            if self.mlflow_run_id:
+                (Path(tmp) / RUN_ID_FILE).write_text(self.mlflow_run_id)
+            tune.report(self.pending, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+class _DeltaForwarder(Callback):
+    """Puts the MLflow logger's baseline deltas into the Tune report of the same epoch."""
+
+    def __init__(self, mlflow_logger, reporter: TuneReporter):
+        self.mlflow_logger = mlflow_logger
+        self.reporter = reporter
+
+    def on_epoch_end(self, epoch, metrics):
+        if self.mlflow_logger.history:
+            self.reporter.add(self.mlflow_logger.history[-1])
+
+
+def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id: str) -> Optional[str]:
+    filt = f"tags.trial_id = '{trial_id}'"
+    if parent:
+        filt += f" and tags.`mlflow.parentRunId` = '{parent}'"
+    runs = client.search_runs([experiment_id], filter_string=filt, max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
+    """The Tune function trainable (wrapped with tune.with_parameters by the sweep)."""
+    from ray import tune
+
+    from training.engine import Trainer
+
+    cfg = trial_config(config, ctx)
+    tune_ctx = tune.get_context()
+    trial_dir = Path(tune_ctx.get_trial_dir()).resolve()   # trials chdir: keep paths absolute
+    trial_id = tune_ctx.get_trial_id()
+    run_dir = trial_dir / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume_from = None
+    mlflow_run_id = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            for name in ("last.pt", "best.pt"):
+                if (Path(d) / name).is_file():
+                    shutil.copy2(Path(d) / name, run_dir / name)
+            if (Path(d) / RUN_ID_FILE).is_file():
+                mlflow_run_id = (Path(d) / RUN_ID_FILE).read_text().strip()
+        resume_from = run_dir / "last.pt"
+
+    callbacks: list[Callback] = []
+    mlflow_logger = None
+    if ctx.tracking_uri:
+        from mlflow_server.run_logger import MlflowRunLogger
+        from mlflow.tracking import MlflowClient
+        client = MlflowClient(ctx.tracking_uri)
+        if mlflow_run_id is None:
+            exp = client.get_experiment_by_name(ctx.experiment)
+            if exp is not None:
+                mlflow_run_id = _find_trial_run(client, exp.experiment_id, ctx.parent_run_id, trial_id)
+        mlflow_logger = MlflowRunLogger(
+            ctx.tracking_uri, ctx.experiment, cfg, run_name=f"{ctx.sweep_name}/{trial_id}",
+            parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id, baseline=ctx.baseline_auroc,
+            tags={"role": "trial", "trial_id": trial_id, "sweep": ctx.sweep_name},
+            spool_dir=trial_dir / "mlflow_spool")
+        callbacks.append(mlflow_logger)
+    reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)
+    if mlflow_logger is not None:
+        callbacks.append(_DeltaForwarder(mlflow_logger, reporter))
+    callbacks.extend(ctx.extra_callbacks)
+    callbacks.append(reporter)
+
+    trainer = Trainer(cfg, run_dir, store=store, callbacks=callbacks, progress=False)
+    if resume_from is not None:
+        trainer.resume(resume_from)
+    try:
+        trainer.fit()
+    except BaseException:
+        if mlflow_logger is not None:
+            mlflow_logger.fail("FAILED")
+        raise
