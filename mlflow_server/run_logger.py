@@ -32,7 +32,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
 
 
 def param_value(v: Any) -> str:
-    s = json.dumps(v) if isinstance(v, (list, dict)) else str(v)
+    s = json.dumps(v) if v is None or isinstance(v, (list, dict)) else str(v)
     return s if len(s) <= 6000 else s[:5990] + "...[cut]"
 
 
@@ -93,7 +93,8 @@ class MlflowRunLogger(Callback):
         params = {k: param_value(v) for k, v in self.cfg.flatten().items()}
         params.update({"model.family": model_family(self.cfg), "model.n_params": str(info["n_params"]),
                        "model.flops_per_sample": str(info["flops_per_sample"]),
-                       "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"])})
+                       "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
+                       "data.task_names": param_value(self.tasks)})
         log.log_params(params)
         log.set_tags({**self.tags, "run_dir": str(run_dir)})
         d = run_dir / "mlflow_artifacts"

@@ -13,7 +13,8 @@ class UserError(Exception):
 def _user_errors():
     from data.errors import DataError
     from training.config import ConfigError
-    return (UserError, DataError, ConfigError, FileNotFoundError, FileExistsError)
+    from mlflow_server.server import TrackingError
+    return (UserError, DataError, ConfigError, TrackingError, FileNotFoundError, FileExistsError)
 
 
 # ---- data ----------------------------------------------------------------------------
@@ -62,17 +63,108 @@ def cmd_data_convert(args) -> int:
 def cmd_train(args) -> int:
     from training.callbacks import ConsoleReporter
     from training.config import load_config
-    from training.engine import prepare_run_dir, train
+    from training.engine import Trainer, prepare_run_dir
     cfg = load_config(args.config, args.set)
+    if args.tracking_uri:
+        cfg = cfg.with_overrides({"tracking.enabled": True})
     if args.resume:
-        run_dir = prepare_run_dir(cfg, Path(args.resume).name, resume=True) if not Path(args.resume).is_dir() \
-            else Path(args.resume).resolve()
+        run_dir = Path(args.resume).resolve()
         if not (run_dir / "last.pt").is_file():
             raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
     else:
         run_dir = prepare_run_dir(cfg, args.name, force=args.force)
-    train(cfg, run_dir, callbacks=[ConsoleReporter()], resume=bool(args.resume), progress=not args.no_progress)
+    trainer = Trainer(cfg, run_dir, callbacks=[ConsoleReporter()], progress=not args.no_progress)
+    logger = None
+    if cfg.tracking.enabled:
+        logger = _train_logger(cfg, args, trainer)
+        trainer.callbacks.callbacks.insert(0, logger)
+    if args.resume:
+        trainer.resume(run_dir / "last.pt")
+    try:
+        trainer.fit()
+    except BaseException as exc:
+        if logger is not None:
+            logger.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if logger is not None:
+        print(f"MLflow run {logger.run_id} in experiment {cfg.tracking.experiment!r} at {logger.uri}")
     return 0
+
+
+def _train_logger(cfg, args, trainer):
+    """An MLflow run for `mtlsweep train`, compared with a matching baseline when one exists."""
+    from mlflow.tracking import MlflowClient
+    from mlflow_server.run_logger import MlflowRunLogger, get_or_create_experiment
+    from mlflow_server.server import check_reachable, resolve_tracking_uri
+    from search.baselines import baseline_fingerprint, find_baseline, load_baseline
+    from training.config import model_family
+    uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
+    fp = baseline_fingerprint(cfg, trainer.store.fingerprint, trainer.tasks)
+    tags = {"role": "train"}
+    baseline = None
+    if model_family(cfg) == "single" and cfg.init.kind == "random" and cfg.schedule.order == "joint" \
+            and cfg.schedule.weighting == "equal" and cfg.schedule.warm_start.task is None:
+        tags = {"role": "baseline", "baseline_fp": fp}     # it is a baseline: others compare to it
+    else:
+        run = find_baseline(client, exp_id, fp)
+        if run is not None:
+            baseline = load_baseline(client, run).auroc
+            tags["baseline_run_id"] = run.info.run_id
+    logger = MlflowRunLogger(uri, cfg.tracking.experiment, cfg, run_name=trainer.run_dir.name, tags=tags,
+                             baseline=baseline)
+    client.set_tag(logger.run_id, "checkpoint", str(trainer.run_dir / "best.pt"))
+    return logger
+
+
+# ---- sweeps, comparison, export, tracking --------------------------------------------
+def cmd_sweep(args) -> int:
+    from search.sweep import run
+    return run(args)
+
+
+def _tracking_uri(args) -> str:
+    from mlflow_server.server import check_reachable, resolve_tracking_uri
+    uri = resolve_tracking_uri(None, args.tracking_uri, default_dir=args.workspace)
+    check_reachable(uri)
+    return uri
+
+
+def cmd_compare(args) -> int:
+    from mlflow_server.compare import compare
+    text, _ = compare(_tracking_uri(args), args.experiment, args.sweep, args.metric, Path(args.out), args.top)
+    print(text)
+    print(f"written: {Path(args.out) / 'comparison.csv'} and {Path(args.out) / 'comparison.html'}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from search.export import export_best
+    for p in export_best(_tracking_uri(args), args.experiment, args.out, sweep=args.sweep, metric=args.metric,
+                         top=args.top, force=args.force):
+        print(p)
+    return 0
+
+
+def cmd_server(args) -> int:
+    from mlflow_server.__main__ import run
+    return run(args)
+
+
+def cmd_sync(args) -> int:
+    from mlflow_server.fast_logger import sync
+    n = sum(sync(d, args.tracking_uri) for d in _spool_dirs(Path(args.path)))
+    print(f"sent {n} values")
+    return 0
+
+
+def _spool_dirs(root: Path):
+    if (root / "spool.jsonl").exists():
+        yield root
+    else:
+        yield from sorted({p.parent for p in root.rglob("spool.jsonl")})
 
 
 # ---- demo ----------------------------------------------------------------------------
@@ -82,7 +174,9 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mtlsweep", description=__doc__.splitlines()[0] if __doc__ else None)
+    p = argparse.ArgumentParser(
+        prog="mtlsweep", description="Single-task vs hard- vs soft-sharing multi-task CNNs on DNA sequence: "
+        "data, training, Ray Tune sweeps and MLflow comparisons.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("data", help="datasets: synthetic benchmark, build from peaks, convert, info")
@@ -139,7 +233,46 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
     t.add_argument("--force", action="store_true", help="reuse an existing run directory")
     t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--tracking-uri", help="log to MLflow here (turns tracking on)")
     t.set_defaults(func=cmd_train)
+
+    from search.sweep import add_arguments as add_sweep_arguments
+    sw = sub.add_parser("sweep", help="search configurations with Optuna on Ray Tune, against single-task baselines")
+    add_sweep_arguments(sw)
+    sw.set_defaults(func=cmd_sweep)
+
+    def tracking_args(q):
+        q.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else local SQLite)")
+        q.add_argument("--workspace", default="workspace", help="where the local SQLite store lives")
+
+    cp = sub.add_parser("compare", help="best run per family vs the single-task baseline: table, CSV, HTML")
+    cp.add_argument("--experiment", default="mtlsweep")
+    cp.add_argument("--sweep", help="MLflow run id of a sweep's parent run (default: the whole experiment)")
+    cp.add_argument("--metric", default="val/auroc_mean")
+    cp.add_argument("--top", type=int, default=5, help="also list the top runs overall")
+    cp.add_argument("--out", default="workspace/compare", help="directory for comparison.csv and comparison.html")
+    tracking_args(cp)
+    cp.set_defaults(func=cmd_compare)
+
+    ex = sub.add_parser("export-best", help="write the best trials' configs as YAML that `mtlsweep train` reruns")
+    ex.add_argument("--experiment", default="mtlsweep")
+    ex.add_argument("--sweep", help="MLflow run id of a sweep's parent run")
+    ex.add_argument("--metric", default="val/auroc_mean")
+    ex.add_argument("--top", type=int, default=3)
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    tracking_args(ex)
+    ex.set_defaults(func=cmd_export)
+
+    from mlflow_server.__main__ import add_arguments as add_server_arguments
+    sv = sub.add_parser("server", help="start/stop/status of an MLflow tracking server")
+    add_server_arguments(sv)
+    sv.set_defaults(func=cmd_server)
+
+    sy = sub.add_parser("sync", help="send metrics spooled while the tracking server was away")
+    sy.add_argument("path", nargs="?", default="workspace", help="a spool directory or a tree containing them")
+    sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
+    sy.set_defaults(func=cmd_sync)
 
     m = sub.add_parser("demo", help="the main job on the embedded defaults")
     m.add_argument("--workspace", default="workspace")
@@ -149,8 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    return guarded(args.func, args)
+
+
+def guarded(func, args) -> int:
+    """User mistakes become one line and exit status 2; bugs keep their traceback."""
     try:
-        return args.func(args) or 0
+        return func(args) or 0
     except KeyboardInterrupt:
         print("mtlsweep: interrupted", file=sys.stderr)
         return 130

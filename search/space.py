@@ -75,26 +75,8 @@ class SearchSpace:
                 return False
         return True
 
-    def define_by_run(self, constants: Optional[dict[str, Any]] = None) -> Callable:
-        dims = self.dims
-
-        def space_fn(trial) -> Optional[dict[str, Any]]:
-            sampled: dict[str, Any] = {}
-            for d in dims:
-                if not self.applies(d, sampled):
-                    continue
-                if d.type == "categorical":
-                    # Optuna wants hashable primitives; YAML lists become tuples of choices.
-                    sampled[d.key] = trial.suggest_categorical(d.key, d.values)
-                elif d.type == "int":
-                    sampled[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high), log=d.log,
-                                                       step=int(d.step or 1))
-                else:
-                    sampled[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high), log=d.log,
-                                                         step=d.step)
-            return dict(constants) if constants else None
-
-        return space_fn
+    def define_by_run(self, constants: Optional[dict[str, Any]] = None) -> "DefineByRun":
+        return DefineByRun(self, dict(constants or {}))
 
     def _walk(self, forced: dict[str, Any]) -> dict[str, Any]:
         """A sample in which the forced keys take their values and every other applicable
@@ -129,6 +111,28 @@ class SearchSpace:
                     sample = self._walk({**dict(combo), d.key: v})
                     base.with_overrides({k: list(x) if isinstance(x, tuple) else x for k, x in sample.items()},
                                         source=f"{self.source}: {d.key}={v!r}")
+
+
+class DefineByRun:
+    """Optuna define-by-run function over a SearchSpace; a class (not a closure) so that
+    Ray Tune can pickle the searcher into its experiment checkpoint for resumption."""
+
+    def __init__(self, space: SearchSpace, constants: dict[str, Any]):
+        self.space = space
+        self.constants = constants
+
+    def __call__(self, trial) -> Optional[dict[str, Any]]:
+        sampled: dict[str, Any] = {}
+        for d in self.space.dims:
+            if not self.space.applies(d, sampled):
+                continue
+            if d.type == "categorical":
+                sampled[d.key] = trial.suggest_categorical(d.key, d.values)
+            elif d.type == "int":
+                sampled[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
+            else:
+                sampled[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high), log=d.log, step=d.step)
+        return dict(self.constants) if self.constants else None
 
 
 def _parse_dimension(key: str, spec: Any, source: str, seen: list[str]) -> Dimension:

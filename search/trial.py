@@ -34,6 +34,7 @@ class SweepContext:
     baseline_auroc: Optional[dict[str, float]] = None
     references: dict[str, str] = field(default_factory=dict)   # "@baseline" -> checkpoint path
     extra_callbacks: tuple = ()                    # test hooks (e.g. a fault injected once)
+    cpus_per_trial: float = 1.0
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
@@ -104,6 +105,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
 
     from training.engine import Trainer
 
+    import torch
+    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))   # concurrent trials must not oversubscribe cores
     cfg = trial_config(config, ctx)
     tune_ctx = tune.get_context()
     trial_dir = Path(tune_ctx.get_trial_dir()).resolve()   # trials chdir: keep paths absolute
@@ -136,7 +139,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
             ctx.tracking_uri, ctx.experiment, cfg, run_name=f"{ctx.sweep_name}/{trial_id}",
             parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id, baseline=ctx.baseline_auroc,
             tags={"role": "trial", "trial_id": trial_id, "sweep": ctx.sweep_name},
-            spool_dir=trial_dir / "mlflow_spool")
+            spool_dir=trial_dir / "mlflow_spool", async_=False)
         callbacks.append(mlflow_logger)
     reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)
     if mlflow_logger is not None:

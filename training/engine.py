@@ -176,7 +176,8 @@ class Trainer:
         bar = None
         if self.progress:
             from tqdm.auto import tqdm
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step")
+            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step",
+                       disable=None, mininterval=0.5)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
                     else torch.autocast("cpu", enabled=False))
         loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)

@@ -1,0 +1,274 @@
+"""`mtlsweep compare`: is a configuration better than single-task, on which tasks, at what cost?
+
+Each run is matched to the single-task baseline with the same baseline fingerprint (data,
+task set, tower shape, budget, seed), recomputed from the run's own params; a run with no
+such baseline is shown without deltas rather than compared with the wrong one.
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+from mlflow.tracking import MlflowClient
+
+FAMILIES = ("single", "hard", "soft", "branched", "motif_gbm")
+AUROC_PREFIX = "best/val/auroc/"
+
+
+@dataclass
+class RunRow:
+    run_id: str
+    name: str
+    family: str
+    role: str
+    status: str
+    metrics: dict[str, float]
+    params: dict[str, str]
+    tags: dict[str, str]
+    per_task: dict[str, float] = field(default_factory=dict)   # metric key -> best val AUROC
+    baseline_fp: Optional[str] = None
+    baseline: Optional["RunRow"] = None
+
+    def m(self, key: str) -> float:
+        return float(self.metrics.get(key, math.nan))
+
+
+def _parse_params(params: dict[str, str]) -> dict:
+    out = {}
+    for k, v in params.items():
+        try:
+            out[k] = yaml.safe_load(v)
+        except yaml.YAMLError:
+            out[k] = v
+    return out
+
+
+def run_fingerprint(params: dict[str, str]) -> Optional[str]:
+    """The baseline fingerprint a run must be compared under, from its logged params."""
+    from search.baselines import baseline_fingerprint
+    from training.config import RunConfig, flatten
+    parsed = _parse_params(params)
+    known = set(flatten(RunConfig().model_dump(mode="json")))
+    try:
+        cfg = RunConfig.from_flat({k: v for k, v in parsed.items() if k in known})
+        tasks = parsed.get("data.task_names")
+        if not isinstance(tasks, list):
+            return None
+        return baseline_fingerprint(cfg, str(parsed.get("data.fingerprint", "")), tasks)
+    except ValueError:
+        return None
+
+
+def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) -> list[RunRow]:
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ValueError(f"experiment {experiment!r} does not exist on this tracking server")
+    runs = client.search_runs([exp.experiment_id], max_results=5000)
+    rows = []
+    for r in runs:
+        tags = r.data.tags
+        role = tags.get("role", "")
+        if role in ("sweep", "analysis"):
+            continue
+        rows.append(RunRow(
+            r.info.run_id, r.info.run_name or r.info.run_id[:8], tags.get("family", "?"), role, r.info.status,
+            dict(r.data.metrics), dict(r.data.params), dict(tags),
+            per_task={k[len(AUROC_PREFIX):]: v for k, v in r.data.metrics.items() if k.startswith(AUROC_PREFIX)}))
+    baselines = {}
+    for row in rows:
+        if row.role == "baseline" and row.status == "FINISHED":
+            baselines.setdefault(row.tags.get("baseline_fp"), row)
+    for row in rows:
+        row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else run_fingerprint(row.params)
+        if row.role != "baseline":
+            row.baseline = baselines.get(row.baseline_fp)
+    if sweep:
+        rows = [r for r in rows if r.tags.get("mlflow.parentRunId") == sweep or r.tags.get("sweep") == sweep
+                or (r.role == "baseline" and any(x.baseline is r for x in rows
+                                                 if x.tags.get("mlflow.parentRunId") == sweep
+                                                 or x.tags.get("sweep") == sweep))]
+    return rows
+
+
+@dataclass
+class Comparison:
+    row: RunRow
+    delta: np.ndarray            # per task (run - baseline), NaN where undefined
+    keys: list[str]
+    p_value: float
+    improved: int
+    compared: int
+
+    @property
+    def delta_mean(self) -> float:
+        ok = np.isfinite(self.delta)
+        return float(self.delta[ok].mean()) if ok.any() else math.nan
+
+
+def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
+    if row.baseline is None:
+        return None
+    keys = sorted(set(row.per_task) & set(row.baseline.per_task))
+    d = np.array([row.per_task[k] - row.baseline.per_task[k] for k in keys], dtype=np.float64)
+    ok = np.isfinite(d)
+    p = math.nan
+    if ok.sum() >= 2 and np.any(d[ok] != 0):
+        from scipy.stats import wilcoxon
+        p = float(wilcoxon(d[ok]).pvalue)
+    return Comparison(row, d, keys, p, int((d[ok] > 0).sum()), int(ok.sum()))
+
+
+COLUMNS = ["run", "family", "role", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
+           "tasks_improved", "tasks_total", "epoch_s", "samples_per_s", "n_params", "baseline"]
+
+
+def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5) -> list[dict]:
+    key = f"best/{metric}" if not metric.startswith(("best/", "test/")) else metric
+    ranked = sorted([r for r in rows if math.isfinite(r.m(key))], key=lambda r: -r.m(key))
+    chosen: list[tuple[str, RunRow]] = []
+    for fam in FAMILIES:
+        best = next((r for r in ranked if r.family == fam and r.role != "baseline"), None)
+        if fam == "single" and best is None:
+            best = next((r for r in ranked if r.role == "baseline"), None)
+        if best is not None:
+            chosen.append((f"best {fam}", best))
+    for r in ranked[:top]:
+        if all(r is not c for _, c in chosen):
+            chosen.append(("top", r))
+    out = []
+    for label, r in chosen:
+        c = compare_to_baseline(r)
+        out.append({
+            "run": r.name, "family": r.family, "role": label if r.role != "baseline" else "baseline",
+            "auroc_mean": r.m("best/val/auroc_mean"), "auroc_median": r.m("best/val/auroc_median"),
+            "auprc_mean": r.m("best/val/auprc_mean"),
+            "delta_auroc_mean": c.delta_mean if c else math.nan, "wilcoxon_p": c.p_value if c else math.nan,
+            "tasks_improved": c.improved if c else "", "tasks_total": c.compared if c else "",
+            "epoch_s": r.m("cost/epoch_s"), "samples_per_s": r.m("cost/samples_per_s"),
+            "n_params": r.params.get("model.n_params", ""),
+            "baseline": (r.baseline.name if r.baseline else ("-" if r.role == "baseline" else "no matching baseline")),
+            "_row": r, "_cmp": c,
+        })
+    return out
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "-"
+        return f"{v:+.4f}" if abs(v) < 1 and v < 0 else f"{v:.4g}" if abs(v) >= 100 else f"{v:.4f}"
+    return str(v)
+
+
+def render_text(rows: list[dict]) -> str:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title="configurations vs single-task baseline (validation, best epoch)")
+    for c in COLUMNS:
+        t.add_column(c, justify="right" if c not in ("run", "family", "role", "baseline") else "left")
+    for r in rows:
+        t.add_row(*[_fmt(r[c]) for c in COLUMNS])
+    console = Console(record=True, width=200)
+    with console.capture():
+        console.print(t)
+    return console.export_text()
+
+
+def write_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    return path
+
+
+def _png_b64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out = {}
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple")))
+    for fam in FAMILIES:
+        pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
+        pts = [p for p in pts if all(map(math.isfinite, p))]
+        if pts:
+            x, y = zip(*pts)
+            ax.scatter(x, y, label=fam, c=colors[fam], s=22)
+    pts = sorted((r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs
+                 if math.isfinite(r.m("cost/epoch_s")) and math.isfinite(r.m("best/val/auroc_mean")))
+    front, best = [], -math.inf
+    for x, y in pts:
+        if y > best:
+            front.append((x, y))
+            best = y
+    if front:
+        ax.step(*zip(*front), where="post", c="k", lw=1, label="Pareto front")
+    ax.set_xlabel("epoch time (s)"); ax.set_ylabel("best validation AUROC (mean over tasks)")
+    ax.legend(fontsize=7); ax.set_title("accuracy against cost")
+    out["pareto.png"] = _png_b64(fig)
+    for r in rows:
+        c = r["_cmp"]
+        if c is None or r["role"] == "baseline":
+            continue
+        row = r["_row"]
+        base = np.array([row.baseline.per_task[k] for k in c.keys])
+        run = np.array([row.per_task[k] for k in c.keys])
+        fig, ax = plt.subplots(figsize=(4.2, 4))
+        better = run > base
+        ax.scatter(base[~better], run[~better], c="tab:red", s=14)
+        ax.scatter(base[better], run[better], c="tab:green", s=14)
+        ok = np.isfinite(base) & np.isfinite(run)
+        if ok.any():
+            lo, hi = min(base[ok].min(), run[ok].min()) - 0.02, max(base[ok].max(), run[ok].max()) + 0.02
+            ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlabel("single-task baseline AUROC"); ax.set_ylabel(f"{row.family} AUROC")
+        ax.set_title(f"{row.name}: {c.improved}/{c.compared} tasks improved", fontsize=9)
+        out[f"scatter_{row.family}_{row.run_id[:8]}.png"] = _png_b64(fig)
+    return out
+
+
+def write_html(rows: list[dict], figs: dict[str, str], path: Path, title: str) -> Path:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    imgs = "".join(f'<figure><img src="data:image/png;base64,{b}"><figcaption>{html.escape(n)}</figcaption></figure>'
+                   for n, b in figs.items())
+    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
+padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;margin:8px}}</style></head><body>
+<h1>{html.escape(title)}</h1><p>Validation AUROC at each run's best epoch; deltas against the single-task
+baseline with the same fingerprint; p: Wilcoxon signed-rank test over tasks.</p>
+<table><tr>{head}</tr>{body}</table>{imgs}</body></html>""")
+    return path
+
+
+def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, metric: str = "val/auroc_mean",
+            out_dir: Optional[Path] = None, top: int = 5) -> tuple[str, list[dict]]:
+    client = MlflowClient(tracking_uri)
+    runs = collect(client, experiment, sweep)
+    if not runs:
+        raise ValueError(f"experiment {experiment!r} has no runs" + (f" under sweep {sweep}" if sweep else ""))
+    rows = table_rows(runs, metric, top)
+    text = render_text(rows)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_csv(rows, out_dir / "comparison.csv")
+        write_html(rows, figures(rows, runs), out_dir / "comparison.html", f"mtlsweep: {experiment}")
+    return text, rows

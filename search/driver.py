@@ -1,0 +1,260 @@
+"""The sweep driver: baselines first, then Optuna-searched trials on Ray Tune, then a summary.
+
+Runs the same whether the driver is on a laptop (embedded Ray), on a cluster head under
+`ray submit`, or under `ray job submit`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+# The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+from search.baselines import (FP_TAG, Baseline, baseline_config, baseline_fingerprint, find_baseline,
+                              load_baseline)
+from search.space import SearchSpace, load_space
+from search.trial import SweepContext, run_trial
+from training.config import ConfigError, RunConfig, load_config
+
+@dataclass
+class SweepArgs:
+    base: str
+    space: str
+    num_samples: int = 12
+    max_concurrent: int = 2
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    scheduler: str = "asha"
+    grace_period: int = 1
+    objective: str = "val/auroc_mean"
+    name: Optional[str] = None
+    storage: Optional[str] = None
+    resume: bool = False
+    address: Optional[str] = None
+    tracking_uri: Optional[str] = None
+    workspace: str = "workspace"
+    seed: int = 0
+    baseline_seeds: Sequence[int] = ()
+    max_failures: int = 2
+    overrides: Sequence[str] = ()
+    extra_callbacks: tuple = ()
+    verbose: int = 1
+
+
+@dataclass
+class SweepResult:
+    name: str
+    storage: str
+    parent_run_id: Optional[str]
+    baseline: Optional[Baseline]
+    summary: list[dict] = field(default_factory=list)
+    n_trials: int = 0
+    n_errors: int = 0
+
+
+def _validate(args: SweepArgs) -> tuple[RunConfig, SearchSpace]:
+    cfg = load_config(args.base, list(args.overrides))
+    space = load_space(args.space)
+    space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
+    if args.objective not in ("val/auroc_mean", "val/auprc_mean", "val/delta_auroc_mean", "multi"):
+        raise ConfigError(f"--objective {args.objective!r}: use val/auroc_mean, val/auprc_mean, "
+                          "val/delta_auroc_mean or multi (AUROC up, epoch time down)")
+    if args.scheduler not in ("asha", "none"):
+        raise ConfigError(f"--scheduler {args.scheduler!r}: use asha or none")
+    if args.num_samples < 1 or args.max_concurrent < 1:
+        raise ConfigError("--num-samples and --max-concurrent must be >= 1")
+    if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
+        raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    return cfg, space
+
+
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
+    """Connect to a running cluster when there is one (address, RAY_ADDRESS or 'auto'), else
+    start an embedded one on this machine's cores."""
+    import ray
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return
+    try:
+        ray.init(address="auto", log_to_driver=True)
+        return
+    except (ConnectionError, RuntimeError, ValueError):
+        pass
+    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+             object_store_memory=min(2 * 1024**3, 512 * 1024**2 * max(1, (num_cpus or os.cpu_count() or 1))),
+             log_to_driver=True)
+
+
+def _train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, experiment: str,
+                     tags: dict[str, str], cpus: float, gpus: float) -> str:
+    """Train one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker."""
+    import ray
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus)
+    def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags):
+        import torch
+        torch.set_num_threads(max(1, int(cpus)))
+        from mlflow_server.run_logger import MlflowRunLogger
+        from training.engine import train
+        c = RunConfig.from_flat(cfg_flat)
+        logger = MlflowRunLogger(tracking_uri, experiment, c, run_name=tags.get("mlflow.runName"),
+                                 tags=tags, async_=False)
+        logger.client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
+        try:
+            train(c, run_dir, store=store, callbacks=[logger], progress=False)
+        except BaseException:
+            logger.fail()
+            raise
+        return logger.run_id
+
+    return ray.get(_remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags))
+
+
+def ensure_baseline(cfg: RunConfig, store, tasks: list[str], seeds: Sequence[int], workspace: Path,
+                    tracking_uri: str, experiment: str, cpus: float, gpus: float, log=print) -> Baseline:
+    """Find the single-task baseline of each seed in MLflow, train what is missing; the
+    per-task AUROC compared against is the mean over seeds."""
+    from mlflow.tracking import MlflowClient
+    from mlflow_server.run_logger import get_or_create_experiment
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    found: list[Baseline] = []
+    for seed in seeds:
+        bcfg = baseline_config(cfg, seed=seed)
+        fp = baseline_fingerprint(bcfg, store.fingerprint, tasks)
+        run = find_baseline(client, exp_id, fp)
+        if run is None:
+            log(f"baseline (seed {seed}, fingerprint {fp}): training single-task towers for {len(tasks)} tasks")
+            run_dir = (workspace / "baselines" / f"{fp}").resolve()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            _train_reference(bcfg, store, run_dir, tracking_uri, experiment,
+                             {"role": "baseline", FP_TAG: fp, "family": "single",
+                              "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}, cpus, gpus)
+            run = find_baseline(client, exp_id, fp)
+            if run is None:
+                raise RuntimeError(f"baseline {fp} finished but is not FINISHED in MLflow")
+        else:
+            log(f"baseline (seed {seed}, fingerprint {fp}): reusing MLflow run {run.info.run_id}")
+        found.append(load_baseline(client, run))
+    first = found[0]
+    mean = {t: float(sum(b.auroc[t] for b in found) / len(found)) for t in first.auroc}
+    return Baseline(first.run_id, first.fingerprint, first.seed, mean, first.checkpoint)
+
+
+def run_sweep(args: SweepArgs, log=print) -> SweepResult:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    from data.store import open_dataset
+    from mlflow_server.run_logger import get_or_create_experiment
+    from mlflow_server.server import check_reachable, resolve_tracking_uri
+
+    cfg, space = _validate(args)                       # before any cluster work
+    workspace = Path(args.workspace).resolve()
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir=str(workspace))
+    check_reachable(tracking_uri)
+    name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
+    storage = args.storage or str(workspace / "ray_results")
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    state_file = workspace / "sweeps" / f"{name}.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    restoring = bool(state)
+    if args.resume and not restoring:
+        raise ConfigError(f"--resume: no sweep named {name!r} in {state_file.parent}")
+
+    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    tasks = list(store.task_names)
+    if args.gpus_per_trial > 0 and cfg.train.device == "cpu":
+        cfg = cfg.with_overrides({"train.device": "auto"})
+
+    init_ray(args.address, None)
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
+
+    seeds = list(args.baseline_seeds) or [cfg.train.seed]
+    baseline = ensure_baseline(cfg, store, tasks, seeds, workspace, tracking_uri, cfg.tracking.experiment,
+                               args.cpus_per_trial, args.gpus_per_trial, log)
+    references = {"@baseline": baseline.checkpoint} if baseline.checkpoint else {}
+
+    if restoring:
+        parent_id = state["parent_run_id"]
+        log(f"sweep {name}: resuming (MLflow parent run {parent_id})")
+    else:
+        parent = client.create_run(exp_id, run_name=name, tags={"role": "sweep", "sweep": name,
+                                                                "baseline_run_id": baseline.run_id})
+        parent_id = parent.info.run_id
+        client.log_param(parent_id, "sweep.num_samples", args.num_samples)
+        client.log_param(parent_id, "sweep.objective", args.objective)
+        client.log_param(parent_id, "sweep.scheduler", args.scheduler)
+        client.log_artifact(parent_id, str(Path(args.space).resolve()))
+        client.log_artifact(parent_id, str(Path(args.base).resolve()))
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps(
+            {"parent_run_id": parent_id, "baseline_run_id": baseline.run_id, "base": str(Path(args.base).resolve()),
+             "space": str(Path(args.space).resolve()), "tracking_uri": tracking_uri, "storage": storage},
+            indent=1))
+
+    ctx = SweepContext(base=cfg.flatten(), tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
+                       parent_run_id=parent_id, sweep_name=name, baseline_auroc=baseline.auroc,
+                       references=references, extra_callbacks=tuple(args.extra_callbacks),
+                       cpus_per_trial=args.cpus_per_trial)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, store=store),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    multi = args.objective == "multi"
+    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else args.objective
+    mode = ["max", "min"] if multi else "max"
+    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
+                                         n_startup_trials=min(10, max(2, args.num_samples // 3)))
+    # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
+    # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
+    searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
+    scheduler = None
+    if args.scheduler == "asha":
+        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
+                                  grace_period=min(args.grace_period, cfg.train.epochs), reduction_factor=2,
+                                  metric=metric[0] if multi else metric, mode="max")
+    from ray.tune import CLIReporter
+    reporter = CLIReporter(
+        metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
+                        "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
+        parameter_columns=space.keys[:6], max_report_frequency=15, sort_by_metric=True)
+    run_config = tune.RunConfig(
+        name=name, storage_path=storage, verbose=args.verbose, progress_reporter=reporter,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    sweep_path = f"{storage.rstrip('/')}/{name}"
+    if restoring and tune.Tuner.can_restore(sweep_path):
+        tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+            max_concurrent_trials=args.max_concurrent, reuse_actors=True))
+    results = tuner.fit()
+
+    n_errors = sum(1 for r in results if r.error is not None)
+    _close_stopped_runs(client, exp_id, parent_id)
+    from search.summary import summarize_sweep
+    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
+    client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
+    return SweepResult(name, sweep_path, parent_id, baseline, summary, len(results), n_errors)
+
+
+def _close_stopped_runs(client, exp_id: str, parent_id: str) -> None:
+    """Trials stopped by ASHA end without reaching on_train_end: their MLflow runs are
+    closed here (their best/ metrics were logged as they went)."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' "
+                                                      "and attributes.status = 'RUNNING'", max_results=5000)
+    for r in runs:
+        client.set_tag(r.info.run_id, "stopped_early", "asha")
+        client.set_terminated(r.info.run_id, "FINISHED")

@@ -1,0 +1,56 @@
+"""`mtlsweep export-best`: the best trials' configs as YAML that `mtlsweep train` runs
+unchanged and reproduces (same seed, same data, the epochs the trial actually ran)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import yaml
+from mlflow.tracking import MlflowClient
+
+from training.config import ConfigError, validate
+
+
+def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,
+                metric: str = "val/auroc_mean", top: int = 3, force: bool = False) -> list[Path]:
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not force:
+        raise ConfigError(f"{out}: exists and is not empty; choose another --out or pass --force")
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        raise ConfigError(f"experiment {experiment!r} does not exist at {tracking_uri}")
+    key = f"best/{metric}"
+    filt = "tags.role = 'trial'"
+    if sweep:
+        filt += f" and tags.`mlflow.parentRunId` = '{sweep}'"
+    runs = [r for r in client.search_runs([exp.experiment_id], filter_string=filt, max_results=5000)
+            if math.isfinite(r.data.metrics.get(key, math.nan))]
+    if not runs:
+        raise ConfigError(f"no trial run with metric {key} in experiment {experiment!r}"
+                          + (f" under sweep {sweep}" if sweep else ""))
+    runs.sort(key=lambda r: -r.data.metrics[key])
+    out.mkdir(parents=True, exist_ok=True)
+    written, lines = [], [f"# Best {len(runs[:top])} configurations by {key}", "",
+                          "| # | run | family | " + key + " | ΔAUROC vs baseline | epochs run | command |",
+                          "|---|---|---|---|---|---|---|"]
+    import tempfile
+    for i, r in enumerate(runs[:top], start=1):
+        with tempfile.TemporaryDirectory() as tmp:
+            tree = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "config.yaml", tmp)).read_text())
+        epochs_run = int(r.data.metrics.get("epoch", tree["train"]["epochs"]))
+        # The trial may have been stopped early by ASHA: export the budget it actually had, so
+        # that `mtlsweep train` reproduces its metric; raise train.epochs to train it longer.
+        tree["train"]["epochs"] = epochs_run
+        tree["tracking"]["enabled"] = False
+        cfg = validate(tree, f"run {r.info.run_id} config.yaml")
+        path = out / f"{i}.yaml"
+        path.write_text(f"# exported from MLflow run {r.info.run_id} ({r.data.tags.get('family', '?')}), "
+                        f"{key} = {r.data.metrics[key]:.4f}\n" + cfg.to_yaml())
+        written.append(path)
+        lines.append(f"| {i} | {r.info.run_name} | {r.data.tags.get('family', '?')} | {r.data.metrics[key]:.4f} | "
+                     f"{r.data.metrics.get('best/val/delta_auroc_mean', math.nan):+.4f} | {epochs_run} | "
+                     f"`mtlsweep train --config {path}` |")
+    (out / "README.md").write_text("\n".join(lines) + "\n")
+    return written

@@ -1,0 +1,66 @@
+"""The sweep's entry script. The same arguments work with
+
+    ray submit search/clusters/aws-gpu.yaml search/sweep.py -- --base B.yaml --space S.yaml
+    ray job submit --working-dir . -- python -m search.sweep --base B.yaml --space S.yaml
+    python -m search.sweep --base B.yaml --space S.yaml      (embedded Ray on this machine)
+
+Under `ray submit` this file runs alone as ~/sweep.py, so it only imports the installed
+project (the cluster YAML installs it on every node).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="base config YAML (every trial starts from it)")
+    p.add_argument("--space", required=True, help="search space YAML (dotted keys -> distributions)")
+    p.add_argument("--num-samples", type=int, default=12, help="trials to run")
+    p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs share one device")
+    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
+    p.add_argument("--objective", default="val/auroc_mean",
+                   help="val/auroc_mean | val/auprc_mean | val/delta_auroc_mean | multi (AUROC up, epoch time down)")
+    p.add_argument("--name", help="sweep name (rerun with the same name to resume it)")
+    p.add_argument("--storage", help="Ray Tune storage path: local, NFS or s3:// (default workspace/ray_results)")
+    p.add_argument("--resume", action="store_true", help="continue the sweep called --name")
+    p.add_argument("--address", help="Ray cluster address (default: running cluster, else embedded)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: config, MLFLOW_TRACKING_URI, local SQLite)")
+    p.add_argument("--workspace", default="workspace", help="local state: baselines, sweep state, default storage")
+    p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed")
+    p.add_argument("--baseline-seeds", type=int, nargs="*", default=[], help="train baselines for these seeds")
+    p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its checkpoint")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+
+
+def args_from_namespace(ns):
+    from search.driver import SweepArgs
+    return SweepArgs(base=ns.base, space=ns.space, num_samples=ns.num_samples, max_concurrent=ns.max_concurrent,
+                     cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial, scheduler=ns.scheduler,
+                     grace_period=ns.grace_period, objective=ns.objective, name=ns.name, storage=ns.storage,
+                     resume=ns.resume, address=ns.address, tracking_uri=ns.tracking_uri, workspace=ns.workspace,
+                     seed=ns.seed, baseline_seeds=ns.baseline_seeds, max_failures=ns.max_failures,
+                     overrides=ns.set)
+
+
+def run(ns) -> int:
+    from search.driver import run_sweep
+    result = run_sweep(args_from_namespace(ns))
+    print(f"sweep {result.name}: {result.n_trials} trials ({result.n_errors} failed); "
+          f"MLflow parent run {result.parent_run_id}; Ray results in {result.storage}")
+    return 0 if result.n_errors == 0 else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="search.sweep", description="Run an mtlsweep sweep on Ray Tune.")
+    add_arguments(p)
+    ns = p.parse_args(argv)
+    from search.cli import guarded
+    return guarded(run, ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
