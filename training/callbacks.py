@@ -11,8 +11,13 @@ class Callback:
     def on_train_start(self, info: dict[str, Any]) -> None:
         """Once, after the model is built: params, flops, task names, run dir, resumed epoch."""
 
+    def on_batch_end(self, trainer: "Any", epoch: int, step: int, batch: tuple) -> None:
+        """After each optimizer step; ``batch`` is (x, y, mask) on the device. Analyses that
+        need the model mid-training (gradient flow) hook in here; keep it cheap or sparse."""
+
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After validation. ``metrics`` is flat: dotted/slashed keys to floats."""
+        """After validation. ``metrics`` is flat: dotted/slashed keys to floats; a callback
+        may add its own keys (they are seen by the callbacks after it)."""
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         """After ``path`` (the resumable last checkpoint) was written atomically."""
@@ -28,6 +33,10 @@ class CallbackList(Callback):
     def on_train_start(self, info):
         for cb in self.callbacks:
             cb.on_train_start(info)
+
+    def on_batch_end(self, trainer, epoch, step, batch):
+        for cb in self.callbacks:
+            cb.on_batch_end(trainer, epoch, step, batch)
 
     def on_epoch_end(self, epoch, metrics):
         for cb in self.callbacks:

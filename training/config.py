@@ -135,6 +135,11 @@ class TrainConfig(_Section):
     compile: bool = Field(False, description="torch.compile the model.")
     out_dir: str = Field("workspace/runs", description="Where run directories are written.")
     eval_batch_size: int = Field(1024, ge=1, description="Batch size for evaluation.")
+    grad_flow_every: int = Field(0, ge=0, description="Measure per-task gradient flow every N steps (0 = off).")
+    grad_flow_threshold: float = Field(
+        0.01, gt=0.0, lt=1.0, description="A task's gradient is dead at a layer below this fraction of its early level.")
+    grad_flow_param_layers: list[str] = Field(
+        [], description="Shared layers whose parameter gradients are also measured per task (e.g. [conv1]).")
 
 
 class TrackingConfig(_Section):

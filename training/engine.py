@@ -203,6 +203,7 @@ class Trainer:
             self.weighting.after_step()
             if cfg.optim.max_norm:
                 self.model.apply_max_norm(cfg.optim.max_norm)
+            self.callbacks.on_batch_end(self, epoch, step, (x, y, mask))
             loss_sum += (per_task.detach() * known).double().cpu()
             n_known += known.double().cpu()
             weight_sum += w.double().cpu()
