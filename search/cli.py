@@ -46,16 +46,29 @@ def cmd_data_build(args) -> int:
     return 0
 
 
+def _label_map(raw):
+    if raw is None:
+        return None
+    import json
+    try:
+        m = json.loads(raw)
+        assert isinstance(m, dict)
+        return m
+    except (ValueError, AssertionError):
+        raise UserError(f"--label-map {raw!r}: expected a JSON object, e.g. '{{\"U\": 0, \"A\": -1, \"B\": 1}}'") from None
+
+
 def cmd_data_info(args) -> int:
     from data.info import describe, format_info
-    print(format_info(describe(args.file)))
+    print(format_info(describe(args.file, label_map=_label_map(args.label_map))))
     return 0
 
 
 def cmd_data_convert(args) -> int:
     from data.store import basset_to_store
-    basset_to_store(args.source, args.dest, overwrite=args.force)
-    print(args.dest)
+    info = basset_to_store(args.source, args.dest, chunk=args.chunk, overwrite=args.force,
+                           label_map=_label_map(args.label_map))
+    print(f"{info.path}: {info.n_tasks} tasks, {info.seq_len} bp, splits {info.sizes}, fingerprint {info.fingerprint[:16]}")
     return 0
 
 
@@ -217,12 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     i = dsub.add_parser("info", help="sizes, tasks, prevalence, unknown fraction, layout of a Basset file or store")
     i.add_argument("file")
+    i.add_argument("--label-map", help='JSON map of string labels, default {"U": 0, "A": -1, "B": 1}')
     i.set_defaults(func=cmd_data_info)
 
     c = dsub.add_parser("convert", help="Basset HDF5 -> compact store (streaming, bounded memory)")
     c.add_argument("source")
     c.add_argument("dest")
-    c.add_argument("--force", action="store_true")
+    c.add_argument("--chunk", type=int, default=65536, help="sequences per streamed chunk (bounds memory)")
+    c.add_argument("--label-map", help='JSON map of string labels (TF binding U/A/B), default {"U": 0, "A": -1, "B": 1}')
+    c.add_argument("--force", action="store_true", help="replace an existing store")
     c.set_defaults(func=cmd_data_convert)
 
     t = sub.add_parser("train", help="train one config (no Ray)")
