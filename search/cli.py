@@ -25,6 +25,8 @@ def cmd_data_synth(args) -> int:
         "shared_fraction": args.shared_fraction, "n_seqs": args.seqs, "seq_len": args.length,
         "gc": args.gc, "label_noise": args.label_noise, "unknown_rate": args.unknown_rate,
         "seed": args.seed}.items() if v is not None}
+    from training.config import parse_overrides
+    knobs.update(parse_overrides(args.set))
     spec = spec_from_dict(knobs)
     paths = write_synthetic(spec, args.out, overwrite=args.force)
     for p in (paths.values() if isinstance(paths, dict) else paths):
@@ -206,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--label-noise", type=float)
     s.add_argument("--unknown-rate", type=float)
     s.add_argument("--seed", type=int)
+    s.add_argument("--set", action="append", default=[], metavar="KNOB=VALUE",
+                   help="any other knob of data.synthetic.SynthSpec, e.g. --set prevalence_median=0.2")
     s.add_argument("--force", action="store_true", help="overwrite existing files")
     s.set_defaults(func=cmd_data_synth)
 

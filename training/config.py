@@ -133,6 +133,9 @@ class TrainConfig(_Section):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$", description="cpu, cuda, cuda:N or auto.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only).")
     compile: bool = Field(False, description="torch.compile the model.")
+    num_threads: Optional[int] = Field(
+        None, ge=1, description="CPU threads for torch (null = torch's default; 1 is fastest for small models "
+                                "on a busy machine).")
     out_dir: str = Field("workspace/runs", description="Where run directories are written.")
     eval_batch_size: int = Field(1024, ge=1, description="Batch size for evaluation.")
     grad_flow_every: int = Field(0, ge=0, description="Measure per-task gradient flow every N steps (0 = off).")

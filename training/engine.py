@@ -82,6 +82,8 @@ class Trainer:
         self.callbacks = CallbackList(callbacks)
         self.progress = progress
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
 
         full = store if store is not None else open_dataset(cfg.data.path)
