@@ -10,3 +10,54 @@ def mlflow_server(tmp_path_factory):
     info = server.start(project_dir)
     yield info
     server.stop(project_dir)
+
+
+def make_signal_store(n=3000, length=60, n_tasks=3, seed=0, unknown=0.1):
+    """A store where task t is positive when its k-mer occurs: learnable in seconds, no JASPAR."""
+    import numpy as np
+
+    from data.store import SplitArrays, Store
+
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(0, 4, size=(n, length), dtype=np.uint8)
+    motifs = [np.array(m, dtype=np.uint8) for m in ([0, 1, 2, 3, 0, 1], [3, 3, 2, 2, 1, 1], [2, 0, 2, 0, 3, 1],
+                                                    [1, 3, 1, 3, 0, 0])][:n_tasks]
+    labels = np.zeros((n, n_tasks), dtype=np.int8)
+    for t, m in enumerate(motifs):
+        hit = rng.random(n) < 0.3
+        pos = rng.integers(0, length - len(m), size=n)
+        for i in np.flatnonzero(hit):
+            codes[i, pos[i]:pos[i] + len(m)] = m
+        labels[:, t] = hit
+    labels[rng.random(labels.shape) < unknown] = -1
+    cut1, cut2 = int(n * 0.7), int(n * 0.85)
+    splits = {"train": SplitArrays(codes[:cut1], labels[:cut1]),
+              "valid": SplitArrays(codes[cut1:cut2], labels[cut1:cut2]),
+              "test": SplitArrays(codes[cut2:], labels[cut2:])}
+    return Store.from_arrays([f"task{t}" for t in range(n_tasks)], splits)
+
+
+@pytest.fixture(scope="session")
+def signal_store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("signal") / "store.h5"
+    make_signal_store().save(path)
+    return path
+
+
+TINY_ARCH = {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2, 2], "dense": [16, 16],
+             "dropout": 0.1}
+
+
+@pytest.fixture
+def tiny_config(signal_store_path, tmp_path):
+    """A tiny run config on the signal store; tests override what they exercise."""
+    from training.config import RunConfig
+
+    def make(**over):
+        base = {"data.path": str(signal_store_path), "data.batch_size": 32,
+                **{f"model.arch.{k}": v for k, v in TINY_ARCH.items()},
+                "optim.name": "adam", "optim.lr": 0.01, "train.epochs": 3, "train.patience": 3,
+                "train.out_dir": str(tmp_path / "runs"), "train.num_threads": 1}
+        base.update(over)
+        return RunConfig().with_overrides(base)
+    return make
