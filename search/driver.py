@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,13 +103,14 @@ def _train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, ex
         import torch
         torch.set_num_threads(max(1, int(cpus)))
         from mlflow_server.run_logger import MlflowRunLogger
+        from training.callbacks import ConsoleReporter
         from training.engine import train
         c = RunConfig.from_flat(cfg_flat)
         logger = MlflowRunLogger(tracking_uri, experiment, c, run_name=tags.get("mlflow.runName"),
                                  tags=tags, async_=False)
         logger.client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
         try:
-            train(c, run_dir, store=store, callbacks=[logger], progress=False)
+            train(c, run_dir, store=store, callbacks=[logger, ConsoleReporter(sys.stdout)], progress=False)
         except BaseException:
             logger.fail()
             raise
