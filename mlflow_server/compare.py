@@ -56,7 +56,8 @@ def run_fingerprint(params: dict[str, str]) -> Optional[str]:
     from search.baselines import baseline_fingerprint
     from training.config import RunConfig, flatten
     parsed = _parse_params(params)
-    known = set(flatten(RunConfig().model_dump(mode="json")))
+    # model.family is logged refined (single/hard/soft/...), not as the config's cnn/motif_gbm.
+    known = set(flatten(RunConfig().model_dump(mode="json"))) - {"model.family"}
     try:
         cfg = RunConfig.from_flat({k: v for k, v in parsed.items() if k in known})
         tasks = parsed.get("data.task_names")
@@ -87,7 +88,8 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
         if row.role == "baseline" and row.status == "FINISHED":
             baselines.setdefault(row.tags.get("baseline_fp"), row)
     for row in rows:
-        row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else run_fingerprint(row.params)
+        row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else \
+            (row.tags.get("compare_fp") or run_fingerprint(row.params))
         if row.role != "baseline":
             row.baseline = baselines.get(row.baseline_fp)
     if sweep:
@@ -143,6 +145,9 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5)
     for r in ranked[:top]:
         if all(r is not c for _, c in chosen):
             chosen.append(("top", r))
+    for _, r in list(chosen):
+        if r.baseline is not None and all(r.baseline is not c for _, c in chosen):
+            chosen.insert(0, ("baseline", r.baseline))
     out = []
     for label, r in chosen:
         c = compare_to_baseline(r)
@@ -176,10 +181,10 @@ def render_text(rows: list[dict]) -> str:
         t.add_column(c, justify="right" if c not in ("run", "family", "role", "baseline") else "left")
     for r in rows:
         t.add_row(*[_fmt(r[c]) for c in COLUMNS])
-    console = Console(record=True, width=200)
-    with console.capture():
+    console = Console(width=220)
+    with console.capture() as cap:
         console.print(t)
-    return console.export_text()
+    return cap.get()
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:

@@ -96,7 +96,10 @@ class MlflowRunLogger(Callback):
                        "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
                        "data.task_names": param_value(self.tasks)})
         log.log_params(params)
-        log.set_tags({**self.tags, "run_dir": str(run_dir)})
+        from search.baselines import baseline_fingerprint
+        # Every run carries the fingerprint of the baseline it must be compared with.
+        compare_fp = baseline_fingerprint(self.cfg, str(info["data_fingerprint"]), self.tasks)
+        log.set_tags({**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp})
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
         p = d / "task_names.json"

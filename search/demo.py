@@ -19,10 +19,12 @@ from typing import Optional
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-DEMO_SPACE = REPO / "search" / "spaces" / "all.yaml"
+DEMO_SPACE = REPO / "search" / "spaces" / "demo.yaml"
 DEMO_BASE = REPO / "search" / "configs" / "demo.yaml"
+# Strong motifs (min_ic) and Basset-like but higher prevalence so that small models separate
+# the families within a few CPU minutes.
 DEMO_DATA = {"n_tasks": 16, "n_groups": 4, "n_seqs": 20000, "seq_len": 150, "min_ic": 14.0, "label_noise": 0.01,
-             "seed": 0}
+             "prevalence_min": 0.1, "prevalence_median": 0.15, "prevalence_max": 0.3, "seed": 0}
 
 
 @dataclass

@@ -230,7 +230,8 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     reporter = CLIReporter(
         metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
                         "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
-        parameter_columns=space.keys[:6], max_report_frequency=15, sort_by_metric=True)
+        parameter_columns=space.keys[:6], max_report_frequency=15, metric="val/auroc_mean", mode="max",
+        sort_by_metric=True)
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=args.verbose, progress_reporter=reporter,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
