@@ -182,6 +182,13 @@ def _spool_dirs(root: Path):
         yield from sorted({p.parent for p in root.rglob("spool.jsonl")})
 
 
+def cmd_readme(args) -> int:
+    from search.readme import update_readme
+    done = update_readme(Path(args.readme), Path(args.demo_workspace) if args.demo_workspace else None)
+    print(f"{args.readme}: regenerated {', '.join(done)}")
+    return 0
+
+
 # ---- demo ----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
     from search.demo import run_demo
@@ -293,6 +300,11 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("path", nargs="?", default="workspace", help="a spool directory or a tree containing them")
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
+
+    rd = sub.add_parser("readme", help="regenerate README.md's generated sections (config reference, demo results)")
+    rd.add_argument("--readme", default="README.md")
+    rd.add_argument("--demo-workspace", help="also refresh the demo results from this workspace's last demo")
+    rd.set_defaults(func=cmd_readme)
 
     m = sub.add_parser("demo", help="the main job on the embedded defaults")
     m.add_argument("--workspace", default="workspace")

@@ -87,7 +87,7 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     _step(f"2/5 + 3/5 single-task baselines, then sweep {name}: {s.num_samples} trials, Optuna + ASHA on Ray")
     result = run_sweep(SweepArgs(base=str(base), space=str(DEMO_SPACE), num_samples=s.num_samples,
                                  max_concurrent=max(1, os.cpu_count() or 1), cpus_per_trial=1, name=name,
-                                 tracking_uri=uri, workspace=str(ws), grace_period=2))
+                                 tracking_uri=uri, workspace=str(ws), grace_period=1))
 
     _step("4/5 comparison against the single-task baseline")
     text, _ = compare(uri, s.experiment, sweep=result.parent_run_id, out_dir=ws / "compare" / name)

@@ -1,0 +1,21 @@
+"""The README's generated sections are what the code generates: never stale, never hand-edited."""
+from pathlib import Path
+
+from search.readme import MARK, config_reference
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_config_reference_is_current():
+    text = README.read_text()
+    start = MARK.format(name="config-reference", edge="start")
+    end = MARK.format(name="config-reference", edge="end")
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    assert block == config_reference(), "run `mtlsweep readme` to regenerate the config reference"
+
+
+def test_readme_names_the_two_setup_commands_and_ci_calls_make_test():
+    text = README.read_text()
+    assert "make demo" in text and "make test" in text
+    ci = (README.parent / ".ci" / "run").read_text()
+    assert "make test" in ci
