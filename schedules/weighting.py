@@ -76,6 +76,14 @@ def per_task_gradients(losses: torch.Tensor, params: Sequence[torch.Tensor], chu
     return torch.cat(rows, dim=0)
 
 
+def last_shared_parameters(model: nn.Module) -> list[torch.Tensor]:
+    """Parameters of the last layer shared by all tasks (GradNorm's W)."""
+    names = list(getattr(model, "shared_layer_names", []))
+    if not names:
+        raise ValueError("schedule.weighting=gradnorm needs a shared layer (model.sharing.shared_layers >= 1)")
+    return list(model.layers[names[-1]].parameters())
+
+
 class PCGrad(Weighting):
     """Yu et al. 2020 on the shared parameters: each task's gradient loses its component
     along any other task's gradient it conflicts with (negative inner product), in a random
@@ -140,7 +148,7 @@ class GradNorm(Weighting):
         self.last_norms = torch.zeros(n_tasks)
 
     def backward(self, losses, weights, extra, model):
-        params = [p for p in model.last_shared_parameters() if p.requires_grad]
+        params = [p for p in last_shared_parameters(model) if p.requires_grad]
         active = torch.nonzero(weights != 0).flatten()
         with torch.no_grad():
             fresh = torch.isnan(self.initial_loss) & (weights != 0)

@@ -61,3 +61,45 @@ def tiny_config(signal_store_path, tmp_path):
         base.update(over)
         return RunConfig().with_overrides(base)
     return make
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory):
+    """One real Ray head on loopback for the whole session (`ray start --head`), with the
+    dashboard so the Jobs API can be tested; drivers in tests connect to it by address."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bin_dir = Path(sys.executable).parent
+    port, dash = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    temp = tmp_path_factory.mktemp("ray")
+    cmd = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           "--num-cpus=2", f"--object-store-memory={300 * 1024**2}", "--include-dashboard=true",
+           "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+           f"--temp-dir={temp}"]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
+    old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    os.environ["RAY_ADDRESS"] = f"127.0.0.1:{port}"
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    try:
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+    finally:
+        import ray
+        if ray.is_initialized():
+            ray.shutdown()
+        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

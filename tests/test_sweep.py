@@ -1,0 +1,164 @@
+"""Sweeps on a real Ray cluster (loopback) with a real local MLflow store."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from search.driver import SweepArgs, run_sweep
+from training.callbacks import Callback
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPACE = {
+    "model.sharing.shared_layers": {"type": "categorical", "values": [0, 2, 5]},
+    "model.sharing.coupling": {"type": "categorical", "values": ["none", "l2"],
+                               "when": {"model.sharing.shared_layers": {"lt": 5}}},
+    "model.sharing.strength": {"type": "loguniform", "low": 1e-3, "high": 1.0,
+                               "when": {"model.sharing.coupling": "l2"}},
+    "init.kind": {"type": "categorical", "values": ["random", "from_single"]},
+    "init.checkpoint": {"type": "categorical", "values": ["@baseline"], "when": {"init.kind": "from_single"}},
+    "init.task": {"type": "categorical", "values": [0, 1], "when": {"init.kind": "from_single"}},
+    "schedule.order": {"type": "categorical", "values": ["joint", "task_per_epoch", "curriculum"],
+                       "when": {"model.sharing.shared_layers": {"gt": 0}}},
+    "optim.lr": {"type": "loguniform", "low": 3e-3, "high": 2e-2},
+}
+
+
+@pytest.fixture
+def sweep_files(tmp_path, signal_store_path):
+    from conftest import TINY_ARCH
+    base = {"data": {"path": str(signal_store_path), "batch_size": 64},
+            "model": {"arch": TINY_ARCH, "sharing": {"shared_layers": 5}},
+            "optim": {"name": "adam", "lr": 0.01},
+            "train": {"epochs": 3, "patience": 3, "steps_per_epoch": 12, "num_threads": 1,
+                      "out_dir": str(tmp_path / "runs")},
+            "tracking": {"enabled": True, "experiment": "sweep-test"}}
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    return tmp_path
+
+
+def _args(d: Path, name: str, **kw) -> SweepArgs:
+    uri = f"sqlite:///{d / 'ws' / 'mlflow.db'}"
+    return SweepArgs(base=str(d / "base.yaml"), space=str(d / "space.yaml"), name=name, workspace=str(d / "ws"),
+                     tracking_uri=uri, max_concurrent=2, cpus_per_trial=1, grace_period=1, verbose=0, **kw)
+
+
+def _children(client, parent):
+    exp = client.get_experiment_by_name("sweep-test")
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+
+
+def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducible_config(
+        ray_cluster, sweep_files):
+    d = sweep_files
+    result = run_sweep(_args(d, "s1", num_samples=6), log=lambda *_: None)
+    assert result.n_trials == 6 and result.n_errors == 0
+    client = MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}")
+    base = client.get_run(result.baseline.run_id)
+    assert base.data.tags["role"] == "baseline" and base.info.status == "FINISHED"
+    kids = _children(client, result.parent_run_id)
+    assert len(kids) == 6
+    assert all(k.info.status == "FINISHED" for k in kids)
+    assert all(k.info.start_time > base.info.end_time for k in kids)          # baseline first
+    for k in kids:
+        m = k.data.metrics
+        assert {"best/val/auroc_mean", "val/delta_auroc_mean", "val/tasks_improved"} <= set(m)
+        assert "best/val/delta_auroc/task0" in m
+    fams = {k.data.tags["family"] for k in kids}
+    assert fams & {"hard", "soft", "branched", "single"}
+    assert any(r["role"] == "baseline" for r in result.summary)
+
+    # A second sweep with the same fingerprint reuses the baseline instead of training it again.
+    again = run_sweep(_args(d, "s2", num_samples=2, scheduler="none"), log=lambda *_: None)
+    assert again.baseline.run_id == result.baseline.run_id
+
+    # Export the best trial and rerun it with `mtlsweep train`: same validation AUROC.
+    out = d / "best"
+    subprocess.run([sys.executable, "-m", "search.cli", "export-best", "--experiment", "sweep-test",
+                    "--sweep", result.parent_run_id, "--top", "1", "--out", str(out),
+                    "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"], check=True, cwd=REPO)
+    best = max(kids, key=lambda k: k.data.metrics["best/val/auroc_mean"])
+    cfg = yaml.safe_load((out / "1.yaml").read_text())
+    assert cfg["train"]["seed"] == 0 and "@baseline" not in str(cfg)
+    r = subprocess.run([sys.executable, "-m", "search.cli", "train", "--config", str(out / "1.yaml"),
+                        "--name", "rerun", "--no-progress"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+    rerun = json.loads((Path(cfg["train"]["out_dir"]) / "rerun" / "metrics.json").read_text())
+    assert abs(rerun["best_val_auroc"] - best.data.metrics["best/val/auroc_mean"]) <= 0.005
+    with pytest.raises(subprocess.CalledProcessError):
+        subprocess.run([sys.executable, "-m", "search.cli", "export-best", "--experiment", "sweep-test",
+                        "--out", str(out), "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"],
+                       check=True, cwd=REPO, capture_output=True)
+
+
+class FailOnce(Callback):  # pickled by value below: Ray's workers cannot import this test module
+    """Raises once, after epoch 2's checkpoint, in every trial; the marker survives the retry."""
+
+    def __init__(self, marker_dir):
+        self.marker_dir = str(marker_dir)
+
+    def on_epoch_end(self, epoch, metrics):
+        from ray import tune
+        marker = Path(self.marker_dir) / tune.get_context().get_trial_id()
+        if epoch == 2 and not marker.exists():
+            marker.write_text("failed once")
+            raise RuntimeError("injected failure at epoch 2")
+
+
+def test_a_trial_that_fails_once_is_retried_from_its_checkpoint(ray_cluster, sweep_files):
+    import ray.cloudpickle
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    d = sweep_files
+    (d / "markers").mkdir()
+    result = run_sweep(_args(d, "retry", num_samples=1, scheduler="none", max_failures=2,
+                             extra_callbacks=(FailOnce(d / "markers"),)), log=lambda *_: None)
+    assert result.n_errors == 0
+    assert len(list((d / "markers").iterdir())) == 1
+    client = MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}")
+    (kid,) = _children(client, result.parent_run_id)
+    assert kid.info.status == "FINISHED"
+    epochs = [m.step for m in client.get_metric_history(kid.info.run_id, "val/auroc_mean")]
+    assert sorted(set(epochs)) == [1, 2, 3]
+    assert epochs.count(1) == 1              # resumed after epoch 1's checkpoint, not from scratch
+
+
+def test_killed_driver_resumes_without_rerunning_or_double_logging(ray_cluster, sweep_files):
+    d = sweep_files
+    uri = f"sqlite:///{d / 'ws' / 'mlflow.db'}"
+    cmd = [sys.executable, "-m", "search.sweep", "--base", str(d / "base.yaml"), "--space", str(d / "space.yaml"),
+           "--num-samples", "6", "--max-concurrent", "2", "--name", "killed", "--workspace", str(d / "ws"),
+           "--tracking-uri", uri, "--scheduler", "none"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = MlflowClient(uri)
+    deadline = time.time() + 300
+    finished = []
+    while time.time() < deadline:         # kill once a couple of trials are done
+        exp = client.get_experiment_by_name("sweep-test")
+        if exp is not None:
+            finished = client.search_runs([exp.experiment_id], "tags.role = 'trial' and tags.sweep = 'killed' "
+                                          "and attributes.status = 'FINISHED'")
+            if len(finished) >= 2:
+                break
+        time.sleep(1)
+    assert len(finished) >= 2, "the sweep made no progress"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    r = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    runs = client.search_runs([client.get_experiment_by_name("sweep-test").experiment_id],
+                              "tags.role = 'trial' and tags.sweep = 'killed'")
+    trial_ids = [x.data.tags["trial_id"] for x in runs]
+    assert len(trial_ids) == len(set(trial_ids)) == 6      # every trial once in MLflow
+    assert all(x.info.status == "FINISHED" for x in runs)
+    for x in runs:                                          # no epoch logged twice
+        steps = [m.step for m in client.get_metric_history(x.info.run_id, "val/auroc_mean")]
+        assert len(steps) == len(set(steps))
