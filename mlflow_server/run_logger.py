@@ -190,6 +190,18 @@ class MlflowRunLogger(Callback):
                 for p in pending:
                     fh.write(json.dumps({"run_id": self.run_id, "path": p}) + "\n")
 
+    def stopped_early(self) -> None:
+        """A scheduler stopped the run between epochs: its best/ metrics are already logged."""
+        if self.client.get_run(self.run_id).info.status != "RUNNING":
+            return
+        try:
+            if self.logger is not None:
+                self.logger.set_tags({"stopped_early": "scheduler"})
+                self.logger.close()
+            self.client.set_terminated(self.run_id, "FINISHED")
+        except Exception:  # noqa: BLE001 - the driver closes leftover runs after the sweep
+            pass
+
     def fail(self, status: str = "FAILED") -> None:
         if self.logger is not None:
             try:

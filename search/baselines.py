@@ -43,9 +43,8 @@ def baseline_fingerprint(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[
         "data": data_fingerprint, "tasks": list(tasks),
         "arch": cfg.model.arch.model_dump(mode="json"), "width": cfg.model.width,
         "epochs": cfg.train.epochs, "steps_per_epoch": cfg.train.steps_per_epoch,
-        "patience": cfg.train.patience, "batch_size": cfg.data.batch_size, "seed": cfg.train.seed,
-        "optim": cfg.optim.model_dump(mode="json"), "use_tracks": cfg.data.use_tracks,
-    }
+        "batch_size": cfg.data.batch_size, "seed": cfg.train.seed, "use_tracks": cfg.data.use_tracks,
+    }   # not the optimizer: learning rate and friends are search dimensions, the baseline has one
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -54,7 +54,7 @@ def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
 
 
 class TuneReporter(Callback):
-    """tune.report once per epoch, with the resumable checkpoint."""
+    """Collects each epoch's summary; ``report`` sends it to Tune with the resumable checkpoint."""
 
     def __init__(self, run_dir: Path, mlflow_run_id: Optional[str]):
         self.run_dir = run_dir
@@ -67,7 +67,7 @@ class TuneReporter(Callback):
     def add(self, extra: dict[str, float]) -> None:
         self.pending.update({k: v for k, v in extra.items() if k in TUNE_KEYS})
 
-    def on_checkpoint(self, path, epoch):
+    def report(self) -> None:
         from ray import tune
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("last.pt", "best.pt"):
@@ -151,7 +151,20 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
     if resume_from is not None:
         trainer.resume(resume_from)
     try:
-        trainer.fit()
+        trainer.callbacks.on_train_start(trainer.info())
+        for epoch in range(trainer.start_epoch, cfg.train.epochs + 1):
+            trainer.run_epoch(epoch)
+            last = epoch == cfg.train.epochs or trainer.should_stop()
+            if last:
+                trainer.finish()         # test metrics and artifacts before Tune may end the trial
+            reporter.report()
+            if last:
+                break
+    except SystemExit:
+        # Tune ends a trial it stops (ASHA, or max_t reached) with sys.exit inside report().
+        if mlflow_logger is not None:
+            mlflow_logger.stopped_early()
+        raise
     except BaseException:
         if mlflow_logger is not None:
             mlflow_logger.fail("FAILED")

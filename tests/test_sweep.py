@@ -66,7 +66,7 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
     kids = _children(client, result.parent_run_id)
     assert len(kids) == 6
     assert all(k.info.status == "FINISHED" for k in kids)
-    assert all(k.info.start_time > base.info.end_time for k in kids)          # baseline first
+    assert all(k.info.start_time > base.info.end_time for k in kids), (base.info.end_time, [k.info.start_time for k in kids])
     for k in kids:
         m = k.data.metrics
         assert {"best/val/auroc_mean", "val/delta_auroc_mean", "val/tasks_improved"} <= set(m)
