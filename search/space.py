@@ -24,6 +24,7 @@ import yaml
 from training.config import ConfigError, RunConfig
 
 TYPES = ("float", "loguniform", "int", "categorical")
+NOT_APPLICABLE = "n/a"
 OPS = ("eq", "not", "in", "not_in", "gt", "ge", "lt", "le")
 
 
@@ -132,7 +133,11 @@ class DefineByRun:
                 sampled[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
             else:
                 sampled[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high), log=d.log, step=d.step)
-        return dict(self.constants) if self.constants else None
+        # Dimensions that do not apply are reported as NOT_APPLICABLE so that every trial has
+        # every key (Tune's progress table and restored experiments look them all up).
+        out = {d.key: NOT_APPLICABLE for d in self.space.dims if d.key not in sampled}
+        out.update(self.constants)
+        return out or None
 
 
 def _parse_dimension(key: str, spec: Any, source: str, seen: list[str]) -> Dimension:

@@ -38,8 +38,10 @@ class SweepContext:
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
-    """Optuna's choices are hashable (tuples); the config wants lists."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()}
+    """Optuna's choices are hashable (tuples); the config wants lists. Dimensions that did not
+    apply to this trial keep the base config's value."""
+    from search.space import NOT_APPLICABLE
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items() if v != NOT_APPLICABLE}
 
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
