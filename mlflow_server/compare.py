@@ -71,7 +71,7 @@ def run_fingerprint(params: dict[str, str]) -> Optional[str]:
 def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) -> list[RunRow]:
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
-        raise ValueError(f"experiment {experiment!r} does not exist on this tracking server")
+        raise LookupError(f"experiment {experiment!r} does not exist on this tracking server")
     runs = client.search_runs([exp.experiment_id], max_results=5000)
     rows = []
     for r in runs:
@@ -268,7 +268,7 @@ def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, met
     client = MlflowClient(tracking_uri)
     runs = collect(client, experiment, sweep)
     if not runs:
-        raise ValueError(f"experiment {experiment!r} has no runs" + (f" under sweep {sweep}" if sweep else ""))
+        raise LookupError(f"experiment {experiment!r} has no runs" + (f" under sweep {sweep}" if sweep else ""))
     rows = table_rows(runs, metric, top)
     text = render_text(rows)
     if out_dir is not None:

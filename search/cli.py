@@ -14,7 +14,7 @@ def _user_errors():
     from data.errors import DataError
     from training.config import ConfigError
     from mlflow_server.server import TrackingError
-    return (UserError, DataError, ConfigError, TrackingError, FileNotFoundError, FileExistsError)
+    return (UserError, DataError, ConfigError, TrackingError, FileNotFoundError, FileExistsError, LookupError)
 
 
 # ---- data ----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ class SweepArgs:
     overrides: Sequence[str] = ()
     extra_callbacks: tuple = ()
     verbose: int = 1
+    reuse_actors: bool = True
 
 
 @dataclass
@@ -242,7 +243,7 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
-            max_concurrent_trials=args.max_concurrent, reuse_actors=True))
+            max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
     results = tuner.fit()
 
     n_errors = sum(1 for r in results if r.error is not None)

@@ -1,0 +1,80 @@
+"""`mtlsweep compare` on a constructed experiment, with numbers checked by hand."""
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from scipy.stats import wilcoxon
+
+from mlflow_server.compare import compare
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = ["t0", "t1", "t2", "t3", "t4"]
+
+
+def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0):
+    tags = {"family": family, "role": role, **(extra_tags or {})}
+    if role == "baseline":
+        tags["baseline_fp"] = fp
+    else:
+        tags["compare_fp"] = fp
+    r = client.create_run(exp, run_name=name, tags=tags)
+    rid = r.info.run_id
+    for t, a in zip(TASKS, aurocs):
+        client.log_metric(rid, f"best/val/auroc/{t}", a)
+    client.log_metric(rid, "best/val/auroc_mean", sum(aurocs) / len(aurocs))
+    client.log_metric(rid, "best/val/auroc_median", sorted(aurocs)[len(aurocs) // 2])
+    client.log_metric(rid, "best/val/auprc_mean", 0.3)
+    client.log_metric(rid, "cost/epoch_s", epoch_s)
+    client.log_param(rid, "model.n_params", "1000")
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+@pytest.fixture
+def experiment(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("cmp")
+    _run(client, exp, "base", "single", "baseline", [0.70, 0.60, 0.80, 0.75, 0.65], "fpA")
+    _run(client, exp, "hard1", "hard", "trial", [0.72, 0.58, 0.83, 0.79, 0.66], "fpA", epoch_s=0.5)
+    _run(client, exp, "soft1", "soft", "trial", [0.71, 0.65, 0.81, 0.78, 0.70], "fpA", epoch_s=3.0)
+    _run(client, exp, "orphan", "branched", "trial", [0.9, 0.9, 0.9, 0.9, 0.9], "fpOTHER")
+    return uri, tmp_path
+
+
+def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
+    uri, tmp = experiment
+    text, rows = compare(uri, "cmp", out_dir=tmp / "out")
+    by = {r["run"]: r for r in rows}
+    hard = by["hard1"]
+    d = [0.02, -0.02, 0.03, 0.04, 0.01]
+    assert hard["delta_auroc_mean"] == pytest.approx(sum(d) / 5, abs=1e-9)
+    assert hard["tasks_improved"] == 4 and hard["tasks_total"] == 5
+    assert hard["wilcoxon_p"] == pytest.approx(wilcoxon(d).pvalue)
+    soft = by["soft1"]
+    assert soft["delta_auroc_mean"] == pytest.approx((0.01 + 0.05 + 0.01 + 0.03 + 0.05) / 5, abs=1e-9)
+    assert soft["tasks_improved"] == 5
+    assert by["base"]["role"] == "baseline"
+    # A run with no matching baseline is shown without deltas, never against the wrong one.
+    orphan = by["orphan"]
+    assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])
+    assert "hard1" in text and "no matching baseline" in text
+    csv_text = (tmp / "out" / "comparison.csv").read_text()
+    assert csv_text.splitlines()[0].startswith("run,family,role,auroc_mean")
+    html = (tmp / "out" / "comparison.html").read_text()
+    assert "data:image/png;base64," in html and "pareto.png" in html and "hard1" in html
+
+
+def test_cli_compare_and_unknown_experiment(experiment):
+    uri, tmp = experiment
+    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "cmp", "--tracking-uri", uri,
+                        "--out", str(tmp / "cli")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "best hard" in r.stdout and (tmp / "cli" / "comparison.html").is_file()
+    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "nope", "--tracking-uri", uri,
+                        "--out", str(tmp / "cli2")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "experiment 'nope' does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
