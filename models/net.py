@@ -1,0 +1,277 @@
+"""MultiTaskNet: one model family for the whole sharing continuum.
+
+A trunk of L = n_conv + n_dense layers serves T tasks. The first k = shared_layers layers are
+shared; the others are per-task towers, each ending in its own output unit. k = L is the hard
+multi-task model (Basset: the trunk then Linear(dense[-1], T)); k = 0 is T independent networks,
+and with no coupling it is exactly T single-task models (per-tower BatchNorm, dropout masks
+from per-tower generators, per-unit max-norm).
+
+state_dict layout (the same for both backends, so checkpoints move between CPU and GPU)::
+
+    layers.<name>.weight                      conv [S, out, in, width]; dense [S, out, in]
+    layers.<name>.bias                        [S, out]
+    layers.<name>.bn.weight / .bn.bias        [S, out]   (BatchNorm affine)
+    layers.<name>.bn.running_mean / _var      [S, out]
+    out.weight                                [S_out, U, D]
+    out.bias                                  [S_out, U]
+    cross_stitch.alpha.<name>                 [T, T]     (coupling cross_stitch; tower layers)
+
+<name> runs over ``layer_names`` ("conv1", ..., "fc1", ...). S = 1 for a shared layer and
+S = T for a tower layer, stack s belonging to ``tasks[s]``. The output is S_out = 1, U = T when
+all layers are shared, else S_out = T, U = 1; either way the unit of task t is weight row t of
+``out.weight.reshape(T, D)``. Dense layers read conv output flattened channel-major
+([C, L] -> C*L), as ``x.flatten(1)`` does. Copying a layer between models therefore means
+copying these tensors stack by stack (see models.initialization).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from training.config import ModelConfig
+
+from . import flops as _flops
+from .arch import plan
+from .couplings import CrossStitch, check_coupling, nuclear, spread, unfold
+from .layers import StackedConv, StackedDense, StackedHead
+from .seeding import SHARED, make_generator, stable_seed, stream_name
+
+BACKENDS = ("auto", "loop", "batched")
+
+
+def auto_backend(device: torch.device) -> str:
+    """Loop on CPU, batched on CUDA. bench/towers.py on this 2-core CPU (32-filter towers,
+    L = 200, batch 64): the loop backend takes 0.83-0.93x the time of T separately trained
+    models at T = 4, 16, 64 (1 or 2 threads); batched is 0.73-0.93x at T <= 16 but 1.0-1.1x at
+    T = 64, where its [B, T*C, L] activations leave the cache. Grouped convolutions and bmm
+    are the fast path on GPUs."""
+    return "batched" if device.type == "cuda" else "loop"
+
+
+class MultiTaskNet(nn.Module):
+    def __init__(self, cfg: ModelConfig, task_names: Sequence[str], in_channels: int, seq_len: int,
+                 seed: int):
+        super().__init__()
+        self.cfg = cfg
+        self.tasks: list[str] = list(task_names)
+        self.n_tasks = len(self.tasks)
+        self.in_channels = in_channels
+        self.seq_len = seq_len
+        self.seed = seed
+        self.specs, self.head_spec = plan(cfg, self.n_tasks, in_channels, seq_len)
+        self.layer_names: list[str] = [s.name for s in self.specs]
+        self.shared_layers: int = cfg.sharing.shared_layers
+        self.shared_layer_names = self.layer_names[:self.shared_layers]
+        self.tower_layer_names = self.layer_names[self.shared_layers:]
+        self.hard = not self.tower_layer_names
+        self.backend = cfg.backend
+        self.coupling = cfg.sharing.coupling
+        self.strength = cfg.sharing.strength
+        check_coupling(self.coupling, self.n_tasks, self.shared_layers, len(self.specs))
+
+        self.layers = nn.ModuleDict(
+            {s.name: (StackedConv(s) if s.kind == "conv" else StackedDense(s)) for s in self.specs})
+        self.out = StackedHead(self.head_spec)
+        if self.coupling == "cross_stitch":
+            self.cross_stitch = CrossStitch(self.tower_layer_names, self.n_tasks,
+                                            cfg.sharing.cross_stitch_self)
+        else:
+            self.cross_stitch = None
+        self._tower_streams = [stream_name(t) for t in self.tasks]
+        # Seeds hashed once here, so that forward (and torch.compile) never runs hashlib.
+        self._dropout_seeds = {name: stable_seed(seed, name, "dropout")
+                               for name in [SHARED, *self._tower_streams]}
+        self._dropout_gens: dict[torch.device, dict[str, torch.Generator]] = {}
+        self._init_random()
+
+    # ---- random streams -----------------------------------------------------------------
+    def _stack_streams(self, shared: bool) -> list[str]:
+        return [SHARED] if shared else self._tower_streams
+
+    def _init_random(self) -> None:
+        """Kaiming normal weights, zero biases; each stack drawn from its own stream, layer by
+        layer, so a tower's draws do not depend on the other tasks."""
+        gens = {name: make_generator(self.seed, name, "init") for name in [SHARED, *self._tower_streams]}
+        for spec in self.specs:
+            self.layers[spec.name].reset([gens[n] for n in self._stack_streams(spec.shared)])
+        self.out.reset([gens[n] for n in self._stack_streams(self.hard)])
+
+    def _generators(self, device: torch.device) -> dict[str, torch.Generator]:
+        gens = self._dropout_gens.get(device)
+        if gens is None:
+            gens = {}
+            for name, seed in self._dropout_seeds.items():
+                gens[name] = torch.Generator(device=device)
+                gens[name].manual_seed(seed)
+            self._dropout_gens[device] = gens
+        return gens
+
+    def rng_state(self) -> dict[str, Tensor]:
+        """Dropout generator states ("<device>|<stream>" -> state) for exact resumes."""
+        if not self._dropout_gens:
+            self._generators(self.out.weight.device)
+        return {f"{dev}|{name}": g.get_state()
+                for dev, gens in self._dropout_gens.items() for name, g in gens.items()}
+
+    def set_rng_state(self, state: dict[str, Tensor]) -> None:
+        for key, value in state.items():
+            dev, name = key.split("|", 1)
+            gens = self._generators(torch.device(dev))
+            if name not in gens:
+                raise ValueError(f"rng state: unknown stream {name!r}; this model's streams are {sorted(gens)}")
+            gens[name].set_state(value)
+
+    # ---- forward ------------------------------------------------------------------------
+    def resolved_backend(self, device: torch.device) -> str:
+        return auto_backend(device) if self.backend == "auto" else self.backend
+
+    def shared_representation(self, x: Tensor) -> Tensor:
+        """Output of the last shared layer (the input itself when k = 0)."""
+        if x.dim() != 3 or x.shape[1] != self.in_channels:
+            raise ValueError(f"model input must be [batch, {self.in_channels}, length], got {list(x.shape)}")
+        gens = self._generators(x.device)
+        h = x
+        for name in self.shared_layer_names:
+            h = self.layers[name].forward_batched(h, True, [gens[SHARED]])
+        return h
+
+    def from_shared(self, h: Tensor) -> Tensor:
+        """Logits [B, T] from the shared representation."""
+        if self.hard:
+            return self.out.forward_batched(h, True)
+        gens = self._generators(h.device)
+        tower_gens = [gens[n] for n in self._tower_streams]
+        cs = self.cross_stitch
+        if self.resolved_backend(h.device) == "loop":
+            hs = h
+            for name in self.tower_layer_names:
+                hs = self.layers[name].forward_loop(hs, tower_gens)
+                if cs is not None:
+                    hs = cs.mix_loop(name, hs)
+            return self.out.forward_loop(hs)
+        shared_in = True
+        for name in self.tower_layer_names:
+            h = self.layers[name].forward_batched(h, shared_in, tower_gens)
+            shared_in = False
+            if cs is not None:
+                h = cs.mix_batched(name, h)
+        return self.out.forward_batched(h, False)
+
+    def forward(self, x: Tensor, return_shared: bool = False):
+        """Logits [B, T] (the loss applies the sigmoid). With ``return_shared`` also the shared
+        representation, still in the graph, for per-task gradients with respect to it."""
+        rep = self.shared_representation(x)
+        logits = self.from_shared(rep)
+        return (logits, rep) if return_shared else logits
+
+    def layer_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """Every layer's output: shared layers [B, C, L] / [B, D], tower layers with a task
+        axis [B, T, C, L] / [B, T, D], and "out" the logits. For representation analyses."""
+        gens = self._generators(x.device)
+        outs: dict[str, Tensor] = {}
+        h = x
+        for name in self.shared_layer_names:
+            h = outs[name] = self.layers[name].forward_batched(h, True, [gens[SHARED]])
+        if self.hard:
+            outs["out"] = self.out.forward_batched(h, True)
+            return outs
+        tower_gens = [gens[n] for n in self._tower_streams]
+        hs = h
+        for name in self.tower_layer_names:
+            hs = self.layers[name].forward_loop(hs, tower_gens)
+            if self.cross_stitch is not None:
+                hs = self.cross_stitch.mix_loop(name, hs)
+            outs[name] = torch.stack(hs, dim=1)
+        outs["out"] = self.out.forward_loop(hs)
+        return outs
+
+    # ---- couplings, constraints, optimizer ----------------------------------------------
+    def _tower_mats(self) -> list[Tensor]:
+        return [unfold(self.layers[name]) for name in self.tower_layer_names]
+
+    def _zero(self) -> Tensor:
+        return self.out.weight.new_zeros(())
+
+    def coupling_penalty(self) -> Tensor:
+        if self.coupling not in ("l2", "trace_norm") or self.strength == 0:
+            return self._zero()
+        mats = self._tower_mats()
+        return self.strength * (spread(mats) if self.coupling == "l2" else nuclear(mats))
+
+    def tower_distance(self) -> Tensor:
+        """Σ_layers Σ_t ‖W_t − mean_t W‖² over tower layers (0 without towers or with T = 1)."""
+        return spread(self._tower_mats()) if not self.hard else self._zero()
+
+    def tower_trace_norm(self) -> Tensor:
+        return nuclear(self._tower_mats()) if not self.hard else self._zero()
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> None:
+        """Rescale every unit whose incoming weight vector has L2 norm above ``max_norm`` (as
+        torch.renorm: conv per output channel, dense and output per row), each tower alone."""
+        for module in [*self.layers.values(), self.out]:
+            w = module.weight
+            units = w.shape[0] * w.shape[1]
+            w.view(units, -1).renorm_(2, 0, max_norm)
+
+    def cross_stitch_parameters(self) -> list[nn.Parameter]:
+        return list(self.cross_stitch.parameters()) if self.cross_stitch is not None else []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the shared trunk layers (empty when k = 0)."""
+        return [p for name in self.shared_layer_names for p in self.layers[name].parameters()]
+
+    def tower_parameters(self) -> list[nn.Parameter]:
+        """Task-specific parameters: tower layers and output units (Basset's output layer too).
+        shared + tower + cross-stitch parameters are all the parameters."""
+        return [p for name in self.tower_layer_names for p in self.layers[name].parameters()] + \
+               list(self.out.parameters())
+
+    def param_groups(self, base_lr: float) -> list[dict]:
+        cs = self.cross_stitch_parameters()
+        groups = [{"name": "model", "params": self.shared_parameters() + self.tower_parameters(),
+                   "lr": base_lr}]
+        if cs:
+            lr = self.cfg.sharing.cross_stitch_lr or base_lr
+            groups.append({"name": "cross_stitch", "params": cs, "lr": lr})
+        return groups
+
+    # ---- costs --------------------------------------------------------------------------
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_sample(self) -> int:
+        return _flops.flops_per_sample(self.specs, self.head_spec)
+
+    def flops_by_layer(self) -> dict[str, int]:
+        return _flops.flops_by_layer(self.specs, self.head_spec)
+
+    def checkpoint_payload(self) -> dict:
+        """What models.initialization reads back from a torch.save'd checkpoint; the trainer
+        may add its own keys (optimizer, epoch, ...)."""
+        return {"model": self.state_dict(), "model_config": self.cfg.model_dump(mode="json"),
+                "task_names": list(self.tasks), "in_channels": self.in_channels,
+                "seq_len": self.seq_len}
+
+    def extra_repr(self) -> str:
+        return (f"tasks={self.n_tasks}, shared_layers={self.shared_layers}/{len(self.specs)}, "
+                f"coupling={self.coupling}, backend={self.backend}")
+
+
+def build_model(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
+                task_names: Optional[Sequence[str]], seed: int) -> MultiTaskNet:
+    if not isinstance(cfg, ModelConfig):
+        cfg = ModelConfig.model_validate(cfg)
+    if n_tasks < 1:
+        raise ValueError(f"n_tasks must be >= 1, got {n_tasks}")
+    names = [str(t) for t in task_names] if task_names is not None else [f"task{i}" for i in range(n_tasks)]
+    if len(names) != n_tasks:
+        raise ValueError(f"task_names has {len(names)} names but n_tasks is {n_tasks}")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f"task_names must be unique; repeated: {dup}")
+    if in_channels < 1 or seq_len < 1:
+        raise ValueError(f"in_channels and seq_len must be >= 1, got {in_channels} and {seq_len}")
+    return MultiTaskNet(cfg, names, in_channels, seq_len, seed)
