@@ -67,9 +67,14 @@ class MlflowRunLogger(Callback):
         all_tags.update(tags or {})
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
+        # Epochs a continued run already logged (a trial killed after logging an epoch but before
+        # its checkpoint replays that epoch on resume, with the same values): not sent twice.
+        self.logged_epochs: set[int] = set()
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
             run_id = run.info.run_id
+        else:
+            self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, "val/auroc_mean")}
         self.run_id = run_id
         self.tags = all_tags
         self.spool_dir = Path(spool_dir) if spool_dir else None
@@ -125,6 +130,8 @@ class MlflowRunLogger(Callback):
     def on_epoch_end(self, epoch, metrics):
         m = self.epoch_metrics(metrics)
         self.history.append({"epoch": epoch, **m})
+        if epoch in self.logged_epochs:
+            return
         if metrics.get("best"):
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
             m.update({f"best/{k}": v for k, v in m.items() if k.startswith("val/")})
