@@ -111,7 +111,7 @@ class MlflowRunLogger(Callback):
         p.write_text(json.dumps({"task_to_key": self.keys}, indent=1))
         c = d / "config.yaml"
         c.write_text(self.cfg.to_yaml())
-        self._artifacts([p, c])
+        self.log_artifacts([p, c])
         self.history = []
 
     def _baseline_array(self) -> Optional[np.ndarray]:
@@ -157,7 +157,7 @@ class MlflowRunLogger(Callback):
             final.update(delta_metrics(result.test.auroc, base, self.tasks, prefix="test"))
         log.log_metrics(self._rename(final), step=result.best_epoch)
         log.flush()
-        self._artifacts(self._result_files(result, base))
+        self.log_artifacts(self._result_files(result, base))
         log.close()
         self.client.set_terminated(self.run_id, "FINISHED")
 
@@ -182,7 +182,7 @@ class MlflowRunLogger(Callback):
             files.append(plots.auroc_vs_baseline(self.tasks, result.val.auroc, base, d / "auroc_vs_baseline.png"))
         return files
 
-    def _artifacts(self, paths: list[Path]) -> None:
+    def log_artifacts(self, paths: list[Path]) -> None:
         """Artifacts go straight to the server; when it is away they stay listed in the spool
         directory for `mtlsweep sync` (metrics/params are spooled by FastLogger)."""
         pending = []

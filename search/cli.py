@@ -93,6 +93,10 @@ def cmd_train(args) -> int:
     if cfg.tracking.enabled:
         logger = _train_logger(cfg, args, trainer)
         trainer.callbacks.callbacks.insert(0, logger)
+    from analysis.grad_flow import maybe_grad_flow
+    grad_flow = maybe_grad_flow(cfg, publish=logger.log_artifacts if logger else None)
+    if grad_flow is not None:     # before the logger: it adds grad/ metrics the logger sends
+        trainer.callbacks.callbacks.insert(0, grad_flow)
     if args.resume:
         trainer.resume(run_dir / "last.pt")
     try:
@@ -180,6 +184,21 @@ def _spool_dirs(root: Path):
         yield root
     else:
         yield from sorted({p.parent for p in root.rglob("spool.jsonl")})
+
+
+def cmd_similarity(args) -> int:
+    from analysis.similarity import run
+    return run(args)
+
+
+def cmd_motifs(args) -> int:
+    from analysis.filter_motifs import run
+    return run(args)
+
+
+def cmd_cost(args) -> int:
+    from analysis.cost_scaling import run
+    return run(args)
 
 
 def cmd_readme(args) -> int:
@@ -300,6 +319,19 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("path", nargs="?", default="workspace", help="a spool directory or a tree containing them")
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
+
+    from analysis.similarity import add_arguments as add_similarity_arguments
+    q = sub.add_parser("similarity", help="linear CKA between the layers of two runs (hidden-layer similarity)")
+    add_similarity_arguments(q)
+    q.set_defaults(func=cmd_similarity)
+    from analysis.filter_motifs import add_arguments as add_motif_arguments
+    q = sub.add_parser("motifs", help="first-layer filters matched to JASPAR motifs (and planted-motif recall)")
+    add_motif_arguments(q)
+    q.set_defaults(func=cmd_motifs)
+    from analysis.cost_scaling import add_arguments as add_cost_arguments
+    q = sub.add_parser("cost", help="training time, memory, parameters and FLOPs as the number of tasks grows")
+    add_cost_arguments(q)
+    q.set_defaults(func=cmd_cost)
 
     rd = sub.add_parser("readme", help="regenerate README.md's generated sections (config reference, demo results)")
     rd.add_argument("--readme", default="README.md")

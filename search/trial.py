@@ -146,6 +146,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
     reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)
     if mlflow_logger is not None:
         callbacks.append(_DeltaForwarder(mlflow_logger, reporter))
+    from analysis.grad_flow import maybe_grad_flow
+    grad_flow = maybe_grad_flow(cfg, publish=mlflow_logger.log_artifacts if mlflow_logger else None)
+    if grad_flow is not None:
+        callbacks.insert(0, grad_flow)
     callbacks.extend(ctx.extra_callbacks)
     callbacks.append(reporter)
 

@@ -81,7 +81,9 @@ def ray_cluster(tmp_path_factory):
 
     bin_dir = Path(sys.executable).parent
     port, dash = _free_port(), _free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    # The venv first on PATH, as the cluster YAMLs do: job entrypoints say plain `python`.
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
     temp = tmp_path_factory.mktemp("ray")
     cmd = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--num-cpus=2", f"--object-store-memory={300 * 1024**2}", "--include-dashboard=true",

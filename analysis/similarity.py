@@ -1,0 +1,368 @@
+"""`mtlsweep similarity RUN_A RUN_B`: linear CKA between the hidden layers of two runs.
+
+Also the pieces the other analyses share: loading a finished run's model (``load_run``), a
+fixed, seeded probe set from its data (``load_probe``) and logging an analysis as its own
+MLflow run (``log_analysis_run``, tagged role=analysis so that `mtlsweep compare` skips it).
+
+Representations are layer outputs on the probe in eval mode: a shared layer is one
+representation; a tower layer gives one per task ("<layer>/<task>"). Towers are compared task by
+task: tower t of run A against tower t of run B, and against every shared layer of B (and the
+other way round); cells pairing different tasks' towers are left empty (NaN).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from data.errors import DataError
+
+ANALYSIS_ROLE = "analysis"
+DEFAULT_TOWER_TASKS = 4
+
+
+# ---- runs -----------------------------------------------------------------------------------
+@dataclass
+class LoadedRun:
+    ref: str                      # what the user named: a directory, a checkpoint or a run id
+    name: str
+    run_dir: Path
+    checkpoint: Path
+    cfg: object                   # training.config.RunConfig
+    model: object                 # models.net.MultiTaskNet, eval mode
+    tasks: list[str]
+    in_channels: int
+    seq_len: int
+    mlflow_run_id: Optional[str] = None
+
+
+def _run_dir_from_mlflow(ref: str, tracking_uri: Optional[str]) -> tuple[Path, str]:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+    from mlflow_server.server import check_reachable, resolve_tracking_uri
+    uri = resolve_tracking_uri(None, tracking_uri)
+    check_reachable(uri)
+    try:
+        run = MlflowClient(uri).get_run(ref)
+    except MlflowException:
+        raise DataError(f"{ref}: neither a run directory (with best.pt) nor an MLflow run id at {uri}") from None
+    run_dir = run.data.tags.get("run_dir")
+    if not run_dir:
+        raise DataError(f"MLflow run {ref}: has no run_dir tag pointing to its run directory")
+    return Path(run_dir), ref
+
+
+def load_run(ref: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> LoadedRun:
+    """A run directory (best.pt + config.yaml as training/engine.py writes them), a checkpoint
+    file, or an MLflow run id whose ``run_dir`` tag names such a directory."""
+    from models import build_model
+    from training.checkpoint import load_checkpoint
+    from training.config import ModelConfig, RunConfig, load_config
+    path = Path(ref)
+    run_id = None
+    if path.is_file():
+        ck_path, run_dir = path, path.parent
+    else:
+        if path.is_dir():
+            run_dir = path
+        elif "/" in ref or path.suffix:
+            raise DataError(f"{ref}: no such run directory or checkpoint")
+        else:
+            run_dir, run_id = _run_dir_from_mlflow(ref, tracking_uri)
+        ck_path = run_dir / "best.pt"
+        if not ck_path.is_file():
+            raise DataError(f"{run_dir}: no best.pt; is it a finished run directory?")
+    ck = load_checkpoint(ck_path, map_location=device)
+    missing = [k for k in ("model", "model_config", "task_names", "in_channels", "seq_len") if k not in ck]
+    if missing:
+        raise DataError(f"{ck_path}: not a training checkpoint (missing {', '.join(missing)})")
+    if "config" in ck:
+        cfg = RunConfig.model_validate(ck["config"])
+    elif (run_dir / "config.yaml").is_file():
+        cfg = load_config(run_dir / "config.yaml")
+    else:
+        raise DataError(f"{ck_path}: holds no run config and {run_dir / 'config.yaml'} does not exist")
+    tasks = [str(t) for t in ck["task_names"]]
+    model = build_model(ModelConfig.model_validate(ck["model_config"]), len(tasks), int(ck["in_channels"]),
+                        int(ck["seq_len"]), tasks, seed=cfg.train.seed)
+    model.load_state_dict(ck["model"])
+    model.to(device).eval()
+    return LoadedRun(ref, run_dir.resolve().name, run_dir.resolve(), ck_path, cfg, model, tasks,
+                     int(ck["in_channels"]), int(ck["seq_len"]), run_id)
+
+
+# ---- probe ----------------------------------------------------------------------------------
+@dataclass
+class Probe:
+    """A fixed sample of sequences: ``split`` holds the chosen rows, in file order."""
+    source: str
+    split_name: str
+    split: object                 # data.store.SplitArrays restricted to the probe
+    seed: int
+
+    @property
+    def n(self) -> int:
+        return int(self.split.codes.shape[0])
+
+    @property
+    def codes(self) -> np.ndarray:
+        return self.split.codes
+
+    def batches(self, batch: int, in_channels: int, device: str = "cpu") -> Iterator[torch.Tensor]:
+        from data.store import to_device
+        for start in range(0, self.n, batch):
+            idx = np.arange(start, min(self.n, start + batch))
+            x, _, _ = to_device(self.split, idx, device)
+            yield _fit_channels(x, in_channels)
+
+
+def _fit_channels(x: torch.Tensor, in_channels: int) -> torch.Tensor:
+    if x.shape[1] < in_channels:
+        raise DataError(f"the probe has {x.shape[1]} input channels but the model reads {in_channels} "
+                        "(trained with tracks the probe's data lacks)")
+    return x[:, :in_channels]
+
+
+def load_probe(data_path: str, n: int, seed: int = 0, split: str = "valid") -> Probe:
+    """``n`` sequences drawn without replacement from ``split`` (all of it when smaller)."""
+    from data.store import SplitArrays, open_dataset
+    if n < 1:
+        raise DataError(f"--probe must be >= 1, got {n}")
+    if not Path(data_path).exists():
+        raise DataError(f"{data_path}: data file of the run not found; pass --data to point at it")
+    store = open_dataset(data_path)
+    if split not in store.splits or store.n(split) == 0:
+        raise DataError(f"{data_path}: has no '{split}' sequences; splits present: {sorted(store.splits)}")
+    sp = store.splits[split]
+    total = store.n(split)
+    idx = np.sort(np.random.default_rng(seed).choice(total, size=min(n, total), replace=False))
+    sub = SplitArrays(codes=sp.codes[idx], labels=sp.labels[idx],
+                      tracks=None if sp.tracks is None else sp.tracks[idx],
+                      headers=None if sp.headers is None else [sp.headers[i] for i in idx])
+    return Probe(str(data_path), split, sub, seed)
+
+
+# ---- representations ------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Rep:
+    name: str                     # "conv1" or "conv2/<task key>"
+    layer: str
+    task: Optional[str]           # None for a shared layer
+
+
+def representations(model, layers: Sequence[str], tasks: Sequence[str]) -> list[Rep]:
+    from mlflow_server.names import sanitize_names
+    keys = sanitize_names(model.tasks)
+    reps = []
+    for layer in layers:
+        if layer in model.shared_layer_names:
+            reps.append(Rep(layer, layer, None))
+        else:
+            reps.extend(Rep(f"{layer}/{keys[t]}", layer, t) for t in tasks)
+    return reps
+
+
+def activations(model, x: torch.Tensor, reps: Sequence[Rep]) -> dict[str, torch.Tensor]:
+    import torch
+    with torch.no_grad():
+        outs = model.layer_outputs(x)
+    acts = {}
+    for r in reps:
+        o = outs[r.layer]
+        acts[r.name] = o if r.task is None else o[:, model.tasks.index(r.task)]
+    return acts
+
+
+def _parse_list(text: Optional[str]) -> Optional[list[str]]:
+    if text is None:
+        return None
+    items = [s.strip() for s in str(text).split(",") if s.strip()]
+    return items or None
+
+
+def _pick_layers(run: LoadedRun, layers: Optional[Sequence[str]]) -> list[str]:
+    if layers is None:
+        return list(run.model.layer_names)
+    for name in layers:
+        if name not in run.model.layer_names:
+            raise DataError(f"--layers: {name!r} is not a layer of {run.name}; its layers are {run.model.layer_names}")
+    return list(layers)
+
+
+def _pick_tasks(a: LoadedRun, b: LoadedRun, tasks: Optional[Sequence[str]]) -> list[str]:
+    if tasks is None:
+        common = [t for t in a.tasks if t in b.tasks] or a.tasks
+        return common[:DEFAULT_TOWER_TASKS]
+    out = []
+    for t in tasks:
+        if t in a.tasks or t in b.tasks:
+            out.append(t)
+        elif t.isdigit() and int(t) < len(a.tasks):
+            out.append(a.tasks[int(t)])
+        else:
+            raise DataError(f"--tasks: {t!r} is neither a task of {a.name} nor of {b.name} nor an index of {a.name}'s tasks")
+    return out
+
+
+@dataclass
+class SimilarityResult:
+    rows: list[str]
+    cols: list[str]
+    matrix: np.ndarray            # [rows, cols] linear CKA, NaN for pairs not compared
+    files: list[Path] = field(default_factory=list)
+    mlflow_run_id: Optional[str] = None
+    probe_n: int = 0
+
+
+def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[Sequence[str]] = None,
+                 tasks: Optional[Sequence[str]] = None, batch: int = 256, device: str = "cpu") -> SimilarityResult:
+    from analysis.cka import MIN_BATCH, MinibatchCKA
+    if a.seq_len != b.seq_len or a.seq_len != probe.split.codes.shape[1]:
+        raise DataError(f"sequence lengths differ: {a.name} reads {a.seq_len}, {b.name} {b.seq_len}, "
+                        f"the probe has {probe.split.codes.shape[1]}")
+    if batch < MIN_BATCH:
+        raise DataError(f"--batch must be >= {MIN_BATCH} (the unbiased HSIC needs it), got {batch}")
+    chosen = _pick_tasks(a, b, tasks)
+    reps_a = representations(a.model, _pick_layers(a, layers), [t for t in chosen if t in a.tasks])
+    reps_b = representations(b.model, _pick_layers(b, layers), [t for t in chosen if t in b.tasks])
+    pairs = [(ra.name, rb.name) for ra in reps_a for rb in reps_b
+             if ra.task is None or rb.task is None or ra.task == rb.task]
+    acc = MinibatchCKA([r.name for r in reps_a], [r.name for r in reps_b], pairs)
+    for xa, xb in zip(probe.batches(batch, a.in_channels, device), probe.batches(batch, b.in_channels, device)):
+        if xa.shape[0] < MIN_BATCH:
+            continue              # a short last batch has no unbiased HSIC; it is left out
+        acc.update(activations(a.model, xa, reps_a), activations(b.model, xb, reps_b))
+    return SimilarityResult(acc.rows, acc.cols, acc.result(), probe_n=acc.examples)
+
+
+def write_similarity(res: SimilarityResult, out_dir: Path, title: str) -> list[Path]:
+    from analysis import plots
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = out_dir / "cka.csv"
+    with open(table, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["A \\ B", *res.cols])
+        for name, row in zip(res.rows, res.matrix):
+            w.writerow([name, *("" if not np.isfinite(v) else f"{v:.6f}" for v in row)])
+    png = plots.heatmap(res.matrix, res.rows, res.cols, out_dir / "cka.png", title=title, cmap="magma",
+                        vmin=0.0, vmax=1.0, xlabel="run B", ylabel="run A")
+    return [table, png]
+
+
+def cka_metrics(res: SimilarityResult) -> dict[str, float]:
+    return {f"cka/{r}__{c}": float(res.matrix[i, j])
+            for i, r in enumerate(res.rows) for j, c in enumerate(res.cols) if np.isfinite(res.matrix[i, j])}
+
+
+# ---- MLflow ---------------------------------------------------------------------------------
+def log_analysis_run(tracking_uri: str, experiment: str, run_name: str, *, kind: str,
+                     tags: dict[str, str], params: dict[str, object],
+                     metrics: Sequence[tuple[str, float, int]], artifacts: Sequence[Path]) -> str:
+    """One finished MLflow run holding an analysis (role=analysis); returns its id.
+    ``metrics`` are (key, value, step) triples."""
+    import time
+
+    from mlflow.entities import Metric, Param
+    from mlflow.tracking import MlflowClient
+    from mlflow_server.run_logger import get_or_create_experiment, param_value
+    from mlflow_server.server import check_reachable
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri)
+    exp_id = get_or_create_experiment(client, experiment)
+    all_tags = {"role": ANALYSIS_ROLE, "analysis": kind, **{k: str(v) for k, v in tags.items()}}
+    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    rid = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        ps = [Param(k, param_value(v)) for k, v in params.items()]
+        ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics if math.isfinite(float(v))]
+        for i in range(0, len(ps), 100):
+            client.log_batch(rid, params=ps[i:i + 100])
+        for i in range(0, len(ms), 1000):
+            client.log_batch(rid, metrics=ms[i:i + 1000])
+        for p in artifacts:
+            client.log_artifact(rid, str(p))
+    except BaseException:
+        client.set_terminated(rid, "FAILED")
+        raise
+    client.set_terminated(rid, "FINISHED")
+    return rid
+
+
+# ---- the command ----------------------------------------------------------------------------
+def add_tracking_arguments(p) -> None:
+    p.add_argument("--tracking-uri", help="also log the analysis as an MLflow run (role=analysis) here")
+    p.add_argument("--experiment", default="mtlsweep", help="MLflow experiment of the analysis run")
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run_a", help="run directory (best.pt, config.yaml) or MLflow run id")
+    p.add_argument("run_b", help="run directory or MLflow run id")
+    p.add_argument("--layers", help="comma-separated trunk layers (default: all, e.g. conv1,conv2,...,fc2)")
+    p.add_argument("--tasks", help="comma-separated tasks (names or indices) whose tower layers are compared "
+                                   f"(default: the first {DEFAULT_TOWER_TASKS} tasks of both runs)")
+    p.add_argument("--probe", type=int, default=2000, help="probe sequences drawn from the split")
+    p.add_argument("--batch", type=int, default=256, help="minibatch size of the unbiased CKA estimate")
+    p.add_argument("--split", default="valid", help="split the probe comes from")
+    p.add_argument("--seed", type=int, default=0, help="seed of the probe draw")
+    p.add_argument("--data", help="data file for the probe (default: run A's data.path)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default="workspace/analysis/similarity", help="output directory (cka.csv, cka.png)")
+    add_tracking_arguments(p)
+
+
+def similarity(run_a: str, run_b: str, *, layers=None, tasks=None, probe: int = 2000, batch: int = 256,
+               split: str = "valid", seed: int = 0, data: Optional[str] = None, device: str = "cpu",
+               out: str | Path = "workspace/analysis/similarity", tracking_uri: Optional[str] = None,
+               experiment: str = "mtlsweep") -> SimilarityResult:
+    a = load_run(run_a, tracking_uri, device)
+    b = load_run(run_b, tracking_uri, device)
+    p = load_probe(data or a.cfg.data.path, probe, seed, split)
+    res = compare_runs(a, b, p, layers=layers, tasks=tasks, batch=batch, device=device)
+    out_dir = Path(out)
+    title = f"linear CKA: {a.name} (A) vs {b.name} (B), {res.probe_n} probe sequences"
+    res.files = write_similarity(res, out_dir, title)
+    meta = out_dir / "cka.json"
+    meta.write_text(json.dumps({
+        "run_a": str(a.run_dir), "run_b": str(b.run_dir), "probe": {"data": p.source, "split": split, "n": res.probe_n,
+                                                                   "seed": seed, "batch": batch},
+        "estimator": "minibatch linear CKA, unbiased HSIC (Nguyen et al. 2021)",
+        "rows": res.rows, "cols": res.cols,
+        "matrix": [[None if not np.isfinite(v) else float(v) for v in row] for row in res.matrix]}, indent=1))
+    res.files.append(meta)
+    if tracking_uri:
+        tags = {"run_a": str(a.run_dir), "run_b": str(b.run_dir)}
+        if a.mlflow_run_id:
+            tags["run_a_id"] = a.mlflow_run_id
+        if b.mlflow_run_id:
+            tags["run_b_id"] = b.mlflow_run_id
+        res.mlflow_run_id = log_analysis_run(
+            tracking_uri, experiment, f"cka {a.name} vs {b.name}", kind="cka", tags=tags,
+            params={"probe": res.probe_n, "batch": batch, "split": split, "seed": seed, "data": p.source,
+                    "layers": layers or "all", "tasks": ",".join(tasks) if tasks else "default"},
+            metrics=[(k, v, 0) for k, v in cka_metrics(res).items()], artifacts=res.files)
+    return res
+
+
+def run(args) -> int:
+    res = similarity(args.run_a, args.run_b, layers=_parse_list(args.layers), tasks=_parse_list(args.tasks),
+                     probe=args.probe, batch=args.batch, split=args.split, seed=args.seed, data=args.data,
+                     device=args.device, out=args.out, tracking_uri=args.tracking_uri, experiment=args.experiment)
+    width = max(len(r) for r in res.rows)
+    shared_cols = [j for j, c in enumerate(res.cols) if "/" not in c] or list(range(len(res.cols)))
+    print(f"linear CKA on {res.probe_n} probe sequences (rows: run A, columns: run B)")
+    cw = max(8, *(len(res.cols[j]) for j in shared_cols))
+    print(" " * width + "  " + "  ".join(f"{res.cols[j]:>{cw}}" for j in shared_cols))
+    for name, row in zip(res.rows, res.matrix):
+        print(f"{name:<{width}}  " + "  ".join(f"{'n/a':>{cw}}" if not np.isfinite(row[j]) else f"{row[j]:{cw}.3f}"
+                                              for j in shared_cols))
+    for p in res.files:
+        print(f"written: {p}")
+    if res.mlflow_run_id:
+        print(f"MLflow analysis run {res.mlflow_run_id} in experiment {args.experiment!r}")
+    return 0
