@@ -129,10 +129,24 @@ def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
 
 
 COLUMNS = ["run", "family", "role", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
-           "tasks_improved", "tasks_total", "epoch_s", "samples_per_s", "n_params", "baseline"]
+           "tasks_improved", "tasks_total", "epoch_s", "samples_per_s", "s_to_target", "n_params", "baseline"]
 
 
-def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5) -> list[dict]:
+def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float:
+    """Training seconds until the run's mean validation AUROC first reached ``target`` (the
+    matched baseline's best), from its learning curve; NaN if it never did."""
+    from analysis.cost_scaling import time_to_target
+    if not math.isfinite(target):
+        return math.nan
+    hist: dict[int, dict] = {}
+    for key in ("val/auroc_mean", "cost/epoch_s"):
+        for m in client.get_metric_history(row.run_id, key):
+            hist.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return time_to_target([hist[k] for k in sorted(hist)], target).seconds
+
+
+def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
+               client: Optional[MlflowClient] = None) -> list[dict]:
     key = f"best/{metric}" if not metric.startswith(("best/", "test/")) else metric
     ranked = sorted([r for r in rows if math.isfinite(r.m(key))], key=lambda r: -r.m(key))
     chosen: list[tuple[str, RunRow]] = []
@@ -158,6 +172,9 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5)
             "delta_auroc_mean": c.delta_mean if c else math.nan, "wilcoxon_p": c.p_value if c else math.nan,
             "tasks_improved": c.improved if c else "", "tasks_total": c.compared if c else "",
             "epoch_s": r.m("cost/epoch_s"), "samples_per_s": r.m("cost/samples_per_s"),
+            "s_to_target": seconds_to_target(client, r, r.baseline.m("best/val/auroc_mean") if r.baseline
+                                             else (r.m("best/val/auroc_mean") if r.role == "baseline" else math.nan))
+            if client is not None else math.nan,
             "n_params": r.params.get("model.n_params", ""),
             "baseline": (r.baseline.name if r.baseline else ("-" if r.role == "baseline" else "no matching baseline")),
             "_row": r, "_cmp": c,
@@ -269,7 +286,7 @@ def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, met
     runs = collect(client, experiment, sweep)
     if not runs:
         raise LookupError(f"experiment {experiment!r} has no runs" + (f" under sweep {sweep}" if sweep else ""))
-    rows = table_rows(runs, metric, top)
+    rows = table_rows(runs, metric, top, client)
     text = render_text(rows)
     if out_dir is not None:
         out_dir = Path(out_dir)

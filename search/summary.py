@@ -14,7 +14,7 @@ from mlflow_server.compare import (collect, figures, render_text, table_rows, wr
 def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, log=print) -> list[dict]:
     client = MlflowClient(tracking_uri)
     runs = collect(client, experiment, sweep=parent_run_id)
-    rows = table_rows(runs)
+    rows = table_rows(runs, client=client)
     log(render_text(rows))
     metrics = {}
     for r in rows:

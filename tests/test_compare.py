@@ -27,7 +27,9 @@ def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1
     client.log_metric(rid, "best/val/auroc_mean", sum(aurocs) / len(aurocs))
     client.log_metric(rid, "best/val/auroc_median", sorted(aurocs)[len(aurocs) // 2])
     client.log_metric(rid, "best/val/auprc_mean", 0.3)
-    client.log_metric(rid, "cost/epoch_s", epoch_s)
+    for step, frac in ((1, 0.9), (2, 1.0)):      # a two-epoch learning curve
+        client.log_metric(rid, "val/auroc_mean", frac * sum(aurocs) / len(aurocs), step=step)
+        client.log_metric(rid, "cost/epoch_s", epoch_s, step=step)
     client.log_param(rid, "model.n_params", "1000")
     client.set_terminated(rid, "FINISHED")
     return rid
@@ -58,6 +60,9 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     assert soft["delta_auroc_mean"] == pytest.approx((0.01 + 0.05 + 0.01 + 0.03 + 0.05) / 5, abs=1e-9)
     assert soft["tasks_improved"] == 5
     assert by["base"]["role"] == "baseline"
+    # Seconds to reach the baseline's best mean AUROC (0.70): hard's curve is 0.6336 then 0.704.
+    assert hard["s_to_target"] == pytest.approx(1.0)
+    assert soft["s_to_target"] == pytest.approx(6.0)     # 0.657 then 0.73, 3 s per epoch
     # A run with no matching baseline is shown without deltas, never against the wrong one.
     orphan = by["orphan"]
     assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])

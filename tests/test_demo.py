@@ -1,0 +1,43 @@
+"""`mtlsweep demo`'s pipeline at a tiny size, through the same code path as `make demo`."""
+import csv
+
+from mlflow.tracking import MlflowClient
+
+from search.demo import DemoSettings, run_demo
+
+
+def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
+    ws = tmp_path / "ws"
+    settings = DemoSettings(
+        workspace=ws, num_samples=3, top=2, name="tiny-demo",
+        data={"n_tasks": 4, "n_groups": 2, "n_seqs": 800, "seq_len": 100, "min_ic": 14.0, "label_noise": 0.01,
+              "prevalence_min": 0.1, "prevalence_median": 0.15, "prevalence_max": 0.3, "seed": 0},
+        base_overrides=["model.arch.conv_channels=[8, 8, 8]", "model.arch.conv_widths=[7, 5, 3]",
+                        "model.arch.pool=[2, 2, 2]", "model.arch.dense=[8, 8]", "train.epochs=2",
+                        "train.steps_per_epoch=4", "data.batch_size=32"])
+    assert run_demo(settings=settings) == 0
+    out = capsys.readouterr().out
+    assert "1/5 synthetic benchmark" in out and "5/5 best configurations" in out
+    assert "mlflow ui --backend-store-uri sqlite:///" in out and "#/experiments/" in out
+
+    with open(ws / "compare" / "tiny-demo" / "comparison.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0].keys() >= {"run", "family", "role", "auroc_mean", "delta_auroc_mean", "wilcoxon_p",
+                              "tasks_improved", "tasks_total", "epoch_s", "n_params", "baseline"}
+    assert any(r["role"] == "baseline" for r in rows)
+    assert any(r["role"].startswith("best ") for r in rows)
+
+    client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mtlsweep-demo")
+    baselines = client.search_runs([exp.experiment_id], "tags.role = 'baseline'")
+    (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert len(baselines) == 1 and len(kids) == 3
+    assert sorted(p.name for p in (ws / "export" / "tiny-demo").iterdir()) == ["1.yaml", "2.yaml", "README.md"]
+
+    # Safe to run twice: data and baseline reused, a new sweep, nothing overwritten.
+    settings.name = "tiny-demo-2"
+    assert run_demo(settings=settings) == 0
+    assert "reusing" in capsys.readouterr().out
+    assert len(client.search_runs([exp.experiment_id], "tags.role = 'baseline'")) == 1
+    assert (ws / "export" / "tiny-demo" / "1.yaml").is_file() and (ws / "export" / "tiny-demo-2" / "1.yaml").is_file()

@@ -1,0 +1,640 @@
+"""The classical baseline family: known motifs scored along the sequence + gradient-boosted trees.
+
+One run fits one model per task (or, with multi_output and xgboost, one vector-leaf model for
+all tasks) on data.motif_features tables, stops early on the validation split, and reports
+exactly like a CNN run: the same callbacks, metric names, metrics.json, per_task.csv and
+RunResult, as one "epoch". The models (xgboost JSON or joblib) and the motif set go to
+``run_dir/gbm/``; ``GbmModel.load(run_dir)`` predicts from codes again.
+
+Backends: ``xgboost`` (pin ``xgboost-cpu==3.2.0``: a 5.6 MB CPU-only wheel; the ``xgboost``
+wheel is 132 MB and pulls the ~200 MB nvidia-nccl-cu12) and ``sklearn``
+(HistGradientBoostingClassifier, always installed). ``auto`` takes xgboost when importable.
+
+No import of training.config or training.engine at module level: config.py may import
+GbmConfig from here, and engine imports config.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Optional, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from data.errors import DataError
+from data.jaspar import Motif, load_motifs, read_motif_file
+from data.motif_features import (DEFAULT_CACHE_DIR, FEATURES, FeatureOptions, MotifScanner,
+                                 compute_features, feature_names, feature_table, select_motifs)
+from training.callbacks import Callback, CallbackList
+from training.cost import peak_rss_mb
+from training.metrics import TaskMetrics, task_metrics
+
+MODEL_DIR = "gbm"
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class GbmConfig(BaseModel):
+    """The ``gbm:`` section of a run config (used when model.family is motif_gbm)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    motif_collection: str = Field("CORE", min_length=1, description="JASPAR collection (pyjaspar, offline).")
+    motif_tax_group: str = Field("vertebrates", min_length=1, description="JASPAR tax group.")
+    motif_release: Optional[str] = Field(None, description="JASPAR release, e.g. JASPAR2026 (null = pyjaspar's newest).")
+    motif_file: Optional[str] = Field(None, description="JASPAR or MEME motif file; overrides the collection.")
+    max_motifs: Optional[int] = Field(None, ge=1, description="Use only the first N motifs (by matrix id / file order).")
+    hit_threshold: float = Field(0.8, gt=0.0, le=1.0,
+                                 description="count: a hit scores >= this fraction of the motif's best log-odds score.")
+    features: list[Literal["max", "count", "bins", "gc", "kmer"]] = Field(
+        ["max"], min_length=1, description="Feature blocks: max, count, bins, gc, kmer.")
+    n_bins: int = Field(3, ge=2, le=32, description="bins: position bins along the sequence.")
+    kmer_k: int = Field(3, ge=1, le=4, description="kmer: k-mer length (4^k features).")
+    backend: Literal["auto", "xgboost", "sklearn"] = Field(
+        "auto", description="Tree library; auto = xgboost if installed, else scikit-learn.")
+    n_estimators: int = Field(300, ge=1, le=100000, description="Maximum boosting rounds per model.")
+    max_depth: int = Field(4, ge=1, le=32, description="Maximum tree depth.")
+    learning_rate: float = Field(0.1, gt=0.0, le=1.0, description="Shrinkage per round.")
+    early_stopping_rounds: Optional[int] = Field(
+        20, ge=1, description="Stop after this many rounds without validation-loss gain (null = off).")
+    multi_output: bool = Field(False, description="One model for all tasks (xgboost vector-leaf trees).")
+    n_jobs: Optional[int] = Field(None, ge=1, description="Threads for features and trees (null = all cores).")
+    cache_dir: Optional[str] = Field(DEFAULT_CACHE_DIR, description="Feature cache directory (null = no cache).")
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a feature twice ({v}); allowed: each of {list(FEATURES)} at most once")
+        return v
+
+    def feature_options(self) -> FeatureOptions:
+        return FeatureOptions(tuple(self.features), self.hit_threshold, self.n_bins, self.kmer_k)
+
+
+def parse_gbm_config(tree: Any, source: str = "gbm") -> GbmConfig:
+    """A GbmConfig from a mapping; a bad value raises ConfigError naming ``gbm.<field>``."""
+    from training.config import ConfigError, _describe
+
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: must be a mapping of gbm fields, got {type(tree).__name__}")
+    try:
+        return GbmConfig.model_validate(tree)
+    except ValidationError as exc:
+        parts = []
+        for e in exc.errors():
+            e = dict(e)
+            e["loc"] = ("gbm",) + tuple(e["loc"])
+            parts.append(_describe(e))
+        raise ConfigError(f"{source}: " + "; ".join(parts)) from None
+
+
+def _as_gbm_config(obj: Any) -> GbmConfig:
+    if obj is None:
+        return GbmConfig()
+    if isinstance(obj, GbmConfig):
+        return obj
+    if isinstance(obj, BaseModel):  # the same fields declared in training/config.py
+        return parse_gbm_config(obj.model_dump(mode="json"))
+    return parse_gbm_config(obj)
+
+
+# ----------------------------------------------------------------------------- backends
+
+
+def xgboost_available() -> bool:
+    try:
+        import xgboost  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_backend(gbm: GbmConfig) -> str:
+    from training.config import ConfigError
+
+    if gbm.backend == "auto":
+        backend = "xgboost" if xgboost_available() else "sklearn"
+    else:
+        backend = gbm.backend
+    if backend == "xgboost" and not xgboost_available():
+        raise ConfigError("gbm.backend=xgboost: the xgboost package is not installed "
+                          "(pip install xgboost-cpu==3.2.0); allowed here: sklearn or auto")
+    if gbm.multi_output and backend != "xgboost":
+        raise ConfigError("gbm.multi_output=true needs the xgboost backend (vector-leaf trees, "
+                          "multi_strategy=multi_output_tree); scikit-learn's boosting has one output per "
+                          "model, so a wrapper would only be the per-task models again")
+    return backend
+
+
+@contextlib.contextmanager
+def _threads(n_jobs: Optional[int]):
+    """Cap torch and OpenMP threads (features, scikit-learn) for the run, then restore them."""
+    if n_jobs is None:
+        yield
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n_jobs)
+    try:
+        with threadpool_limits(limits=n_jobs):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+class _SklearnTask:
+    kind = "sklearn"
+    suffix = ".joblib"
+
+    def __init__(self, est):
+        self.est = est
+
+    @classmethod
+    def fit(cls, gbm: GbmConfig, seed: int, X, y, Xv, yv) -> "_SklearnTask":
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        stop = gbm.early_stopping_rounds is not None and Xv is not None
+        est = HistGradientBoostingClassifier(
+            learning_rate=gbm.learning_rate, max_iter=gbm.n_estimators, max_depth=gbm.max_depth,
+            max_leaf_nodes=None,  # depth alone bounds the tree, as in xgboost
+            early_stopping=stop, n_iter_no_change=gbm.early_stopping_rounds or 10, scoring="loss",
+            random_state=seed)
+        if stop:
+            est.fit(X, y, X_val=Xv, y_val=yv)
+        else:
+            est.fit(X, y)
+        return cls(est)
+
+    @property
+    def rounds(self) -> int:
+        return int(self.est.n_iter_)
+
+    def n_nodes(self) -> int:
+        preds = getattr(self.est, "_predictors", None)
+        return int(sum(p.nodes.shape[0] for it in preds for p in it)) if preds is not None else 0
+
+    def predict(self, X) -> np.ndarray:
+        return self.est.predict_proba(X)[:, 1].astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        import joblib
+
+        joblib.dump(self.est, path)
+
+    @classmethod
+    def load(cls, path: Path) -> "_SklearnTask":
+        import joblib
+
+        return cls(joblib.load(path))
+
+
+class _XgbModel:
+    """One xgboost booster: a per-task binary model, or a vector-leaf model for all tasks."""
+
+    kind = "xgboost"
+    suffix = ".json"
+
+    def __init__(self, booster):
+        self.booster = booster
+
+    @staticmethod
+    def params(gbm: GbmConfig, seed: int) -> dict:
+        return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",
+                "max_depth": gbm.max_depth, "eta": gbm.learning_rate, "seed": seed,
+                "nthread": gbm.n_jobs or 0, "verbosity": 0}
+
+    @classmethod
+    def fit(cls, gbm: GbmConfig, seed: int, X, y, Xv, yv) -> "_XgbModel":
+        import xgboost as xgb
+
+        # QuantileDMatrix bins once and keeps only the bins: ~4x less memory than a DMatrix copy.
+        dtrain = xgb.QuantileDMatrix(X, label=y, nthread=gbm.n_jobs or 0)
+        kw = {}
+        if Xv is not None:
+            kw["evals"] = [(xgb.QuantileDMatrix(Xv, label=yv, ref=dtrain, nthread=gbm.n_jobs or 0), "valid")]
+            if gbm.early_stopping_rounds is not None:
+                kw["early_stopping_rounds"] = gbm.early_stopping_rounds
+        booster = xgb.train(cls.params(gbm, seed), dtrain, num_boost_round=gbm.n_estimators,
+                            verbose_eval=False, **kw)
+        return cls(_best(booster))
+
+    @classmethod
+    def fit_multi(cls, gbm: GbmConfig, seed: int, X, Y, Xv, Yv, active: np.ndarray) -> "_XgbModel":
+        """Masked BCE over all tasks: an unknown label (or a skipped task) gets zero gradient and
+        zero hessian, so it takes no part in the splits or the leaf values."""
+        import xgboost as xgb
+
+        mask = (Y >= 0) & active[None, :]
+        target = np.where(mask, Y, 0).astype(np.float32)
+        dtrain = xgb.QuantileDMatrix(X, label=target, nthread=gbm.n_jobs or 0)
+
+        def objective(margin, _dtrain):
+            p = _sigmoid(margin.reshape(mask.shape))
+            return (p - target) * mask, np.maximum(p * (1 - p), 1e-16) * mask
+
+        params = cls.params(gbm, seed)
+        params.pop("objective")
+        params.pop("eval_metric")
+        params.update({"multi_strategy": "multi_output_tree", "num_target": Y.shape[1],
+                       "disable_default_eval_metric": 1})
+        kw = {}
+        if Xv is not None:
+            vmask = (Yv >= 0) & active[None, :]
+
+            def metric(margin, _d):
+                p = np.clip(_sigmoid(margin.reshape(vmask.shape)), 1e-7, 1 - 1e-7)
+                y = Yv == 1
+                bce = -np.where(y, np.log(p), np.log(1 - p))
+                return "masked_logloss", float((bce * vmask).sum() / max(vmask.sum(), 1))
+
+            kw["evals"] = [(xgb.QuantileDMatrix(Xv, label=np.where(vmask, Yv, 0).astype(np.float32),
+                                                ref=dtrain, nthread=gbm.n_jobs or 0), "valid")]
+            kw["custom_metric"] = metric
+            if gbm.early_stopping_rounds is not None:
+                kw["early_stopping_rounds"] = gbm.early_stopping_rounds
+        booster = xgb.train(params, dtrain, num_boost_round=gbm.n_estimators, obj=objective,
+                            verbose_eval=False, **kw)
+        return cls(_best(booster))
+
+    @property
+    def rounds(self) -> int:
+        return int(self.booster.num_boosted_rounds())
+
+    def n_nodes(self) -> int:
+        model = json.loads(self.booster.save_raw("json"))
+        trees = model["learner"]["gradient_booster"]["model"]["trees"]
+        return int(sum(int(t["tree_param"]["num_nodes"]) for t in trees))
+
+    def margin(self, X) -> np.ndarray:
+        return self.booster.inplace_predict(X, predict_type="margin")
+
+    def predict(self, X) -> np.ndarray:
+        return _sigmoid(self.margin(X)).astype(np.float32)
+
+    def save(self, path: Path) -> None:
+        self.booster.save_model(str(path))
+
+    @classmethod
+    def load(cls, path: Path) -> "_XgbModel":
+        import xgboost as xgb
+
+        b = xgb.Booster()
+        b.load_model(str(path))
+        return cls(b)
+
+
+def _best(booster):
+    """The booster cut at its best validation round (early stopping keeps the rounds after it)."""
+    best = getattr(booster, "best_iteration", None)
+    if best is None or best + 1 >= booster.num_boosted_rounds():
+        return booster
+    return booster[: best + 1]
+
+
+# ----------------------------------------------------------------------------- motifs and features
+
+
+def load_motif_set(gbm: GbmConfig) -> list[Motif]:
+    if gbm.motif_file:
+        motifs = read_motif_file(gbm.motif_file)
+    else:
+        motifs = load_motifs(gbm.motif_collection, gbm.motif_tax_group, gbm.motif_release)
+    return select_motifs(motifs, gbm.max_motifs)
+
+
+def motif_source(gbm: GbmConfig) -> str:
+    if gbm.motif_file:
+        return f"file:{gbm.motif_file}"
+    return f"jaspar:{gbm.motif_release or 'latest'}/{gbm.motif_collection}/{gbm.motif_tax_group}"
+
+
+def _save_motifs(path: Path, motifs: Sequence[Motif]) -> None:
+    widths = np.array([m.width for m in motifs], dtype=np.int64)
+    pfms = np.concatenate([np.asarray(m.pfm, dtype=np.float64) for m in motifs], axis=1)
+    _atomic(path, lambda fh: np.savez(fh, ids=np.array([m.matrix_id for m in motifs]),
+                                      names=np.array([m.name for m in motifs]), widths=widths, pfms=pfms))
+
+
+def _load_motifs(path: Path) -> list[Motif]:
+    with np.load(path, allow_pickle=False) as z:
+        ids, names, widths, pfms = z["ids"], z["names"], z["widths"], z["pfms"]
+    edges = np.concatenate([[0], np.cumsum(widths)])
+    return [Motif(str(i), str(n), pfms[:, a:b]) for i, n, a, b in zip(ids, names, edges[:-1], edges[1:])]
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ----------------------------------------------------------------------------- fitting
+
+
+@dataclass
+class GbmFit:
+    """Everything one fit produced; train_gbm turns it into a RunResult."""
+    task_names: list[str]
+    backend: str
+    feature_names: list[str]
+    models: dict[int, Any]                 # task index -> model (per-task mode)
+    multi: Optional[Any]                   # the one model (multi_output mode)
+    skipped: list[int]                     # tasks with one class (or none) among known train labels
+    rounds: dict[int, int]
+    probs: dict[str, np.ndarray]           # split -> [N, T] (0.5 in skipped columns)
+    metrics: dict[str, TaskMetrics]        # split -> metrics (NaN in skipped columns)
+    timings: dict[str, float]
+    n_nodes: int
+    flops_per_sample: int
+    n_motifs: int
+    features_cached: bool
+    motifs: list[Motif] = field(default_factory=list)
+
+
+def _undefine(m: TaskMetrics, skipped: Sequence[int]) -> TaskMetrics:
+    """A task without a model has no metric: NaN, never the 0.5 of a constant prediction."""
+    if len(skipped):
+        for arr in (m.auroc, m.auprc, m.accuracy, m.loss):
+            arr[list(skipped)] = np.nan
+    return m
+
+
+def _trainable(labels: np.ndarray) -> np.ndarray:
+    return ((labels == 1).sum(0) > 0) & ((labels == 0).sum(0) > 0)
+
+
+def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[Motif]] = None,
+            data_path: str = "store", progress: bool = False) -> GbmFit:
+    """Features for train/valid(/test), one model per task (or one for all), predictions, metrics.
+
+    Unknown labels (-1) are left out of each task's fit, early stopping and metrics; a task with
+    a single class among its known train labels is skipped and reported as NaN.
+    """
+    backend = resolve_backend(gbm)
+    for split in ("train", "valid"):
+        if split not in store.splits or store.n(split) == 0:
+            raise DataError(f"{data_path}: the {split} split is empty; training needs train and valid")
+    options = gbm.feature_options()
+    if options.uses_motifs:
+        motifs = list(motifs) if motifs is not None else load_motif_set(gbm)
+        scanner = MotifScanner(motifs, options.pseudocount)
+        scanner.check_length(store.seq_len)
+    else:
+        motifs, scanner = [], None
+    T = store.n_tasks
+    train_labels = store.split("train").labels
+    active = _trainable(train_labels)
+    if not active.any():
+        raise DataError(f"{data_path}: no task has both positives and negatives among its known train "
+                        "labels; nothing to fit")
+    skipped = [int(t) for t in np.flatnonzero(~active)]
+    splits = [s for s in ("train", "valid", "test") if s in store.splits and store.n(s) > 0]
+
+    timings: dict[str, float] = {}
+    X: dict[str, np.ndarray] = {}
+    names: list[str] = []
+    before = _cache_counts()
+    with _threads(gbm.n_jobs):
+        for s in splits:
+            t0 = time.perf_counter()
+            X[s], names = feature_table(store, s, scanner, options, cache_dir=gbm.cache_dir, progress=progress)
+            timings[f"features_{s}_s"] = time.perf_counter() - t0
+        cached = _cache_counts()[0] == before[0]
+
+        Y = {s: store.split(s).labels for s in splits}
+        models: dict[int, Any] = {}
+        multi = None
+        rounds: dict[int, int] = {}
+        t0 = time.perf_counter()
+        if gbm.multi_output:
+            multi = _XgbModel.fit_multi(gbm, seed, X["train"], Y["train"], X["valid"], Y["valid"], active)
+            rounds = {t: multi.rounds for t in range(T) if active[t]}
+        else:
+            cls = _XgbModel if backend == "xgboost" else _SklearnTask
+            tasks = [t for t in range(T) if active[t]]
+            it = tasks
+            if progress:
+                from tqdm.auto import tqdm
+                it = tqdm(tasks, desc="boosting", unit="task", leave=False, disable=None)
+            for t in it:
+                known = Y["train"][:, t] >= 0
+                vknown = Y["valid"][:, t] >= 0
+                Xt = X["train"] if known.all() else X["train"][known]
+                Xv = (X["valid"] if vknown.all() else X["valid"][vknown]) if vknown.any() else None
+                yv = Y["valid"][vknown, t] if vknown.any() else None
+                models[t] = cls.fit(gbm, seed, Xt, Y["train"][known, t], Xv, yv)
+                rounds[t] = models[t].rounds
+        timings["fit_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        probs: dict[str, np.ndarray] = {}
+        for s in splits:
+            p = np.full((store.n(s), T), 0.5, dtype=np.float32)
+            if multi is not None:
+                p[:, active] = multi.predict(X[s]).reshape(store.n(s), T)[:, active]
+            for t, m in models.items():
+                p[:, t] = m.predict(X[s])
+            probs[s] = p
+        timings["predict_s"] = time.perf_counter() - t0
+    metrics = {s: _undefine(task_metrics(probs[s], Y[s]), skipped) for s in splits}
+    n_nodes = multi.n_nodes() if multi is not None else sum(m.n_nodes() for m in models.values())
+    flops = 2 * scanner.macs_per_sample(store.seq_len) if scanner is not None else 0
+    return GbmFit(list(store.task_names), backend, names, models, multi, skipped, rounds, probs, metrics,
+                  timings, n_nodes, flops, len(motifs), cached, list(motifs))
+
+
+def _cache_counts() -> tuple[int, int]:
+    from data.motif_features import cache_stats
+    return cache_stats.computed, cache_stats.loaded
+
+
+def save_models(fit: GbmFit, gbm: GbmConfig, run_dir: Path) -> Path:
+    """run_dir/gbm/: manifest.json, the models, motifs.npz; written atomically file by file."""
+    d = Path(run_dir) / MODEL_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Optional[str]] = {}
+
+    def save(model, fname: str) -> str:
+        # The libraries write in place; a same-directory temp file (keeping the suffix, which
+        # selects xgboost's format) + rename makes it atomic.
+        tmp = d / f".{fname}.{os.getpid()}.tmp{model.suffix}"
+        try:
+            model.save(tmp)
+            os.replace(tmp, d / fname)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return fname
+
+    if fit.multi is not None:
+        fname = save(fit.multi, "multi_output" + fit.multi.suffix)
+        files = {n: (fname if i not in fit.skipped else None) for i, n in enumerate(fit.task_names)}
+    else:
+        for i, name in enumerate(fit.task_names):
+            m = fit.models.get(i)
+            files[name] = save(m, f"task_{i:04d}{m.suffix}") if m is not None else None
+    if fit.motifs:
+        _save_motifs(d / "motifs.npz", fit.motifs)
+    manifest = {
+        "format_version": FORMAT_VERSION, "backend": fit.backend, "multi_output": fit.multi is not None,
+        "task_names": fit.task_names, "models": files,
+        "skipped_tasks": [fit.task_names[i] for i in fit.skipped],
+        "rounds": {fit.task_names[i]: r for i, r in fit.rounds.items()},
+        "feature_options": gbm.feature_options().key(),
+        "feature_names": fit.feature_names, "motif_source": motif_source(gbm), "n_motifs": fit.n_motifs,
+        "gbm": gbm.model_dump(mode="json"),
+    }
+    _atomic(d / MANIFEST, lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
+    return d
+
+
+class GbmModel:
+    """A saved run's models: predict_proba(codes [N, L]) -> [N, T] (NaN for skipped tasks)."""
+
+    def __init__(self, manifest: dict, models: dict[int, Any], multi, motifs: list[Motif]):
+        self.manifest = manifest
+        self.task_names: list[str] = manifest["task_names"]
+        self.models = models
+        self.multi = multi
+        self.motifs = motifs
+        g = manifest["gbm"]
+        self.options = FeatureOptions(tuple(g["features"]), g["hit_threshold"], g["n_bins"], g["kmer_k"])
+        self.scanner = MotifScanner(motifs, self.options.pseudocount) if motifs else None
+
+    @classmethod
+    def load(cls, run_dir) -> "GbmModel":
+        d = Path(run_dir) / MODEL_DIR
+        path = d / MANIFEST
+        if not path.is_file():
+            raise DataError(f"{path}: no such file; not a motif_gbm run directory")
+        manifest = json.loads(path.read_text())
+        kind = _XgbModel if manifest["backend"] == "xgboost" else _SklearnTask
+        if kind is _XgbModel and not xgboost_available():
+            raise DataError(f"{path}: the models were saved by xgboost, which is not installed here")
+        multi, models = None, {}
+        if manifest["multi_output"]:
+            fname = next(f for f in manifest["models"].values() if f)
+            multi = kind.load(d / fname)
+        else:
+            for i, name in enumerate(manifest["task_names"]):
+                fname = manifest["models"].get(name)
+                if fname:
+                    models[i] = kind.load(d / fname)
+        motifs = _load_motifs(d / "motifs.npz") if (d / "motifs.npz").is_file() else []
+        return cls(manifest, models, multi, motifs)
+
+    def features(self, codes: np.ndarray) -> np.ndarray:
+        return compute_features(np.asarray(codes), self.scanner, self.options)
+
+    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
+        X = self.features(codes)
+        T = len(self.task_names)
+        out = np.full((X.shape[0], T), np.nan, dtype=np.float32)
+        skipped = set(self.manifest["skipped_tasks"])
+        if self.multi is not None:
+            p = self.multi.predict(X).reshape(X.shape[0], T)
+            for i, n in enumerate(self.task_names):
+                if n not in skipped:
+                    out[:, i] = p[:, i]
+        for i, m in self.models.items():
+            out[:, i] = m.predict(X)
+        return out
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def _per_task(prefix: str, names: Sequence[str], values) -> dict[str, float]:
+    return {f"{prefix}/{n}": float(v) for n, v in zip(names, values)}
+
+
+def epoch_metrics(fit: GbmFit, epoch_s: float) -> dict[str, float]:
+    """The one "epoch" of a GBM run, under the CNN engine's metric names."""
+    names = fit.task_names
+    train_m, val = fit.metrics["train"], fit.metrics["valid"]
+    train_loss = float(np.nanmean(train_m.loss)) if np.isfinite(train_m.loss).any() else math.nan
+    features_train = fit.timings.get("features_train_s", 0.0)
+    train_s = features_train + fit.timings["fit_s"]
+    n_train = len(fit.probs["train"])
+    m: dict[str, float] = {"epoch": 1.0, "train/loss": train_loss, "train/objective": train_loss,
+                           "cost/train_s": train_s,
+                           "cost/samples_per_s": n_train / train_s if train_s > 0 else math.nan}
+    m.update(_per_task("schedule/weight", names, np.ones(len(names))))
+    m.update({f"val/{k}": v for k, v in val.summary().items()})
+    m.update(_per_task("val/auroc", names, val.auroc))
+    m.update(_per_task("val/auprc", names, val.auprc))
+    m.update({"cost/features_s": sum(v for k, v in fit.timings.items() if k.startswith("features_")),
+              "cost/fit_s": fit.timings["fit_s"], "cost/features_cached": float(fit.features_cached),
+              "gbm/n_features": float(len(fit.feature_names)), "gbm/n_motifs": float(fit.n_motifs),
+              "gbm/tasks_skipped": float(len(fit.skipped)),
+              "gbm/rounds_mean": float(np.mean(list(fit.rounds.values()))) if fit.rounds else math.nan})
+    m["cost/epoch_s"] = epoch_s
+    m["cost/peak_mem_mb"] = peak_rss_mb()
+    m["best"] = 1.0
+    return m
+
+
+def train_gbm(cfg, run_dir, callbacks: Iterable[Callback] = (), store=None, *,
+              gbm_cfg: Optional[GbmConfig] = None, motifs: Optional[Sequence[Motif]] = None,
+              progress: bool = False):
+    """One motif_gbm run of a RunConfig: same callbacks and outputs as training.engine.train.
+
+    The gbm settings come from ``gbm_cfg`` or else ``cfg.gbm``; data, task subset, seed and
+    tracking from the rest of cfg. on_train_start is called after the fit, because the model
+    size (tree nodes, logged as model.n_params) is only known then.
+    """
+    from data.store import open_dataset
+    from training.engine import RunResult, write_outputs
+
+    gbm = _as_gbm_config(gbm_cfg if gbm_cfg is not None else getattr(cfg, "gbm", None))
+    cbs = CallbackList(callbacks)
+    run_dir = Path(run_dir)
+    resolve_backend(gbm)  # a missing library fails before any feature is computed
+    full = store if store is not None else open_dataset(cfg.data.path)
+    data = full.select_tasks(cfg.data.tasks)
+    t0 = time.perf_counter()
+    fit = fit_gbm(gbm, data, seed=cfg.train.seed, motifs=motifs, data_path=cfg.data.path, progress=progress)
+    val = fit.metrics["valid"]
+    if not np.isfinite(val.auroc).any():
+        raise DataError(f"{cfg.data.path}: validation AUROC was undefined for every task "
+                        "(no task has both positives and negatives in the valid split)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_models(fit, gbm, run_dir)
+    info = {"run_dir": str(run_dir), "task_names": fit.task_names, "n_tasks": len(fit.task_names),
+            "n_params": fit.n_nodes, "flops_per_sample": fit.flops_per_sample, "n_train": data.n("train"),
+            "steps_per_epoch": 1, "start_epoch": 1, "data_fingerprint": data.fingerprint, "device": "cpu",
+            "backend": fit.backend, "n_features": len(fit.feature_names), "n_motifs": fit.n_motifs,
+            "skipped_tasks": [fit.task_names[i] for i in fit.skipped]}
+    cbs.on_train_start(info)
+    m = epoch_metrics(fit, time.perf_counter() - t0)
+    history = [m]
+    cbs.on_epoch_end(1, m)
+    test = fit.metrics.get("test")
+    test_summary: dict[str, float] = {}
+    if test is not None:
+        test_summary = {f"test/{k}": v for k, v in test.summary().items()}
+        test_summary.update(_per_task("test/auroc", fit.task_names, test.auroc))
+    result = RunResult(run_dir, fit.task_names, 1, m["val/auroc_mean"], 1, history, val, test, test_summary, info)
+    write_outputs(result, cfg)
+    cbs.on_train_end(result)
+    return result
