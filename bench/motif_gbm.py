@@ -62,7 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--dir", default="workspace/bench/motif_gbm", help="where the default synthetic data is written")
     p.add_argument("--features", nargs="+", default=["max"])
-    p.add_argument("--backend", default="auto", choices=["auto", "xgboost", "sklearn"])
+    p.add_argument("--backend", default="sklearn", choices=["auto", "xgboost", "sklearn"])
     p.add_argument("--n-jobs", type=int, default=None)
     p.add_argument("--max-motifs", type=int, default=None)
     p.add_argument("--n-speed", type=int, default=256, help="sequences for the feature-speed probe")

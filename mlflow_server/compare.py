@@ -162,11 +162,12 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
     for _, r in list(chosen):
         if r.baseline is not None and all(r.baseline is not c for _, c in chosen):
             chosen.insert(0, ("baseline", r.baseline))
+    chosen.sort(key=lambda lc: lc[0] != "baseline")
     out = []
     for label, r in chosen:
         c = compare_to_baseline(r)
         out.append({
-            "run": r.name, "family": r.family, "role": label if r.role != "baseline" else "baseline",
+            "run": r.name.rsplit("/", 1)[-1], "family": r.family, "role": label if r.role != "baseline" else "baseline",
             "auroc_mean": r.m("best/val/auroc_mean"), "auroc_median": r.m("best/val/auroc_median"),
             "auprc_mean": r.m("best/val/auprc_mean"),
             "delta_auroc_mean": c.delta_mean if c else math.nan, "wilcoxon_p": c.p_value if c else math.nan,

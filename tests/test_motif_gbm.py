@@ -61,7 +61,7 @@ def run_config(store_path, out_dir, **data):
 def test_gbm_config_validation_names_the_field():
     g = GbmConfig()
     assert (g.features, g.n_bins, g.backend, g.n_estimators, g.max_depth, g.multi_output) == \
-        (["max"], 3, "auto", 300, 4, False)
+        (["max"], 3, "sklearn", 300, 4, False)
     with pytest.raises(ValidationError, match="n_bins"):
         GbmConfig(n_bins=1)
     with pytest.raises(ConfigError, match=r"gbm\.max_depth: must be >= 1, got 0"):
