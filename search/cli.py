@@ -88,10 +88,12 @@ def cmd_train(args) -> int:
             raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
     else:
         run_dir = prepare_run_dir(cfg, args.name, force=args.force)
+    if cfg.model.family == "motif_gbm":
+        return _train_gbm(cfg, args, run_dir)
     trainer = Trainer(cfg, run_dir, callbacks=[ConsoleReporter()], progress=not args.no_progress)
     logger = None
     if cfg.tracking.enabled:
-        logger = _train_logger(cfg, args, trainer)
+        logger = _train_logger(cfg, args, trainer.store.fingerprint, trainer.tasks, trainer.run_dir)
         trainer.callbacks.callbacks.insert(0, logger)
     from analysis.grad_flow import maybe_grad_flow
     grad_flow = maybe_grad_flow(cfg, publish=logger.log_artifacts if logger else None)
@@ -110,7 +112,27 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _train_logger(cfg, args, trainer):
+def _train_gbm(cfg, args, run_dir) -> int:
+    """The motif-score + gradient-boosted-trees family: same outputs and MLflow metrics."""
+    from data.store import open_dataset
+    from training.callbacks import ConsoleReporter
+    from training.gbm_run import train_gbm
+    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    callbacks = [ConsoleReporter()]
+    logger = None
+    if cfg.tracking.enabled:
+        logger = _train_logger(cfg, args, store.fingerprint, list(store.task_names), run_dir)
+        callbacks.insert(0, logger)
+    try:
+        train_gbm(cfg, run_dir, callbacks=callbacks, store=store, progress=not args.no_progress)
+    except BaseException:
+        if logger is not None:
+            logger.fail()
+        raise
+    return 0
+
+
+def _train_logger(cfg, args, data_fingerprint, tasks, run_dir):
     """An MLflow run for `mtlsweep train`, compared with a matching baseline when one exists."""
     from mlflow.tracking import MlflowClient
     from mlflow_server.run_logger import MlflowRunLogger, get_or_create_experiment
@@ -121,10 +143,10 @@ def _train_logger(cfg, args, trainer):
     check_reachable(uri)
     client = MlflowClient(uri)
     exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
-    fp = baseline_fingerprint(cfg, trainer.store.fingerprint, trainer.tasks)
+    fp = baseline_fingerprint(cfg, data_fingerprint, tasks)
     tags = {"role": "train"}
     baseline = None
-    if model_family(cfg) == "single" and cfg.init.kind == "random" and cfg.schedule.order == "joint" \
+    if cfg.model.family == "cnn" and model_family(cfg) == "single" and cfg.init.kind == "random" and cfg.schedule.order == "joint" \
             and cfg.schedule.weighting == "equal" and cfg.schedule.warm_start.task is None:
         tags = {"role": "baseline", "baseline_fp": fp}     # it is a baseline: others compare to it
     else:
@@ -132,9 +154,9 @@ def _train_logger(cfg, args, trainer):
         if run is not None:
             baseline = load_baseline(client, run).auroc
             tags["baseline_run_id"] = run.info.run_id
-    logger = MlflowRunLogger(uri, cfg.tracking.experiment, cfg, run_name=trainer.run_dir.name, tags=tags,
+    logger = MlflowRunLogger(uri, cfg.tracking.experiment, cfg, run_name=Path(run_dir).name, tags=tags,
                              baseline=baseline)
-    client.set_tag(logger.run_id, "checkpoint", str(trainer.run_dir / "best.pt"))
+    client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
     return logger
 
 

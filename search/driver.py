@@ -176,6 +176,10 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     if args.resume and not restoring:
         raise ConfigError(f"--resume: no sweep named {name!r} in {state_file.parent}")
 
+    # Trials chdir into their own directories: every path they read must be absolute.
+    absolute = {"data.path": cfg.data.path, "train.out_dir": cfg.train.out_dir, "gbm.cache_dir": cfg.gbm.cache_dir,
+                "gbm.motif_file": cfg.gbm.motif_file}
+    cfg = cfg.with_overrides({k: str(Path(v).resolve()) for k, v in absolute.items() if v and "://" not in v})
     store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
     tasks = list(store.task_names)
     if args.gpus_per_trial > 0 and cfg.train.device == "cpu":

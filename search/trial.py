@@ -153,6 +153,19 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
     callbacks.extend(ctx.extra_callbacks)
     callbacks.append(reporter)
 
+    if cfg.model.family == "motif_gbm":
+        from training.gbm_run import train_gbm
+        if cfg.gbm.n_jobs is None:
+            cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
+        try:
+            train_gbm(cfg, run_dir, callbacks=callbacks, store=store)   # one "epoch": fit with early stopping
+            reporter.report()
+        except BaseException:
+            if mlflow_logger is not None:
+                mlflow_logger.fail("FAILED")
+            raise
+        return
+
     trainer = Trainer(cfg, run_dir, store=store, callbacks=callbacks, progress=False)
     if resume_from is not None:
         trainer.resume(resume_from)

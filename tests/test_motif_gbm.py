@@ -177,7 +177,6 @@ def test_multi_output_needs_xgboost(synth):
             fit_gbm(GbmConfig(backend="xgboost"), store)
 
 
-@pytest.mark.skipif(not xgboost_available(), reason="xgboost is not installed")
 @pytest.mark.parametrize("multi", [False, True])
 def test_xgboost_per_task_and_multi_output(synth, tmp_path, multi):
     store = Store.load(synth["store"])

@@ -58,7 +58,8 @@ class SharingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["cnn"] = Field("cnn", description="Model family.")
+    family: Literal["cnn", "motif_gbm"] = Field(
+        "cnn", description="cnn: the sharing continuum; motif_gbm: JASPAR motif scores + gradient-boosted trees (gbm:).")
     arch: ArchConfig = Field(default_factory=ArchConfig)
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     width: float = Field(1.0, gt=0.0, le=4.0, description="Scale of tower layer widths (shared layers keep arch widths).")
@@ -151,6 +152,9 @@ class TrackingConfig(_Section):
     experiment: str = Field("mtlsweep", min_length=1, description="Experiment (one per study).")
 
 
+from training.gbm_run import GbmConfig  # noqa: E402 - gbm_run imports this module's names lazily
+
+
 class RunConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -159,6 +163,7 @@ class RunConfig(_Section):
     optim: OptimConfig = Field(default_factory=OptimConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    gbm: GbmConfig = Field(default_factory=GbmConfig)
 
     @model_validator(mode="after")
     def _cross_section(self):
@@ -291,6 +296,8 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 def model_family(cfg: RunConfig) -> str:
     """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L)."""
+    if cfg.model.family == "motif_gbm":
+        return "motif_gbm"
     s = cfg.model.sharing
     n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
     soft = s.coupling == "cross_stitch" or (s.coupling != "none" and s.strength > 0)
