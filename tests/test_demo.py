@@ -10,7 +10,7 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
     ws = tmp_path / "ws"
     settings = DemoSettings(
         workspace=ws, num_samples=3, top=2, name="tiny-demo",
-        data={"n_tasks": 4, "n_groups": 2, "n_seqs": 800, "seq_len": 100, "min_ic": 14.0, "label_noise": 0.01,
+        data={"n_tasks": 16, "n_groups": 4, "n_seqs": 800, "seq_len": 100, "min_ic": 14.0, "label_noise": 0.01,
               "prevalence_min": 0.1, "prevalence_median": 0.15, "prevalence_max": 0.3, "seed": 0},
         base_overrides=["model.arch.conv_channels=[8, 8, 8]", "model.arch.conv_widths=[7, 5, 3]",
                         "model.arch.pool=[2, 2, 2]", "model.arch.dense=[8, 8]", "train.epochs=2",

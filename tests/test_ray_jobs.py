@@ -27,7 +27,12 @@ def test_ray_job_submit_runs_the_entry_script(ray_cluster, signal_store_path, tm
            "--", "python", "-m", "search.sweep", "--base", str(tmp_path / "base.yaml"),
            "--space", str(tmp_path / "space.yaml"), "--num-samples", "2", "--name", "job",
            "--workspace", str(tmp_path / "ws"), "--tracking-uri", uri, "--scheduler", "none"]
-    r = subprocess.run(cmd, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+    import time
+    for _ in range(30):   # the dashboard's job agent comes up some seconds after `ray start`
+        r = subprocess.run(cmd, env=ray_cluster["env"], capture_output=True, text=True, timeout=600)
+        if "No available agent to submit job" not in r.stderr:
+            break
+        time.sleep(2)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "succeeded" in (r.stdout + r.stderr)
     client = MlflowClient(uri)
