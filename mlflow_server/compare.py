@@ -162,7 +162,7 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
     for _, r in list(chosen):
         if r.baseline is not None and all(r.baseline is not c for _, c in chosen):
             chosen.insert(0, ("baseline", r.baseline))
-    chosen.sort(key=lambda lc: lc[0] != "baseline")
+    chosen.sort(key=lambda lc: lc[1].role != "baseline")
     out = []
     for label, r in chosen:
         c = compare_to_baseline(r)

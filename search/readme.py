@@ -73,14 +73,18 @@ def demo_results(workspace: Path) -> str:
     with open(latest, newline="") as fh:
         rows = list(csv.DictReader(fh))
     cols = ["family", "role", "auroc_mean", "delta_auroc_mean", "wilcoxon_p", "tasks_improved", "tasks_total",
-            "epoch_s", "n_params"]
+            "epoch_s", "s_to_target", "n_params"]
 
     def fmt(v: str) -> str:
         try:
             f = float(v)
         except ValueError:
             return v
-        return "-" if f != f else (f"{f:+.3f}" if -1 < f < 0 else f"{f:.3g}")
+        if f != f:
+            return "-"
+        if f.is_integer() and abs(f) >= 100:
+            return f"{int(f):,}"
+        return f"{f:+.3f}" if -1 < f < 0 else f"{f:.3g}"
     out = [f"From `{latest.parent.name}` (`mtlsweep demo`; regenerate with `mtlsweep readme --demo-workspace "
            f"workspace`). Validation AUROC at each run's best epoch; Δ against the single-task baseline towers; "
            "p: Wilcoxon signed-rank over tasks.", "",
