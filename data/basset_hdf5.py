@@ -692,3 +692,14 @@ class BassetReader:
         sizes = ", ".join(f"{s}={self._n[s]}" for s in self.splits)
         return (f"BassetReader({self.path!r}: {sizes}, L={self.seq_len}, T={self.n_tasks}, "
                 f"layout={self.layout}, dtype={self.dtype})")
+
+
+def open_h5(path) -> "h5py.File":
+    """Open an existing HDF5 file read-only, or a one-line DataError naming it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: no such file")
+    try:
+        return h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None

@@ -11,7 +11,7 @@ import os
 import h5py
 import numpy as np
 
-from data.basset_hdf5 import DEFAULT_CHUNK, BassetReader
+from data.basset_hdf5 import DEFAULT_CHUNK, BassetReader, open_h5
 from data.errors import DataError
 from data.store import read_store_meta
 
@@ -70,13 +70,7 @@ def _describe_store(path: str, f: h5py.File) -> dict:
 def describe(path, label_map: dict | None = None) -> dict:
     """Plain-Python summary (JSON-ready; prevalence is None for a task with no known label)."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: no such file")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as e:
-        raise DataError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
-    with f:
+    with open_h5(path) as f:
         if f.attrs.get("format") is not None:
             return _describe_store(path, f)
     return _describe_basset(path, label_map)

@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import torch
 
-from data.basset_hdf5 import (DEFAULT_CHUNK, SPLITS, BassetReader, atomic_h5_file, check_codes,
+from data.basset_hdf5 import (DEFAULT_CHUNK, SPLITS, BassetReader, atomic_h5_file, check_codes, open_h5,
                               check_labels, check_names, check_tracks, check_writable,
                               create_dataset, write_strings)
 from data.errors import DataError
@@ -278,13 +278,7 @@ class Store:
     def load(cls, path) -> "Store":
         """The whole store file into RAM (a Basset file is refused: convert it first)."""
         path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise DataError(f"{path}: no such file")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as e:
-            raise DataError(f"{path}: not a readable HDF5 file ({str(e).splitlines()[0]})") from None
-        with f:
+        with open_h5(path) as f:
             meta = read_store_meta(f, path)
             splits = {}
             for split in meta["splits"]:

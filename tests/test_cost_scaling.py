@@ -12,15 +12,6 @@ from data.errors import DataError
 from models import build_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster, and steadier when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(arch="tiny", steps=4, warmup=1, batch=16, seq_len=100, threads=1)
 
 

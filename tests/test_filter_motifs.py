@@ -17,15 +17,6 @@ from models import build_model
 from training.config import ModelConfig, RunConfig
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: one torch thread is faster, and steadier when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 L = 100
 WIDTH = 15
 ARCH = {"conv_channels": [8, 8, 8], "conv_widths": [WIDTH, 5, 3], "pool": [2, 2, 2], "dense": [16, 16], "dropout": 0.0}
