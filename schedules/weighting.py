@@ -18,7 +18,8 @@ class Weighting(nn.Module):
 
     def backward(self, losses: torch.Tensor, weights: torch.Tensor, extra: torch.Tensor,
                  model: nn.Module) -> float:
-        raise NotImplementedError
+        """Backpropagate the combined objective; subclasses decide how tasks are combined."""
+        raise TypeError(f"{type(self).__name__} does not define backward()")
 
     def after_step(self) -> None:
         """Called after the optimizer step (GradNorm renormalizes its weights here)."""
