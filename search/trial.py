@@ -160,6 +160,8 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
         try:
             train_gbm(cfg, run_dir, callbacks=callbacks, store=store)   # one "epoch": fit with early stopping
             reporter.report()
+        except SystemExit:      # Tune ending the finished trial inside report(): the run is complete
+            raise
         except BaseException:
             if mlflow_logger is not None:
                 mlflow_logger.fail("FAILED")
