@@ -121,7 +121,7 @@ def _measure(family, n_tasks, *, arch, steps, warmup, batch, seq_len, device, ep
     from data.onehot import codes_to_onehot
     from models import build_model
     from training.config import OptimConfig
-    from training.cost import peak_rss_mb
+    from training.cost import current_rss_mb, peak_rss_mb
     from training.loss import masked_bce_per_task
     from training.optim import build_optimizer
     dev = torch.device(device)
@@ -133,7 +133,7 @@ def _measure(family, n_tasks, *, arch, steps, warmup, batch, seq_len, device, ep
         base = torch.cuda.memory_allocated(dev) / 2**20
         method = "torch.cuda.max_memory_allocated"
     else:
-        base = _current_rss_mb()
+        base = current_rss_mb()
     cfg = model_config(family, arch, width, soft_coupling)
     model = build_model(cfg, n_tasks, 4, seq_len, [f"task{i}" for i in range(n_tasks)], seed=seed).to(dev)
     model.train()
@@ -162,16 +162,6 @@ def _measure(family, n_tasks, *, arch, steps, warmup, batch, seq_len, device, ep
                      max(0.0, peak - base), model.n_params(), model.flops_per_sample(), method,
                      torch.get_num_threads())
 
-
-def _current_rss_mb() -> float:
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return 0.0
 
 
 def measure_isolated(family: str, n_tasks: int, **kw) -> CostPoint:
