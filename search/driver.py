@@ -240,7 +240,9 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     run_config = tune.RunConfig(
         name=name, storage_path=storage, verbose=args.verbose, progress_reporter=reporter,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+        # Keep a few: a driver killed between checkpoints must find the one its last experiment
+        # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
     sweep_path = f"{storage.rstrip('/')}/{name}"
     if restoring and tune.Tuner.can_restore(sweep_path):
         tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
@@ -251,18 +253,26 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     results = tuner.fit()
 
     n_errors = sum(1 for r in results if r.error is not None)
-    _close_stopped_runs(client, exp_id, parent_id)
+    known = {(r.metrics or {}).get("trial_id") for r in results} | {Path(r.path).name.split("_")[2] for r in results
+                                                                    if r.path and Path(r.path).name.count("_") >= 2}
+    _close_stopped_runs(client, exp_id, parent_id, known)
     from search.summary import summarize_sweep
     summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
     client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
     return SweepResult(name, sweep_path, parent_id, baseline, summary, len(results), n_errors)
 
 
-def _close_stopped_runs(client, exp_id: str, parent_id: str) -> None:
-    """Trials stopped by ASHA end without reaching on_train_end: their MLflow runs are
-    closed here (their best/ metrics were logged as they went)."""
+def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set) -> None:
+    """Close the child runs still RUNNING after the sweep. A trial Tune knows was stopped by
+    its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
+    driver had started after its last experiment snapshot is unknown to the restored sweep,
+    which ran a fresh trial instead: its run is KILLED and tagged, never counted as a result."""
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' "
                                                       "and attributes.status = 'RUNNING'", max_results=5000)
     for r in runs:
-        client.set_tag(r.info.run_id, "stopped_early", "asha")
-        client.set_terminated(r.info.run_id, "FINISHED")
+        if r.data.tags.get("trial_id") in known_trials:
+            client.set_tag(r.info.run_id, "stopped_early", "scheduler")
+            client.set_terminated(r.info.run_id, "FINISHED")
+        else:
+            client.set_tag(r.info.run_id, "orphaned", "driver killed before the trial was recorded")
+            client.set_terminated(r.info.run_id, "KILLED")
