@@ -112,6 +112,15 @@ class StackedBatchNorm(nn.Module):
                           self.weight.reshape(-1), self.bias.reshape(-1))
 
 
+def _kaiming_reset(layer, gens: Sequence[torch.Generator]) -> None:
+    """Kaiming-normal weights per stack (each from its own generator), zero bias, fresh BN."""
+    with torch.no_grad():
+        for w, g in zip(layer.weight, gens):
+            nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g)
+        layer.bias.zero_()
+    layer.bn.reset()
+
+
 class StackedConv(nn.Module):
     """conv -> BatchNorm -> ReLU -> max-pool (ceil mode), no padding; Basset's conv block."""
 
@@ -123,12 +132,7 @@ class StackedConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(s, spec.out_units))
         self.bn = StackedBatchNorm(s, spec.out_units)
 
-    def reset(self, gens: Sequence[torch.Generator]) -> None:
-        with torch.no_grad():
-            for w, g in zip(self.weight, gens):
-                nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g)
-            self.bias.zero_()
-        self.bn.reset()
+    reset = _kaiming_reset
 
     def _post(self, h: Tensor) -> Tensor:
         p = self.spec.pool
@@ -161,12 +165,7 @@ class StackedDense(nn.Module):
         self.bias = nn.Parameter(torch.zeros(s, spec.out_units))
         self.bn = StackedBatchNorm(s, spec.out_units)
 
-    def reset(self, gens: Sequence[torch.Generator]) -> None:
-        with torch.no_grad():
-            for w, g in zip(self.weight, gens):
-                nn.init.kaiming_normal_(w, nonlinearity="relu", generator=g)
-            self.bias.zero_()
-        self.bn.reset()
+    reset = _kaiming_reset
 
     def _dropping(self) -> bool:
         return self.training and self.spec.dropout > 0
