@@ -2,7 +2,7 @@
 PY := .venv/bin/python
 PIP := .venv/bin/pip
 
-.PHONY: demo test
+.PHONY: demo test test-cluster
 
 .venv/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv .venv
@@ -13,5 +13,11 @@ PIP := .venv/bin/pip
 demo: .venv/.installed
 	.venv/bin/mtlsweep demo
 
+# Two pytest runs: the cluster-launcher test's `ray stop` would end the first run's Ray cluster.
+# It skips (with the reason) without root, openssh-server and rsync.
 test: .venv/.installed
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m cluster_launcher tests/test_cluster_launcher.py
+
+test-cluster: .venv/.installed
+	$(PY) -m pytest -q -m cluster_launcher tests/test_cluster_launcher.py

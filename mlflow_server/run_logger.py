@@ -6,7 +6,7 @@ import csv
 import json
 import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 from mlflow.tracking import MlflowClient
@@ -19,6 +19,10 @@ from training.callbacks import Callback
 from training.config import RunConfig, model_family
 
 PARENT_TAG = "mlflow.parentRunId"
+# Artifacts rendered at the end of a run. Sweep trials skip the learning curves: MLflow charts
+# every logged metric's history itself, and each plot costs a trial ~0.3 s.
+PLOTS = ("learning_curves", "schedule_weights", "auroc_vs_baseline")
+TRIAL_PLOTS = ("schedule_weights", "auroc_vs_baseline")
 PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "test/auroc/")
 
 
@@ -56,8 +60,9 @@ class MlflowRunLogger(Callback):
     def __init__(self, tracking_uri: str, experiment: str, cfg: RunConfig, *, run_name: Optional[str] = None,
                  parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
                  baseline: Optional[dict[str, float]] = None, run_id: Optional[str] = None,
-                 spool_dir: Optional[Path] = None, async_: bool = True):
+                 spool_dir: Optional[Path] = None, async_: bool = True, plots: Sequence[str] = PLOTS):
         check_reachable(tracking_uri)
+        self.plots = tuple(plots)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.cfg = cfg
@@ -176,9 +181,14 @@ class MlflowRunLogger(Callback):
                             result.test.auroc[i] if result.test is not None else math.nan,
                             int(result.val.n_pos[i]), int(result.val.n_neg[i])])
         files.append(table)
-        files.append(plots.learning_curves(result.history, d / "learning_curves.png", title=self.tags.get("family", "")))
-        files.append(plots.schedule_weights(result.history, self.tasks, d / "schedule_weights.png"))
-        if base is not None:
+        if "learning_curves" in self.plots:
+            files.append(plots.learning_curves(result.history, d / "learning_curves.png",
+                                               title=self.tags.get("family", "")))
+        weights = np.array([[h.get(f"schedule/weight/{t}", math.nan) for t in self.tasks] for h in result.history])
+        # A joint schedule with equal weights is a flat picture: not worth a trial's time.
+        if "schedule_weights" in self.plots and np.isfinite(weights).any() and np.nanmax(weights) != np.nanmin(weights):
+            files.append(plots.schedule_weights(result.history, self.tasks, d / "schedule_weights.png"))
+        if base is not None and "auroc_vs_baseline" in self.plots:
             files.append(plots.auroc_vs_baseline(self.tasks, result.val.auroc, base, d / "auroc_vs_baseline.png"))
         return files
 

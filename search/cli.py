@@ -174,10 +174,31 @@ def _tracking_uri(args) -> str:
 
 
 def cmd_compare(args) -> int:
+    if args.group_by:
+        return _compare_grouped(args)
     from mlflow_server.compare import compare
     text, _ = compare(_tracking_uri(args), args.experiment, args.sweep, args.metric, Path(args.out), args.top)
     print(text)
     print(f"written: {Path(args.out) / 'comparison.csv'} and {Path(args.out) / 'comparison.html'}")
+    return 0
+
+
+def _compare_grouped(args) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_server.compare import collect
+    from mlflow_server.group_compare import group_runs, render_markdown, render_text, write_csv
+    uri = _tracking_uri(args)
+    runs = collect(MlflowClient(uri), args.experiment, args.sweep)
+    groups = group_runs(runs, args.group_by, args.split)
+    if len(groups) < 2:
+        raise LookupError(f"experiment {args.experiment!r}: no finished runs tagged {args.group_by!r} to group")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(render_text(groups, f"{args.experiment}: by {args.group_by}, {args.split} AUROC vs single-task"))
+    write_csv(groups, out / "comparison_groups.csv")
+    (out / "comparison_groups.md").write_text(render_markdown(groups, args.split) + "\n")
+    print(f"written: {out / 'comparison_groups.csv'} and {out / 'comparison_groups.md'}")
     return 0
 
 
@@ -319,6 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--metric", default="val/auroc_mean")
     cp.add_argument("--top", type=int, default=5, help="also list the top runs overall")
     cp.add_argument("--out", default="workspace/compare", help="directory for comparison.csv and comparison.html")
+    cp.add_argument("--group-by", metavar="TAG", help="aggregate repeated runs by this tag (grid sweeps tag `variant`): "
+                    "mean ± sd over seeds of ΔAUROC and a paired Wilcoxon test over tasks × seeds")
+    cp.add_argument("--split", choices=["val", "test"], default="val", help="with --group-by: which split's AUROC")
     tracking_args(cp)
     cp.set_defaults(func=cmd_compare)
 
@@ -380,7 +404,10 @@ def guarded(func, args) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
         if isinstance(exc, _user_errors()):
-            msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            # A Ray task's error is also its cause's type; its own text starts with the task's name.
+            cause = getattr(exc, "cause", None)
+            text = str(cause if isinstance(cause, _user_errors()) else exc)
+            msg = text.splitlines()[0] if text else type(exc).__name__
             print(f"mtlsweep: error: {msg}", file=sys.stderr)
             return 2
         raise

@@ -18,6 +18,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
 from search.baselines import (FP_TAG, Baseline, baseline_config, baseline_fingerprint, find_baseline,
                               load_baseline)
+from search.grid import GridSpace
 from search.space import SearchSpace, load_space
 from search.trial import SweepContext, run_trial
 from training.config import ConfigError, RunConfig, load_config
@@ -26,7 +27,7 @@ from training.config import ConfigError, RunConfig, load_config
 class SweepArgs:
     base: str
     space: str
-    num_samples: int = 12
+    num_samples: Optional[int] = None      # Optuna: trials (default 12); grid: repeats of the grid (default 1)
     max_concurrent: int = 2
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
@@ -59,7 +60,7 @@ class SweepResult:
     n_errors: int = 0
 
 
-def _validate(args: SweepArgs) -> tuple[RunConfig, SearchSpace]:
+def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
     cfg = load_config(args.base, list(args.overrides))
     space = load_space(args.space)
     space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
@@ -68,7 +69,7 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, SearchSpace]:
                           "val/delta_auroc_mean or multi (AUROC up, epoch time down)")
     if args.scheduler not in ("asha", "none"):
         raise ConfigError(f"--scheduler {args.scheduler!r}: use asha or none")
-    if args.num_samples < 1 or args.max_concurrent < 1:
+    if (args.num_samples is not None and args.num_samples < 1) or args.max_concurrent < 1:
         raise ConfigError("--num-samples and --max-concurrent must be >= 1")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
@@ -95,8 +96,9 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
 
 
 def _train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, experiment: str,
-                     tags: dict[str, str], cpus: float, gpus: float) -> str:
-    """Train one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker."""
+                     tags: dict[str, str], cpus: float, gpus: float):
+    """Start one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker;
+    returns its object ref (the MLflow run id), so that several train at once."""
     import ray
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
@@ -117,7 +119,7 @@ def _train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, ex
             raise
         return logger.run_id
 
-    return ray.get(_remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags))
+    return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags)
 
 
 def ensure_baseline(cfg: RunConfig, store, tasks: list[str], seeds: Sequence[int], workspace: Path,
@@ -128,23 +130,28 @@ def ensure_baseline(cfg: RunConfig, store, tasks: list[str], seeds: Sequence[int
     from mlflow_server.run_logger import get_or_create_experiment
     client = MlflowClient(tracking_uri)
     exp_id = get_or_create_experiment(client, experiment)
-    found: list[Baseline] = []
-    for seed in seeds:
+    import ray
+    fps, pending = [], []
+    for seed in seeds:                        # the missing seeds train at once, as cluster resources allow
         bcfg = baseline_config(cfg, seed=seed)
         fp = baseline_fingerprint(bcfg, store.fingerprint, tasks)
+        fps.append(fp)
         run = find_baseline(client, exp_id, fp)
         if run is None:
             log(f"baseline (seed {seed}, fingerprint {fp}): training single-task towers for {len(tasks)} tasks")
             run_dir = (workspace / "baselines" / f"{fp}").resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
-            _train_reference(bcfg, store, run_dir, tracking_uri, experiment,
-                             {"role": "baseline", FP_TAG: fp, "family": "single",
-                              "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}, cpus, gpus)
-            run = find_baseline(client, exp_id, fp)
-            if run is None:
-                raise RuntimeError(f"baseline {fp} finished but is not FINISHED in MLflow")
+            pending.append(_train_reference(bcfg, store, run_dir, tracking_uri, experiment,
+                                            {"role": "baseline", FP_TAG: fp, "family": "single",
+                                             "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}, cpus, gpus))
         else:
             log(f"baseline (seed {seed}, fingerprint {fp}): reusing MLflow run {run.info.run_id}")
+    ray.get(pending)
+    found: list[Baseline] = []
+    for fp in fps:
+        run = find_baseline(client, exp_id, fp)
+        if run is None:
+            raise RuntimeError(f"baseline {fp} finished but is not FINISHED in MLflow")
         found.append(load_baseline(client, run))
     first = found[0]
     mean = {t: float(sum(b.auroc[t] for b in found) / len(found)) for t in first.auroc}
@@ -163,6 +170,8 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     from mlflow_server.server import check_reachable, resolve_tracking_uri
 
     cfg, space = _validate(args)                       # before any cluster work
+    grid = isinstance(space, GridSpace)
+    num_samples = args.num_samples or (1 if grid else 12)
     workspace = Path(args.workspace).resolve()
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir=str(workspace))
     check_reachable(tracking_uri)
@@ -189,7 +198,7 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     client = MlflowClient(tracking_uri)
     exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
 
-    seeds = list(args.baseline_seeds) or [cfg.train.seed]
+    seeds = list(args.baseline_seeds) or (grid and space.grid_values("train.seed")) or [cfg.train.seed]
     baseline = ensure_baseline(cfg, store, tasks, seeds, workspace, tracking_uri, cfg.tracking.experiment,
                                args.cpus_per_trial, args.gpus_per_trial, log)
     references = {"@baseline": baseline.checkpoint} if baseline.checkpoint else {}
@@ -201,7 +210,8 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         parent = client.create_run(exp_id, run_name=name, tags={"role": "sweep", "sweep": name,
                                                                 "baseline_run_id": baseline.run_id})
         parent_id = parent.info.run_id
-        client.log_param(parent_id, "sweep.num_samples", args.num_samples)
+        client.log_param(parent_id, "sweep.num_samples", num_samples)
+        client.log_param(parent_id, "sweep.search", "grid" if grid else "optuna")
         client.log_param(parent_id, "sweep.objective", args.objective)
         client.log_param(parent_id, "sweep.scheduler", args.scheduler)
         client.log_artifact(parent_id, str(Path(args.space).resolve()))
@@ -215,17 +225,19 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     ctx = SweepContext(base=cfg.flatten(), tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
                        parent_run_id=parent_id, sweep_name=name, baseline_auroc=baseline.auroc,
                        references=references, extra_callbacks=tuple(args.extra_callbacks),
-                       cpus_per_trial=args.cpus_per_trial)
+                       cpus_per_trial=args.cpus_per_trial, variants=space.variants if grid else {})
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, store=store),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     multi = args.objective == "multi"
     metric = ["val/auroc_mean", "cost/epoch_s"] if multi else args.objective
     mode = ["max", "min"] if multi else "max"
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
-                                         n_startup_trials=min(10, max(2, args.num_samples // 3)))
-    # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
-    # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
-    searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
+    searcher = None
+    if not grid:
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
+                                             n_startup_trials=min(10, max(2, num_samples // 3)))
+        # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
+        # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
+        searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
     scheduler = None
     if args.scheduler == "asha":
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
@@ -247,8 +259,9 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     if restoring and tune.Tuner.can_restore(sweep_path):
         tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, run_config=run_config, tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=args.num_samples,
+        tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
+                           tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
     results = tuner.fit()
 

@@ -194,7 +194,9 @@ def parse_space(tree: Any, source: str = "space") -> SearchSpace:
     return SearchSpace(dims, source)
 
 
-def load_space(path: str | Path, base: Optional[RunConfig] = None) -> SearchSpace:
+def load_space(path: str | Path, base: Optional[RunConfig] = None) -> "SearchSpace | GridSpace":
+    """A search space, or a fixed design (``variants:``/``grid:``, see search/grid.py)."""
+    from search.grid import is_grid_tree, parse_grid
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such search-space file")
@@ -202,7 +204,7 @@ def load_space(path: str | Path, base: Optional[RunConfig] = None) -> SearchSpac
         tree = yaml.safe_load(path.read_text())
     except yaml.YAMLError:
         raise ConfigError(f"{path}: not valid YAML") from None
-    space = parse_space(tree, str(path))
+    space = parse_grid(tree, str(path)) if is_grid_tree(tree) else parse_space(tree, str(path))
     if base is not None:
         space.check_against(base)
     return space

@@ -16,7 +16,8 @@ import sys
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base config YAML (every trial starts from it)")
     p.add_argument("--space", required=True, help="search space YAML (dotted keys -> distributions)")
-    p.add_argument("--num-samples", type=int, default=12, help="trials to run")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="trials to run (default 12); for a grid space (variants/grid), repeats of the grid (default 1)")
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs share one device")

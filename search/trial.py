@@ -35,6 +35,7 @@ class SweepContext:
     references: dict[str, str] = field(default_factory=dict)   # "@baseline" -> checkpoint path
     extra_callbacks: tuple = ()                    # test hooks (e.g. a fault injected once)
     cpus_per_trial: float = 1.0
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)   # grid sweeps: name -> overrides
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
@@ -45,7 +46,14 @@ def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
 
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
+    from search.grid import VARIANT_KEY
     flat = dict(ctx.base)
+    if VARIANT_KEY in sampled:
+        name = sampled[VARIANT_KEY]
+        if name not in ctx.variants:
+            raise ValueError(f"trial asks for variant {name!r}, which this sweep does not define")
+        flat.update(ctx.variants[name])
+        sampled = {k: v for k, v in sampled.items() if k != VARIANT_KEY}
     flat.update(to_overrides(sampled))
     ck = flat.get("init.checkpoint")
     if isinstance(ck, str) and ck in REFERENCES:
@@ -130,7 +138,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
     callbacks: list[Callback] = []
     mlflow_logger = None
     if ctx.tracking_uri:
-        from mlflow_server.run_logger import MlflowRunLogger
+        from mlflow_server.run_logger import TRIAL_PLOTS, MlflowRunLogger
         from mlflow.tracking import MlflowClient
         client = MlflowClient(ctx.tracking_uri)
         if mlflow_run_id is None:
@@ -140,8 +148,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
         mlflow_logger = MlflowRunLogger(
             ctx.tracking_uri, ctx.experiment, cfg, run_name=f"{ctx.sweep_name}/{trial_id}",
             parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id, baseline=ctx.baseline_auroc,
-            tags={"role": "trial", "trial_id": trial_id, "sweep": ctx.sweep_name},
-            spool_dir=trial_dir / "mlflow_spool", async_=False)
+            tags={"role": "trial", "trial_id": trial_id, "sweep": ctx.sweep_name,
+                  **({"variant": str(config["variant"])} if "variant" in config else {})},
+            spool_dir=trial_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
         callbacks.append(mlflow_logger)
     reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)
     if mlflow_logger is not None:

@@ -83,3 +83,42 @@ def test_cli_compare_and_unknown_experiment(experiment):
                         "--out", str(tmp / "cli2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "experiment 'nope' does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_group_by_variant_over_seeds_by_hand(tmp_path):
+    """Two seeds, each trial against the baseline of its own seed; sd over seeds, Wilcoxon over
+    every (task, seed) pair."""
+    import numpy as np
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("grid")
+    b0, b1 = [0.70, 0.60, 0.80, 0.75, 0.65], [0.72, 0.62, 0.78, 0.70, 0.66]
+    _run(client, exp, "base-s0", "single", "baseline", b0, "fpS0")
+    _run(client, exp, "base-s1", "single", "baseline", b1, "fpS1")
+    h0, h1 = [0.72, 0.58, 0.83, 0.79, 0.66], [0.74, 0.65, 0.80, 0.69, 0.70]
+    _run(client, exp, "s/h0", "hard", "trial", h0, "fpS0", {"variant": "hard"})
+    _run(client, exp, "s/h1", "hard", "trial", h1, "fpS1", {"variant": "hard"})
+    _run(client, exp, "s/x0", "soft", "trial", b0, "fpS0", {"variant": "soft_l2_1"})   # identical: no test
+    from mlflow_server.compare import collect
+    from mlflow_server.group_compare import BASELINE_GROUP, group_runs
+    groups = {g.name: g for g in group_runs(collect(client, "grid"), "variant", "val")}
+    assert list(groups) == [BASELINE_GROUP, "hard", "soft_l2_1"]
+    d0, d1 = np.subtract(h0, b0), np.subtract(h1, b1)
+    hard = groups["hard"]
+    assert hard.delta == pytest.approx([d0.mean(), d1.mean()], abs=1e-9)
+    assert hard.p_value == pytest.approx(wilcoxon(np.concatenate([d0, d1])).pvalue)
+    assert list(hard.improved) == [4, 4] and hard.n_tasks == 5
+    row = hard.row()
+    assert row["delta_auroc"] == f"{np.mean([d0.mean(), d1.mean()]):+.4f} ± {np.std([d0.mean(), d1.mean()], ddof=1):.4f}"
+    assert row["tasks_improved"] == "4.0/5"
+    assert math.isnan(groups["soft_l2_1"].p_value) and groups["soft_l2_1"].row()["wilcoxon_p"] == "-"
+    assert len(groups[BASELINE_GROUP].runs) == 2 and groups[BASELINE_GROUP].row()["delta_auroc"] == "-"
+
+    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+                        "--group-by", "variant", "--out", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "hard" in r.stdout and (tmp_path / "g" / "comparison_groups.csv").is_file()
+    assert "| hard | hard | 2 |" in (tmp_path / "g" / "comparison_groups.md").read_text()
+    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+                        "--group-by", "nosuchtag", "--out", str(tmp_path / "g2")], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and "no finished runs tagged 'nosuchtag'" in r.stderr

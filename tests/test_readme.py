@@ -19,3 +19,13 @@ def test_readme_names_the_two_setup_commands_and_ci_calls_make_test():
     assert "make demo" in text and "make test" in text
     ci = (README.parent / ".ci" / "run").read_text()
     assert "make test" in ci
+
+
+def test_ground_truth_table_is_what_the_study_wrote():
+    from search.readme import STUDY_RESULTS
+    text = README.read_text()
+    start, end = MARK.format(name="ground-truth", edge="start"), MARK.format(name="ground-truth", edge="end")
+    block = text.split(start, 1)[1].split(end, 1)[0].strip()
+    written = (README.parent / STUDY_RESULTS).read_text().strip()
+    assert block == written, "run `python -m analysis.ground_truth --readme README.md` (or `mtlsweep readme`)"
+    assert "| related | hard |" in block and "| unrelated | hard |" in block

@@ -73,6 +73,11 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
         assert "best/val/delta_auroc/task0" in m
     fams = {k.data.tags["family"] for k in kids}
     assert fams & {"hard", "soft", "branched", "single"}
+    for k in kids:      # trials leave learning curves to MLflow's charts; weights only when they vary
+        arts = {a.path for a in client.list_artifacts(k.info.run_id)}
+        assert {"per_task.csv", "auroc_vs_baseline.png", "config.yaml"} <= arts and "learning_curves.png" not in arts
+        varies = k.data.params.get("schedule.order") in ("task_per_epoch", "curriculum")
+        assert ("schedule_weights.png" in arts) == varies, (k.data.params.get("schedule.order"), arts)
     assert any(r["role"] == "baseline" for r in result.summary)
 
     # A second sweep with the same fingerprint reuses the baseline instead of training it again.
@@ -97,6 +102,17 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
         subprocess.run([sys.executable, "-m", "search.cli", "export-best", "--experiment", "sweep-test",
                         "--out", str(out), "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"],
                        check=True, cwd=REPO, capture_output=True)
+
+
+def test_multi_objective_sweep_searches_auroc_up_and_epoch_time_down(ray_cluster, sweep_files):
+    d = sweep_files
+    result = run_sweep(_args(d, "multi", num_samples=3, objective="multi", scheduler="asha"), log=lambda *_: None)
+    assert result.n_trials == 3 and result.n_errors == 0
+    client = MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}")
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.params["sweep.objective"] == "multi" and parent.info.status == "FINISHED"
+    kids = _children(client, result.parent_run_id)
+    assert len(kids) == 3 and all("cost/epoch_s" in k.data.metrics for k in kids)
 
 
 class FailOnce(Callback):  # pickled by value below: Ray's workers cannot import this test module

@@ -1,0 +1,63 @@
+"""Fixed-design (grid) spaces: parsing, checks before Ray, and the configs each point yields."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search.grid import GridSpace
+from search.space import load_space
+from search.trial import SweepContext, trial_config
+from training.config import ConfigError, RunConfig, load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load(tmp_path, tree, base=None):
+    p = tmp_path / "grid.yaml"
+    p.write_text(yaml.safe_dump(tree, sort_keys=False))
+    return load_space(p, base)
+
+
+def test_variants_cross_the_grid_and_expand_into_trial_configs(tmp_path):
+    space = _load(tmp_path, {"variants": {"hard": {}, "soft": {"model.sharing.shared_layers": 0,
+                                                               "model.sharing.coupling": "l2",
+                                                               "model.sharing.strength": 0.3}},
+                             "grid": {"train.seed": [0, 1, 2]}}, RunConfig())
+    assert isinstance(space, GridSpace) and space.size == 6 and space.keys == ["variant", "train.seed"]
+    assert space.points()[3] == {"variant": "soft", "train.seed": 0}
+    ctx = SweepContext(base=RunConfig().flatten(), variants=space.variants)
+    cfg = trial_config({"variant": "soft", "train.seed": 2}, ctx)
+    assert (cfg.model.sharing.shared_layers, cfg.model.sharing.coupling, cfg.model.sharing.strength,
+            cfg.train.seed) == (0, "l2", 0.3, 2)
+    assert trial_config({"variant": "hard", "train.seed": 1}, ctx).model.sharing.coupling == "none"
+    with pytest.raises(ValueError, match="variant 'branched'"):
+        trial_config({"variant": "branched"}, ctx)
+
+
+@pytest.mark.parametrize("tree, pattern", [
+    ({"variants": {"a": {"model.sharing.strenght": 1}}}, r"variants\.a: model\.sharing\.strenght: unknown config key"),
+    ({"variants": {"a": {"model.sharing.strength": -1}}}, r"model\.sharing\.strength: must be >= 0"),
+    ({"grid": {"train.seed": []}}, r"grid\.train\.seed: expected a non-empty list"),
+    ({"grid": {"train.seed": [0, 0]}}, r"grid\.train\.seed: duplicate values"),
+    ({"grid": {"variant": ["a"]}}, r"grid\.variant: reserved"),
+    ({"variants": {"a": {}}, "seeds": [0]}, r"unknown top-level key\(s\) \['seeds'\]"),
+    ({"variants": ["a", "b"]}, r"variants: expected a mapping"),
+])
+def test_invalid_grids_are_refused_before_ray(tmp_path, tree, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        _load(tmp_path, tree, RunConfig())
+
+
+def test_the_ground_truth_study_design_is_valid():
+    study = REPO / "search" / "spaces" / "ground_truth"
+    base = load_config(study / "base.yaml", ["data.path=/nonexistent/store.h5"])
+    space = load_space(study / "variants.yaml", base)
+    assert len(space.grid_values("train.seed")) >= 3
+    fams = set()
+    for name in space.variants:
+        c = base.with_overrides(space.overrides({"variant": name, "train.seed": 0}))
+        fams.add("soft" if c.model.sharing.coupling != "none" else "hard")
+    assert fams == {"hard", "soft"}
+    from analysis.ground_truth import load_regimes
+    regimes = load_regimes(study / "regimes.yaml")
+    assert {r["shared_fraction"] for r in regimes.values()} == {0.67, 0.0}
