@@ -1,6 +1,6 @@
 """The ground-truth study: does sharing help where tasks are related by construction, and only there?
 
-    python -m analysis.ground_truth                        # this machine, embedded Ray (~30 min on 2 cores)
+    python -m analysis.ground_truth                        # this machine, embedded Ray (24 min on 2 cores)
     python -m analysis.ground_truth --readme README.md      # ... and regenerate the README's table
     ray submit search/clusters/aws-gpu.yaml analysis/ground_truth.py -- --gpus-per-trial 0.25 \\
         --max-concurrent 16 --tracking-uri http://<head>:5000
