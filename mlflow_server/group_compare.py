@@ -107,7 +107,7 @@ def _group(name: str, runs: list[RunRow], prefix: str, summary: str, paired: boo
 
 
 def render_markdown(groups: list[Group], split: str = "val") -> str:
-    head = ["configuration", "family", "runs (seeds)", f"{split} AUROC (mean ± sd)", f"ΔAUROC vs single-task (mean ± sd over seeds)",
+    head = ["configuration", "family", "runs (seeds)", f"{split} AUROC (mean ± sd)", "ΔAUROC vs single-task (mean ± sd over seeds)",
             "paired Wilcoxon p (tasks × seeds)", "tasks improved (mean per seed)", "epoch time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:

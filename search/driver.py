@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 # The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -282,10 +282,15 @@ def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set) 
     which ran a fresh trial instead: its run is KILLED and tagged, never counted as a result."""
     runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' "
                                                       "and attributes.status = 'RUNNING'", max_results=5000)
+    from mlflow.exceptions import MlflowException
     for r in runs:
-        if r.data.tags.get("trial_id") in known_trials:
-            client.set_tag(r.info.run_id, "stopped_early", "scheduler")
-            client.set_terminated(r.info.run_id, "FINISHED")
-        else:
-            client.set_tag(r.info.run_id, "orphaned", "driver killed before the trial was recorded")
-            client.set_terminated(r.info.run_id, "KILLED")
+        stopped = r.data.tags.get("trial_id") in known_trials
+        tag = ("stopped_early", "scheduler") if stopped else ("orphaned", "driver killed before the trial was recorded")
+        try:
+            client.set_tag(r.info.run_id, *tag)
+        except MlflowException:
+            # The trial's own stopped_early() may be closing it at this very moment (SQLite
+            # refuses the second insert of the same tag): its close wins.
+            if client.get_run(r.info.run_id).info.status != "RUNNING":
+                continue
+        client.set_terminated(r.info.run_id, "FINISHED" if stopped else "KILLED")

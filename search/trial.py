@@ -6,7 +6,6 @@ MLflow run. Per-task metrics go to MLflow, not to Tune, to keep Tune's results s
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
