@@ -280,11 +280,14 @@ def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set) 
     its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
     driver had started after its last experiment snapshot is unknown to the restored sweep,
     which ran a fresh trial instead: its run is KILLED and tagged, never counted as a result."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' "
-                                                      "and attributes.status = 'RUNNING'", max_results=5000)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
     from mlflow.exceptions import MlflowException
     for r in runs:
         stopped = r.data.tags.get("trial_id") in known_trials
+        if r.info.status != "RUNNING" and (stopped or r.info.status != "FINISHED" or "orphaned" in r.data.tags):
+            continue
+        # A FINISHED run of a trial the restored sweep does not know finished after the killed
+        # driver's last snapshot; the sweep ran a fresh trial in its place: not a result either.
         tag = ("stopped_early", "scheduler") if stopped else ("orphaned", "driver killed before the trial was recorded")
         try:
             client.set_tag(r.info.run_id, *tag)
