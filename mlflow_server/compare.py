@@ -121,11 +121,16 @@ def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
     keys = sorted(set(row.per_task) & set(row.baseline.per_task))
     d = np.array([row.per_task[k] - row.baseline.per_task[k] for k in keys], dtype=np.float64)
     ok = np.isfinite(d)
-    p = math.nan
-    if ok.sum() >= 2 and np.any(d[ok] != 0):
-        from scipy.stats import wilcoxon
-        p = float(wilcoxon(d[ok]).pvalue)
-    return Comparison(row, d, keys, p, int((d[ok] > 0).sum()), int(ok.sum()))
+    return Comparison(row, d, keys, wilcoxon_p(d), int((d[ok] > 0).sum()), int(ok.sum()))
+
+
+def wilcoxon_p(d: np.ndarray) -> float:
+    """Wilcoxon signed-rank p of paired differences (NaN ignored); NaN when it is undefined."""
+    d = d[np.isfinite(d)]
+    if len(d) < 2 or not np.any(d != 0):
+        return math.nan
+    from scipy.stats import wilcoxon
+    return float(wilcoxon(d).pvalue)
 
 
 COLUMNS = ["run", "family", "role", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
@@ -191,18 +196,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def render_text(rows: list[dict]) -> str:
+def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tuple[str, ...], width: int) -> str:
+    """A rich table rendered to text (left-justified columns ``left``, the rest right)."""
     from rich.console import Console
     from rich.table import Table
-    t = Table(title="configurations vs single-task baseline (validation, best epoch)")
-    for c in COLUMNS:
-        t.add_column(c, justify="right" if c not in ("run", "family", "role", "baseline") else "left")
-    for r in rows:
-        t.add_row(*[_fmt(r[c]) for c in COLUMNS])
-    console = Console(width=220)
+    t = Table(title=title)
+    for c in columns:
+        t.add_column(c, justify="left" if c in left else "right")
+    for row in cells:
+        t.add_row(*row)
+    console = Console(width=width)
     with console.capture() as cap:
         console.print(t)
     return cap.get()
+
+
+def render_text(rows: list[dict]) -> str:
+    return rich_table("configurations vs single-task baseline (validation, best epoch)", COLUMNS,
+                      [[_fmt(r[c]) for c in COLUMNS] for r in rows], ("run", "family", "role", "baseline"), 220)
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:

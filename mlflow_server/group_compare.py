@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_server.compare import RunRow
+from mlflow_server.compare import RunRow, rich_table, wilcoxon_p
 
 SPLITS = {"val": "best/val/auroc/", "test": "test/auroc/"}
 SUMMARY = {"val": "best/val/auroc_mean", "test": "test/auroc_mean"}
@@ -52,14 +52,6 @@ class Group:
 
 def _per_task(row: RunRow, prefix: str) -> dict[str, float]:
     return {k[len(prefix):]: v for k, v in row.metrics.items() if k.startswith(prefix)}
-
-
-def _paired_p(d: np.ndarray) -> float:
-    d = d[np.isfinite(d)]
-    if len(d) < 2 or not np.any(d != 0):
-        return math.nan
-    from scipy.stats import wilcoxon
-    return float(wilcoxon(d).pvalue)
 
 
 def group_runs(rows: list[RunRow], by: str = "variant", split: str = "val") -> list[Group]:
@@ -102,7 +94,7 @@ def _group(name: str, runs: list[RunRow], prefix: str, summary: str, paired: boo
     epoch_s = [x for x in epoch_s if math.isfinite(x)]
     pairs_a = np.array(pairs, dtype=np.float64)
     return Group(name, "/".join(families), runs, np.array(auroc, dtype=np.float64), np.array(delta),
-                 pairs_a, np.array(improved, dtype=np.float64), n_tasks, _paired_p(pairs_a),
+                 pairs_a, np.array(improved, dtype=np.float64), n_tasks, wilcoxon_p(pairs_a),
                  float(np.mean(epoch_s)) if epoch_s else math.nan)
 
 
@@ -117,18 +109,8 @@ def render_markdown(groups: list[Group], split: str = "val") -> str:
 
 
 def render_text(groups: list[Group], title: str) -> str:
-    from rich.console import Console
-    from rich.table import Table
-    t = Table(title=title)
-    for c in COLUMNS:
-        t.add_column(c, justify="left" if c in ("group", "family") else "right")
-    for g in groups:
-        r = g.row()
-        t.add_row(*[str(r[c]) for c in COLUMNS])
-    console = Console(width=200)
-    with console.capture() as cap:
-        console.print(t)
-    return cap.get()
+    rows = [g.row() for g in groups]
+    return rich_table(title, COLUMNS, [[str(r[c]) for c in COLUMNS] for r in rows], ("group", "family"), 200)
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:
