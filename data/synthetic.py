@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from data.errors import DataError
-from data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file
+from data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file, scan_max
 from data.store import SplitArrays
 
 SPLITS = ("train", "valid", "test")
@@ -542,8 +542,58 @@ def generate(spec: SynthSpec) -> tuple[list[str], dict[str, SplitArrays], dict]:
         for s, (a, b) in bounds.items()
     }
     truth = _truth(spec, models, tasks, site_scores, clean, labels, bounds)
+    truth["oracle"] = _oracle(oracle_scores(codes, tab, tasks), labels, tasks.names, bounds)
     truth["fingerprint"] = _fingerprint(spec, tasks.names, models, splits)
     return tasks.names, splits, truth
+
+
+# ---------------------------------------------------------------- the ceiling
+
+ORACLE_RULE = ("scan each sequence (both strands) with the task's true activating PWMs; score = max over them "
+               "of (best site score - the task's threshold for that motif): positive iff >= 0, the generator's rule")
+
+
+def oracle_scores(codes: np.ndarray, tab: "_Tables", tasks: "_Tasks") -> np.ndarray:
+    """float64 [N, T]: the ceiling's score per sequence and task (see ORACLE_RULE). It sees only the
+    sequence and the generator's own motifs and thresholds, as a perfect model would."""
+    used = sorted({m for ms in tasks.motifs for m in ms})
+    best = {m: scan_max(codes, tab.lo[m][:, :int(tab.widths[m])]) for m in used}
+    out = np.empty((codes.shape[0], len(tasks.names)), dtype=np.float64)
+    for t, ms in enumerate(tasks.motifs):
+        out[:, t] = np.max([best[m] - tasks.min_score[t, m] for m in ms], axis=0) / SCORE_RES
+    return out
+
+
+def _oracle(scores: np.ndarray, labels: np.ndarray, names: list[str], bounds: dict) -> dict:
+    """Per split and task, the AUROC/AUPRC of the oracle against the observed (noisy) labels."""
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    per_split, means = {}, {}
+    for s, (a, b) in bounds.items():
+        rows = {}
+        for t, name in enumerate(names):
+            y, x = labels[a:b, t], scores[a:b, t]
+            known = y >= 0
+            y, x = y[known], x[known]
+            ok = 0 < y.sum() < len(y)
+            rows[name] = {"auroc": _r(roc_auc_score(y, x)) if ok else None,
+                          "auprc": _r(average_precision_score(y, x)) if ok else None}
+        per_split[s] = rows
+        means[s] = {k: _r(np.mean([v[k] for v in rows.values() if v[k] is not None]))
+                    if any(v[k] is not None for v in rows.values()) else None for k in ("auroc", "auprc")}
+    return {"rule": ORACLE_RULE, "tasks": per_split, "mean": means}
+
+
+def load_oracle(data_path, fingerprint: str) -> dict | None:
+    """The ceiling written by `data synth` beside a store (truth.json, same fingerprint):
+    {split: {task: {"auroc", "auprc"}}}; None for data with no known ceiling."""
+    p = Path(data_path).parent / OUTPUT_FILES["truth"]
+    try:
+        truth = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    if truth.get("fingerprint") != fingerprint or "oracle" not in truth:
+        return None
+    return truth["oracle"]["tasks"]
 
 
 def _r(x) -> float:

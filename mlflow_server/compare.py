@@ -19,8 +19,9 @@ import numpy as np
 import yaml
 from mlflow.tracking import MlflowClient
 
-FAMILIES = ("single", "hard", "soft", "branched", "motif_gbm")
+FAMILIES = ("single", "hard", "soft", "branched", "control", "motif_gbm")
 AUROC_PREFIX = "best/val/auroc/"
+CANDIDATE = "baseline_candidate"
 
 
 @dataclass
@@ -40,32 +41,28 @@ class RunRow:
     def m(self, key: str) -> float:
         return float(self.metrics.get(key, math.nan))
 
+    @property
+    def pruned(self) -> bool:
+        """Stopped by the sweep's scheduler before its own end: never a family's best."""
+        return "stopped_early" in self.tags
 
-def _parse_params(params: dict[str, str]) -> dict:
-    out = {}
-    for k, v in params.items():
-        try:
-            out[k] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k] = v
-    return out
+    @property
+    def completed(self) -> bool:
+        return self.status == "FINISHED" and not self.pruned and "orphaned" not in self.tags
 
 
 def run_fingerprint(params: dict[str, str]) -> Optional[str]:
-    """The baseline fingerprint a run must be compared under, from its logged params."""
-    from search.baselines import baseline_fingerprint
-    from training.config import RunConfig, flatten
-    parsed = _parse_params(params)
-    # model.family is logged refined (single/hard/soft/...), not as the config's cnn/motif_gbm.
-    known = set(flatten(RunConfig().model_dump(mode="json"))) - {"model.family"}
+    """The fingerprint of the baseline a run must be compared with, from its logged params
+    (for runs logged before runs carried a compare_fp tag)."""
+    from search.baselines import baseline_fingerprint, run_config
+    cfg = run_config(params)
     try:
-        cfg = RunConfig.from_flat({k: v for k, v in parsed.items() if k in known})
-        tasks = parsed.get("data.task_names")
-        if not isinstance(tasks, list):
-            return None
-        return baseline_fingerprint(cfg, str(parsed.get("data.fingerprint", "")), tasks)
-    except ValueError:
+        tasks = yaml.safe_load(params.get("data.task_names", "null"))
+    except yaml.YAMLError:
         return None
+    if cfg is None or not isinstance(tasks, list):
+        return None
+    return baseline_fingerprint(cfg, str(params.get("data.fingerprint", "")), tasks)
 
 
 def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) -> list[RunRow]:
@@ -83,20 +80,22 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
             r.info.run_id, r.info.run_name or r.info.run_id[:8], tags.get("family", "?"), role, r.info.status,
             dict(r.data.metrics), dict(r.data.params), dict(tags),
             per_task={k[len(AUROC_PREFIX):]: v for k, v in r.data.metrics.items() if k.startswith(AUROC_PREFIX)}))
-    baselines = {}
+    by_id, by_fp = {}, {}
     for row in rows:
         if row.role == "baseline" and row.status == "FINISHED":
-            baselines.setdefault(row.tags.get("baseline_fp"), row)
+            by_id[row.run_id] = row
+            by_fp.setdefault(row.tags.get("baseline_fp"), row)
     for row in rows:
         row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else \
             (row.tags.get("compare_fp") or run_fingerprint(row.params))
         if row.role != "baseline":
-            row.baseline = baselines.get(row.baseline_fp)
+            # A sweep names each trial's baseline (tuned or fixed); a lone run matches by identity.
+            row.baseline = by_id.get(row.tags.get("baseline_run_id")) or by_fp.get(row.baseline_fp)
     if sweep:
-        rows = [r for r in rows if r.tags.get("mlflow.parentRunId") == sweep or r.tags.get("sweep") == sweep
-                or (r.role == "baseline" and any(x.baseline is r for x in rows
-                                                 if x.tags.get("mlflow.parentRunId") == sweep
-                                                 or x.tags.get("sweep") == sweep))]
+        def in_sweep(x):
+            return x.tags.get("mlflow.parentRunId") == sweep or x.tags.get("sweep") == sweep
+        rows = [r for r in rows if in_sweep(r) or (r.role == "baseline" and any(x.baseline is r for x in rows
+                                                                                 if in_sweep(x)))]
     return rows
 
 
@@ -133,8 +132,19 @@ def wilcoxon_p(d: np.ndarray) -> float:
     return float(wilcoxon(d).pvalue)
 
 
-COLUMNS = ["run", "family", "role", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
-           "tasks_improved", "tasks_total", "epoch_s", "samples_per_s", "s_to_target", "n_params", "baseline"]
+COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean",
+           "wilcoxon_p", "tasks_improved", "tasks_total", "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s",
+           "samples_per_s", "s_to_target", "n_params", "baseline"]
+TEXT_COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "delta_auroc_mean", "wilcoxon_p", "tasks_improved",
+                "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s", "baseline"]
+
+
+def gap_closed(run: float, baseline: float, oracle: float) -> float:
+    """The share of the baseline's distance to the ceiling that a run closes (1 = reaches it,
+    < 0 = worse than the baseline); NaN without a ceiling above the baseline."""
+    if not all(map(math.isfinite, (run, baseline, oracle))) or oracle <= baseline:
+        return math.nan
+    return (run - baseline) / (oracle - baseline)
 
 
 def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float:
@@ -150,42 +160,83 @@ def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float
     return time_to_target([hist[k] for k in sorted(hist)], target).seconds
 
 
+def _trials(runs: list[RunRow]) -> str:
+    done = sum(r.completed for r in runs)
+    pruned = sum(r.pruned for r in runs)
+    failed = sum(r.status in ("FAILED", "KILLED") for r in runs)
+    return f"{done}/{len(runs)}" + (f" ({pruned} pruned)" if pruned else "") + (f" ({failed} failed)" if failed else "")
+
+
 def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
                client: Optional[MlflowClient] = None) -> list[dict]:
+    """The baseline(s), the best *completed* run of each family (a family with none says so),
+    then the top completed runs overall. Pruned, failed and orphaned runs are never chosen."""
     key = f"best/{metric}" if not metric.startswith(("best/", "test/")) else metric
-    ranked = sorted([r for r in rows if math.isfinite(r.m(key))], key=lambda r: -r.m(key))
-    chosen: list[tuple[str, RunRow]] = []
+    contenders = [r for r in rows if r.role not in ("baseline", CANDIDATE)]
+    ranked = sorted([r for r in contenders if r.completed and math.isfinite(r.m(key))], key=lambda r: -r.m(key))
+    chosen: list[tuple[str, Optional[RunRow], str]] = []      # (role label, run or None, trials)
     for fam in FAMILIES:
-        best = next((r for r in ranked if r.family == fam and r.role != "baseline"), None)
-        if fam == "single" and best is None:
-            best = next((r for r in ranked if r.role == "baseline"), None)
+        members = [r for r in contenders if r.family == fam]
+        if not members:
+            continue
+        best = next((r for r in ranked if r.family == fam), None)
+        chosen.append((f"best {fam}" if best else f"no completed {fam}", best, _trials(members)))
+    if not contenders:
+        best = max((r for r in rows if r.role == "baseline" and math.isfinite(r.m(key))), key=lambda r: r.m(key),
+                   default=None)
         if best is not None:
-            chosen.append((f"best {fam}", best))
+            chosen.append(("baseline", best, ""))
     for r in ranked[:top]:
-        if all(r is not c for _, c in chosen):
-            chosen.append(("top", r))
-    for _, r in list(chosen):
-        if r.baseline is not None and all(r.baseline is not c for _, c in chosen):
-            chosen.insert(0, ("baseline", r.baseline))
-    chosen.sort(key=lambda lc: lc[1].role != "baseline")
+        if all(r is not c for _, c, _ in chosen):
+            chosen.append(("top", r, ""))
+    for _, r, _ in list(chosen):
+        if r is not None and r.baseline is not None and all(r.baseline is not c for _, c, _ in chosen):
+            chosen.insert(0, ("baseline", r.baseline, ""))
+    chosen.sort(key=lambda x: x[0] != "baseline")
     out = []
-    for label, r in chosen:
+    for label, r, trials in chosen:
+        if r is None:
+            out.append({c: math.nan for c in COLUMNS} | {"run": "-", "family": label.split()[-1], "role": label,
+                                                          "trials": trials, "tasks_improved": "", "tasks_total": "",
+                                                          "n_params": "", "baseline": "", "_row": None, "_cmp": None})
+            continue
         c = compare_to_baseline(r)
+        base = r.baseline
+        oracle = r.m("oracle/val/auroc_mean")
         out.append({
-            "run": r.name.rsplit("/", 1)[-1], "family": r.family, "role": label if r.role != "baseline" else "baseline",
+            "run": r.name.rsplit("/", 1)[-1], "family": r.family, "role": label, "trials": trials,
             "auroc_mean": r.m("best/val/auroc_mean"), "auroc_median": r.m("best/val/auroc_median"),
             "auprc_mean": r.m("best/val/auprc_mean"),
             "delta_auroc_mean": c.delta_mean if c else math.nan, "wilcoxon_p": c.p_value if c else math.nan,
             "tasks_improved": c.improved if c else "", "tasks_total": c.compared if c else "",
+            "oracle_auroc": oracle,
+            "gap_closed": gap_closed(r.m("best/val/auroc_mean"), base.m("best/val/auroc_mean"), oracle)
+            if base is not None else math.nan,
+            "train_val_gap": r.m("best/gap/auroc"),
             "epoch_s": r.m("cost/epoch_s"), "samples_per_s": r.m("cost/samples_per_s"),
-            "s_to_target": seconds_to_target(client, r, r.baseline.m("best/val/auroc_mean") if r.baseline
+            "s_to_target": seconds_to_target(client, r, base.m("best/val/auroc_mean") if base
                                              else (r.m("best/val/auroc_mean") if r.role == "baseline" else math.nan))
             if client is not None else math.nan,
             "n_params": r.params.get("model.n_params", ""),
-            "baseline": (r.baseline.name if r.baseline else ("-" if r.role == "baseline" else "no matching baseline")),
+            "baseline": (base.name if base else ("-" if r.role == "baseline" else "no matching baseline")),
             "_row": r, "_cmp": c,
         })
     return out
+
+
+def caption(rows: list[dict]) -> str:
+    """What the table's numbers are: the baseline protocol, the ceiling, and what is never 'best'."""
+    protocols = sorted({r["_row"].tags.get("baseline_protocol", "") for r in rows
+                        if r["_row"] is not None and r["role"] == "baseline"} - {""})
+    lines = ["Validation AUROC at each run's best epoch; delta against the single-task baseline each run was "
+             "compared with; p: Wilcoxon signed-rank over tasks.",
+             "Best of a family: its best completed trial (trials: completed/all); pruned trials are never best."]
+    if protocols:
+        lines.append("Baseline: " + "; ".join(protocols) + ".")
+    if any(r["role"] != "baseline" and math.isfinite(r.get("oracle_auroc", math.nan)) for r in rows):
+        lines.append("oracle_auroc: the data's ceiling (true motifs and label rule); gap_closed: share of the "
+                     "baseline's gap to it that a run closes; train_val_gap: train minus valid AUROC (overfitting).")
+    return "\n".join(lines)
 
 
 def _fmt(v) -> str:
@@ -212,8 +263,9 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
 
 
 def render_text(rows: list[dict]) -> str:
-    return rich_table("configurations vs single-task baseline (validation, best epoch)", COLUMNS,
-                      [[_fmt(r[c]) for c in COLUMNS] for r in rows], ("run", "family", "role", "baseline"), 220)
+    return rich_table("configurations vs single-task baseline (validation, best epoch)", TEXT_COLUMNS,
+                      [[_fmt(r[c]) for c in TEXT_COLUMNS] for r in rows], ("run", "family", "role", "trials", "baseline"),
+                      220) + caption(rows) + "\n"
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -286,8 +338,7 @@ def write_html(rows: list[dict], figs: dict[str, str], path: Path, title: str) -
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;margin:8px}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>Validation AUROC at each run's best epoch; deltas against the single-task
-baseline with the same fingerprint; p: Wilcoxon signed-rank test over tasks.</p>
+<h1>{html.escape(title)}</h1><p>{"<br>".join(html.escape(line) for line in caption(rows).splitlines())}</p>
 <table><tr>{head}</tr>{body}</table>{imgs}</body></html>""")
     return path
 

@@ -1,9 +1,13 @@
 """`mtlsweep compare --group-by TAG`: configurations repeated over seeds, against single-task.
 
 Runs are grouped by a tag (a grid sweep tags each trial with its `variant`); each run is paired
-with the baseline of its own fingerprint (same seed), so the spread over seeds is the spread
-of per-seed deltas. The paired test is Wilcoxon's signed-rank test over every (task, seed) pair
-of the group: run AUROC minus its baseline's AUROC on the same task.
+with the baseline it was compared with (same seed and data), so the spread over seeds is the
+spread of per-seed deltas. The paired test is Wilcoxon's signed-rank test over every (task,
+seed) pair of the group: run AUROC minus its baseline's AUROC on the same task.
+
+When a grid tunes keys (its ``tune:`` values), a group holds one run per value and seed: for
+each seed (comparison key) the run best on *validation* is kept, whatever split is reported,
+as was done for the baseline. Only completed runs count (never pruned or failed ones).
 """
 from __future__ import annotations
 
@@ -14,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_server.compare import RunRow, rich_table, wilcoxon_p
+from mlflow_server.compare import CANDIDATE, RunRow, rich_table, wilcoxon_p
 
 SPLITS = {"val": "best/val/auroc/", "test": "test/auroc/"}
 SUMMARY = {"val": "best/val/auroc_mean", "test": "test/auroc_mean"}
+ORACLE = {"val": "oracle/val/auroc_mean", "test": "oracle/test/auroc_mean"}
+SELECT_BY = "best/val/auroc_mean"
 BASELINE_GROUP = "single-task towers (baseline)"
-COLUMNS = ["group", "family", "runs", "auroc", "delta_auroc", "wilcoxon_p", "tasks_improved", "epoch_s"]
+COLUMNS = ["group", "family", "runs", "auroc", "delta_auroc", "wilcoxon_p", "tasks_improved", "oracle",
+           "gap_closed", "train_val_gap", "epoch_s"]
 
 
 @dataclass
@@ -34,6 +41,9 @@ class Group:
     n_tasks: int
     p_value: float
     epoch_s: float
+    oracle: np.ndarray                # per run: the data's ceiling (NaN without one)
+    gap_closed: np.ndarray            # per run: share of its baseline's gap to the ceiling closed
+    train_val_gap: np.ndarray         # per run: train minus valid AUROC at the best epoch
 
     def row(self) -> dict:
         def ms(x: np.ndarray, signed: bool = False) -> str:
@@ -47,6 +57,8 @@ class Group:
                 "delta_auroc": ms(self.delta, True) if self.pairs.size else "-",
                 "wilcoxon_p": f"{self.p_value:.2g}" if math.isfinite(self.p_value) else "-",
                 "tasks_improved": (f"{self.improved.mean():.1f}/{self.n_tasks}" if self.pairs.size else "-"),
+                "oracle": ms(self.oracle), "gap_closed": ms(self.gap_closed, True),
+                "train_val_gap": ms(self.train_val_gap),
                 "epoch_s": f"{self.epoch_s:.2f}" if math.isfinite(self.epoch_s) else "-"}
 
 
@@ -59,26 +71,42 @@ def group_runs(rows: list[RunRow], by: str = "variant", split: str = "val") -> l
     the order the values first appear among the runs sorted by name."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use val or test")
-    prefix, summary = SPLITS[split], SUMMARY[split]
     baselines = [r for r in rows if r.role == "baseline" and r.status == "FINISHED"]
     named: dict[str, list[RunRow]] = {}
     for r in sorted(rows, key=lambda r: r.name):
-        if r.role != "baseline" and r.status == "FINISHED" and r.tags.get(by):
+        if r.role not in ("baseline", CANDIDATE) and r.completed and r.tags.get(by):
             named.setdefault(r.tags[by], []).append(r)
     out = []
     if baselines:
-        out.append(_group(BASELINE_GROUP, baselines, prefix, summary, paired=False))
+        out.append(_group(BASELINE_GROUP, baselines, split, paired=False))
     for name, runs in named.items():
-        out.append(_group(name, runs, prefix, summary, paired=True))
+        out.append(_group(name, select_tuned(runs), split, paired=True))
     return out
 
 
-def _group(name: str, runs: list[RunRow], prefix: str, summary: str, paired: bool) -> Group:
+def select_tuned(runs: list[RunRow]) -> list[RunRow]:
+    """One run per comparison key (seed, data): the best on validation among its tuned values."""
+    best: dict[str, RunRow] = {}
+    for r in runs:
+        key = r.tags.get("compare_key") or r.baseline_fp or r.run_id
+        if key not in best or r.m(SELECT_BY) > best[key].m(SELECT_BY):
+            best[key] = r
+    return sorted(best.values(), key=lambda r: r.name)
+
+
+def _group(name: str, runs: list[RunRow], split: str, paired: bool) -> Group:
+    from mlflow_server.compare import gap_closed
+    prefix, summary = SPLITS[split], SUMMARY[split]
     auroc, delta, improved, pairs, n_tasks = [], [], [], [], 0
+    oracle, closed, fit_gap = [], [], []
     for r in runs:
         auroc.append(r.m(summary))
+        oracle.append(r.m(ORACLE[split]))
+        fit_gap.append(r.m("best/gap/auroc"))
         if not paired:
             continue
+        closed.append(gap_closed(r.m(summary), r.baseline.m(summary), r.m(ORACLE[split]))
+                      if r.baseline is not None else math.nan)
         mine = _per_task(r, prefix)
         base = _per_task(r.baseline, prefix) if r.baseline is not None else {}
         keys = sorted(set(mine) & set(base))
@@ -95,12 +123,14 @@ def _group(name: str, runs: list[RunRow], prefix: str, summary: str, paired: boo
     pairs_a = np.array(pairs, dtype=np.float64)
     return Group(name, "/".join(families), runs, np.array(auroc, dtype=np.float64), np.array(delta),
                  pairs_a, np.array(improved, dtype=np.float64), n_tasks, wilcoxon_p(pairs_a),
-                 float(np.mean(epoch_s)) if epoch_s else math.nan)
+                 float(np.mean(epoch_s)) if epoch_s else math.nan, np.array(oracle, dtype=np.float64),
+                 np.array(closed, dtype=np.float64), np.array(fit_gap, dtype=np.float64))
 
 
 def render_markdown(groups: list[Group], split: str = "val") -> str:
     head = ["configuration", "family", "runs (seeds)", f"{split} AUROC (mean ± sd)", "ΔAUROC vs single-task (mean ± sd over seeds)",
-            "paired Wilcoxon p (tasks × seeds)", "tasks improved (mean per seed)", "epoch time (s)"]
+            "paired Wilcoxon p (tasks × seeds)", "tasks improved (mean per seed)", "oracle AUROC",
+            "share of the gap to the oracle closed", "train − valid AUROC", "epoch time (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in groups:
         r = g.row()
@@ -114,13 +144,20 @@ def render_text(groups: list[Group], title: str) -> str:
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:
+    def mean(x: np.ndarray):
+        x = x[np.isfinite(x)]
+        return float(x.mean()) if x.size else ""
+
+    def sd(x: np.ndarray):
+        x = x[np.isfinite(x)]
+        return float(x.std(ddof=1)) if x.size > 1 else (0.0 if x.size else "")
     with open(path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["group", "family", "runs", "auroc_mean", "auroc_sd", "delta_auroc_mean", "delta_auroc_sd",
-                    "wilcoxon_p", "tasks_improved_mean", "tasks", "epoch_s"])
+                    "wilcoxon_p", "tasks_improved_mean", "tasks", "oracle_auroc", "gap_closed_mean", "gap_closed_sd",
+                    "train_val_gap_mean", "epoch_s"])
         for g in groups:
-            sd = (lambda x: float(x.std(ddof=1)) if len(x) > 1 else 0.0)
-            w.writerow([g.name, g.family, len(g.runs), float(np.nanmean(g.auroc)), sd(g.auroc),
-                        float(g.delta.mean()) if g.delta.size else "", sd(g.delta) if g.delta.size else "",
-                        g.p_value, float(g.improved.mean()) if g.improved.size else "", g.n_tasks, g.epoch_s])
+            w.writerow([g.name, g.family, len(g.runs), mean(g.auroc), sd(g.auroc), mean(g.delta), sd(g.delta),
+                        g.p_value, mean(g.improved), g.n_tasks, mean(g.oracle), mean(g.gap_closed), sd(g.gap_closed),
+                        mean(g.train_val_gap), g.epoch_s])
     return path

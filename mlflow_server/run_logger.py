@@ -23,7 +23,26 @@ PARENT_TAG = "mlflow.parentRunId"
 # every logged metric's history itself, and each plot costs a trial ~0.3 s.
 PLOTS = ("learning_curves", "schedule_weights", "auroc_vs_baseline")
 TRIAL_PLOTS = ("schedule_weights", "auroc_vs_baseline")
-PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "test/auroc/")
+PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "test/auroc/", "oracle/val/auroc/",
+                     "oracle/test/auroc/")
+# Copied to best/... at each improving epoch: what the run is judged by, at its best epoch.
+BEST_PREFIXES = ("val/", "train/auroc_mean", "gap/")
+ORACLE_SPLITS = {"valid": "val", "test": "test"}
+
+
+def oracle_metrics(oracle: Optional[dict], tasks: list[str]) -> dict[str, float]:
+    """The data's ceiling (a synthetic benchmark's true motifs and rule) as metrics: per split its
+    mean AUROC/AUPRC over the run's tasks, and per task its AUROC."""
+    out: dict[str, float] = {}
+    for split, short in ORACLE_SPLITS.items():
+        per = (oracle or {}).get(split) or {}
+        for metric in ("auroc", "auprc"):
+            vals = [per[t][metric] for t in tasks if t in per and per[t].get(metric) is not None]
+            if vals:
+                out[f"oracle/{short}/{metric}_mean"] = float(np.mean(vals))
+        out.update({f"oracle/{short}/auroc/{t}": float(per[t]["auroc"]) for t in tasks
+                    if t in per and per[t].get("auroc") is not None})
+    return out
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
@@ -110,6 +129,9 @@ class MlflowRunLogger(Callback):
         # Every run carries the fingerprint of the baseline it must be compared with.
         compare_fp = baseline_fingerprint(self.cfg, str(info["data_fingerprint"]), self.tasks)
         log.set_tags({**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp})
+        ceiling = oracle_metrics(info.get("oracle"), self.tasks)
+        if ceiling and not self.logged_epochs:      # a continued run logged them when it began
+            log.log_metrics(self._rename(ceiling), step=0)
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
         p = d / "task_names.json"
@@ -139,7 +161,7 @@ class MlflowRunLogger(Callback):
             return
         if metrics.get("best"):
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
-            m.update({f"best/{k}": v for k, v in m.items() if k.startswith("val/")})
+            m.update({f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)})
             m["best/epoch"] = float(epoch)
         self._fast(Path(".")).log_metrics(self._rename(m), step=epoch)
 

@@ -1,10 +1,21 @@
-"""Soft couplings between per-task towers.
+"""Soft couplings between per-task towers: sharing terms only, never shrinkage.
 
 - ``l2`` (Duong et al. 2015, generalized to T towers): λ·Σ_layers Σ_t ‖W_t − mean_t W‖².
-- ``trace_norm`` (Yang & Hospedales 2017): λ·Σ_layers ‖M‖_*, M the T × P unfolding of a
-  layer's tower parameters (one row per task).
+- ``trace_norm`` (Yang & Hospedales 2017): λ·Σ_layers ‖M − mean_t M‖_*, M the T × P
+  unfolding of a layer's tower parameters (one row per task), centred over tasks: it asks the
+  towers' *differences* to be low-rank and leaves their common part alone.
 - ``cross_stitch`` (Misra et al. 2016): a learned T × T mix of the towers' activations after
-  every tower layer (not the logits), initialised identity-dominant.
+  every tower layer (not the logits), initialised identity-dominant; no penalty.
+- ``l2_zero``: the control of ``l2``, λ·Σ_layers Σ_t ‖W_t‖² on the same parameters. It pulls
+  every tower toward zero, on its own: shrinkage with no sharing at all. A gain of ``l2`` that
+  ``l2_zero`` (or a tuned ``optim.weight_decay``) also gets is regularization, not transfer.
+
+Why sharing and shrinkage must be kept apart: with towers drawn independently, mean_t W is ≈ 0
+at the start, so ``l2`` acts as a weight decay of 2λ on every tower. Towers therefore start from
+one common draw (``model.sharing.tower_init: common``): mean_t W is then a working network, the
+penalties are exactly 0 until the towers diverge, and they pull the towers toward each other
+only. The base regularization (``optim.weight_decay``, dropout, max-norm) is the same for every
+family, towers included; with λ = 0 a coupled model is exactly the towers.
 
 The penalties cover the weights and biases of the tower trunk layers: the layers that hard
 sharing would share. Output units stay per task (tying them would make tasks predict alike),
@@ -15,7 +26,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-COUPLINGS = ("none", "l2", "trace_norm", "cross_stitch")
+COUPLINGS = ("none", "l2", "trace_norm", "cross_stitch", "l2_zero")
+PENALTIES = ("l2", "trace_norm", "l2_zero")
 
 
 def check_coupling(coupling: str, n_tasks: int, shared_layers: int, n_layers: int) -> None:
@@ -41,9 +53,30 @@ def spread(mats: list[Tensor]) -> Tensor:
     return torch.stack([((m - m.mean(dim=0, keepdim=True)) ** 2).sum() for m in mats]).sum()
 
 
+NUCLEAR_EPS = 1e-4
+
+
 def nuclear(mats: list[Tensor]) -> Tensor:
-    """Σ_layers nuclear norm of the T × P unfoldings (the trace-norm coupling without λ)."""
-    return torch.stack([torch.linalg.matrix_norm(m, ord="nuc") for m in mats]).sum()
+    """Σ_layers nuclear norm of the T × P unfoldings centred over tasks (the trace-norm coupling
+    without λ), smoothed as Σ_i sqrt(s_i² + ε²) − ε (ε = NUCLEAR_EPS).
+
+    The plain norm's gradient is U·Vᵀ, of spectral norm 1 even where the towers agree (s = 0, as
+    at a common start), with U and V arbitrary there: every step would push the towers apart in
+    random directions. The smoothed gradient U·diag(s/sqrt(s² + ε²))·Vᵀ vanishes at s = 0 and is
+    the plain one once s ≫ ε; only the singular values get gradients, so repeated ones are safe."""
+    def one(m: Tensor) -> Tensor:
+        s = torch.linalg.svdvals(m - m.mean(dim=0, keepdim=True))
+        return (torch.sqrt(s * s + NUCLEAR_EPS ** 2) - NUCLEAR_EPS).sum()
+    return torch.stack([one(m) for m in mats]).sum()
+
+
+def magnitude(mats: list[Tensor]) -> Tensor:
+    """Σ_layers Σ_t ‖W_t‖² (the l2_zero control without λ)."""
+    return torch.stack([(m ** 2).sum() for m in mats]).sum()
+
+
+def penalty(coupling: str, mats: list[Tensor]) -> Tensor:
+    return {"l2": spread, "trace_norm": nuclear, "l2_zero": magnitude}[coupling](mats)
 
 
 def cross_stitch_init(n_tasks: int, self_weight: float) -> Tensor:

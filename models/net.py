@@ -34,9 +34,9 @@ from training.config import ModelConfig
 
 from . import flops as _flops
 from .arch import plan
-from .couplings import CrossStitch, check_coupling, nuclear, spread, unfold
+from .couplings import PENALTIES, CrossStitch, check_coupling, nuclear, penalty, spread, unfold
 from .layers import StackedConv, StackedDense, StackedHead
-from .seeding import SHARED, make_generator, stable_seed, stream_name
+from .seeding import SHARED, TOWERS, make_generator, stable_seed, stream_name
 
 BACKENDS = ("auto", "loop", "batched")
 
@@ -91,11 +91,24 @@ class MultiTaskNet(nn.Module):
         return [SHARED] if shared else self._tower_streams
 
     def _init_random(self) -> None:
-        """Kaiming normal weights, zero biases; each stack drawn from its own stream, layer by
-        layer, so a tower's draws do not depend on the other tasks."""
-        gens = {name: make_generator(self.seed, name, "init") for name in [SHARED, *self._tower_streams]}
+        """Kaiming normal weights, zero biases, layer by layer. Shared layers draw from the
+        shared stream; tower layers from the common tower stream (``tower_init: common``: every
+        tower the same draw) or from their task's stream (``independent``); output units always
+        from their task's stream. Either way a tower's draws do not depend on the other tasks."""
+        gens = {name: make_generator(self.seed, name, "init") for name in [SHARED, TOWERS, *self._tower_streams]}
+        common = self.cfg.sharing.tower_init == "common"
         for spec in self.specs:
-            self.layers[spec.name].reset([gens[n] for n in self._stack_streams(spec.shared)])
+            layer = self.layers[spec.name]
+            if spec.shared or not common:
+                layer.reset([gens[n] for n in self._stack_streams(spec.shared)])
+                continue
+            clones = []
+            for _ in range(spec.stacks):
+                g = torch.Generator()
+                g.set_state(gens[TOWERS].get_state())
+                clones.append(g)
+            layer.reset(clones)
+            gens[TOWERS].set_state(clones[0].get_state())
         self.out.reset([gens[n] for n in self._stack_streams(self.hard)])
 
     def _generators(self, device: torch.device) -> dict[str, torch.Generator]:
@@ -195,10 +208,9 @@ class MultiTaskNet(nn.Module):
         return self.out.weight.new_zeros(())
 
     def coupling_penalty(self) -> Tensor:
-        if self.coupling not in ("l2", "trace_norm") or self.strength == 0:
+        if self.coupling not in PENALTIES or self.strength == 0:
             return self._zero()
-        mats = self._tower_mats()
-        return self.strength * (spread(mats) if self.coupling == "l2" else nuclear(mats))
+        return self.strength * penalty(self.coupling, self._tower_mats())
 
     def tower_distance(self) -> Tensor:
         """Σ_layers Σ_t ‖W_t − mean_t W‖² over tower layers (0 without towers or with T = 1)."""

@@ -4,7 +4,8 @@ Every random draw of a tower (its initial weights, its dropout masks) comes from
 seeded only by (seed, task name). A tower therefore sees the same numbers whether it is built
 alone (a single-task model) or next to other towers, in any task order: that is what makes
 ``shared_layers = 0, strength = 0`` exactly T single-task models. The shared trunk has its own
-stream. Seeds come from SHA-256, not Python's ``hash``, which is salted per process.
+stream, and so has the common tower draw (``tower_init: common``), which a single-task model
+makes just the same. Seeds come from SHA-256, not Python's ``hash``, which is salted per process.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import hashlib
 import torch
 
 SHARED = "shared"
+TOWERS = "towers"   # the one stream every tower's layers draw from with tower_init: common
 
 
 def stream_name(task: str | None) -> str:

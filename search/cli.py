@@ -137,7 +137,7 @@ def _train_logger(cfg, args, data_fingerprint, tasks, run_dir):
     from mlflow.tracking import MlflowClient
     from mlflow_server.run_logger import MlflowRunLogger, get_or_create_experiment
     from mlflow_server.server import check_reachable, resolve_tracking_uri
-    from search.baselines import baseline_fingerprint, find_baseline, load_baseline
+    from search.baselines import FP_TAG, RUN_TAG, baseline_fingerprint, find_identical, load_baseline
     from training.config import model_family
     uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
     check_reachable(uri)
@@ -148,12 +148,12 @@ def _train_logger(cfg, args, data_fingerprint, tasks, run_dir):
     baseline = None
     if cfg.model.family == "cnn" and model_family(cfg) == "single" and cfg.init.kind == "random" and cfg.schedule.order == "joint" \
             and cfg.schedule.weighting == "equal" and cfg.schedule.warm_start.task is None:
-        tags = {"role": "baseline", "baseline_fp": fp}     # it is a baseline: others compare to it
+        tags = {"role": "baseline", FP_TAG: fp}     # it is a baseline: others with its identity compare to it
     else:
-        run = find_baseline(client, exp_id, fp)
+        run = find_identical(client, exp_id, fp)
         if run is not None:
             baseline = load_baseline(client, run).auroc
-            tags["baseline_run_id"] = run.info.run_id
+            tags[RUN_TAG] = run.info.run_id
     logger = MlflowRunLogger(uri, cfg.tracking.experiment, cfg, run_name=Path(run_dir).name, tags=tags,
                              baseline=baseline)
     client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))

@@ -1,10 +1,16 @@
 """`mtlsweep demo` (`make demo`): the main job on the embedded defaults.
 
-Synthetic benchmark with known task groups -> single-task baseline towers -> a sweep of
-hard/soft/branched configurations over sharing strength, initialization, warm-start task
-and schedules (Optuna + ASHA on an embedded Ray) -> comparison table -> exported configs ->
-the command that opens the MLflow UI. Safe to run twice: the data and the baselines are
+Synthetic benchmark with known task groups and a known ceiling -> single-task baseline towers,
+tuned by their own search over weight decay -> a sweep of hard/branched/soft families over
+weight decay, sharing strength, initialization, warm-start task and schedules (Optuna on an
+embedded Ray; every family the same number of trials) -> comparison table -> exported configs
+-> the command that opens the MLflow UI. Safe to run twice: the data and the baselines are
 reused, each run starts a new sweep name, nothing is overwritten.
+
+No trial is pruned: with three trials a family ASHA would judge a family on one or two points,
+and a pruned trial says nothing about its family. The budget (12,000 sequences, 20 epochs,
+narrow towers) is chosen so that on 2 CPU cores the whole demo takes under 10 minutes and the
+towers get near the ceiling (validation AUROC ~0.9 where the oracle is ~0.97).
 """
 from __future__ import annotations
 
@@ -21,9 +27,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "search" / "spaces" / "demo.yaml"
 DEMO_BASE = REPO / "search" / "configs" / "demo.yaml"
-# Strong motifs (min_ic) and Basset-like but higher prevalence so that small models separate
-# the families within a few CPU minutes.
-DEMO_DATA = {"n_tasks": 16, "n_groups": 4, "n_seqs": 20000, "seq_len": 150, "min_ic": 14.0, "label_noise": 0.01,
+# Strong motifs (min_ic) and Basset-like but higher prevalence so that small models learn the
+# tasks within a few CPU minutes.
+DEMO_DATA = {"n_tasks": 16, "n_groups": 4, "n_seqs": 12000, "seq_len": 120, "min_ic": 14.0, "label_noise": 0.01,
              "prevalence_min": 0.1, "prevalence_median": 0.15, "prevalence_max": 0.3, "seed": 0}
 
 
@@ -31,7 +37,7 @@ DEMO_DATA = {"n_tasks": 16, "n_groups": 4, "n_seqs": 20000, "seq_len": 150, "min
 class DemoSettings:
     workspace: Path
     data: dict = field(default_factory=lambda: dict(DEMO_DATA))
-    num_samples: int = 12
+    num_samples: int = 9               # three per family; the baseline's search gets as many
     base_overrides: list[str] = field(default_factory=list)
     name: Optional[str] = None
     tracking_uri: Optional[str] = None
@@ -47,10 +53,15 @@ def ensure_data(ws: Path, knobs: dict) -> Path:
     from data.synthetic import spec_from_dict, write_synthetic
     out = ws / "synth"
     store = out / "store.h5"
+    spec = spec_from_dict(knobs)
     if store.is_file():
+        import json
+        written = json.loads((out / "truth.json").read_text()).get("spec", {}) if (out / "truth.json").is_file() else {}
+        if written != json.loads(json.dumps(spec.to_dict())):
+            raise FileExistsError(f"{out}: holds a benchmark written from other knobs than the demo's; move it away "
+                                  "or pass another --workspace")
         print(f"reusing {store}")
         return store
-    spec = spec_from_dict(knobs)
     t0 = time.time()
     write_synthetic(spec, out)
     print(f"wrote {out} ({spec.n_tasks} tasks in {spec.n_groups} groups, {spec.n_seqs} x {spec.seq_len} bp) "
@@ -84,10 +95,11 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     uri = resolve_tracking_uri(None, s.tracking_uri, default_dir=str(ws))
     name = s.name or time.strftime("demo-%Y%m%d-%H%M%S")
 
-    _step(f"2/5 + 3/5 single-task baselines, then sweep {name}: {s.num_samples} trials, Optuna + ASHA on Ray")
+    _step(f"2/5 + 3/5 single-task baselines (their own search), then sweep {name}: {s.num_samples} trials, "
+          "Optuna on Ray")
     result = run_sweep(SweepArgs(base=str(base), space=str(DEMO_SPACE), num_samples=s.num_samples,
                                  max_concurrent=max(1, os.cpu_count() or 1), cpus_per_trial=1, name=name,
-                                 tracking_uri=uri, workspace=str(ws), grace_period=1))
+                                 tracking_uri=uri, workspace=str(ws), scheduler="none"))
 
     _step("4/5 comparison against the single-task baseline")
     text, _ = compare(uri, s.experiment, sweep=result.parent_run_id, out_dir=ws / "compare" / name)

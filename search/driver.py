@@ -16,8 +16,7 @@ from typing import Optional, Sequence
 # The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-from search.baselines import (FP_TAG, Baseline, baseline_config, baseline_fingerprint, find_baseline,
-                              load_baseline)
+from search.baselines import PROTOCOL_TAG, RUN_TAG, Baseline, Protocol
 from search.grid import GridSpace
 from search.space import SearchSpace, load_space
 from search.trial import SweepContext, run_trial
@@ -42,6 +41,8 @@ class SweepArgs:
     workspace: str = "workspace"
     seed: int = 0
     baseline_seeds: Sequence[int] = ()
+    baseline: str = "tuned"                # tuned: its own search, as each family; fixed: the base config's
+    baseline_trials: Optional[int] = None  # default: the trials of each family
     max_failures: int = 2
     overrides: Sequence[str] = ()
     extra_callbacks: tuple = ()
@@ -56,6 +57,8 @@ class SweepResult:
     parent_run_id: Optional[str]
     baseline: Optional[Baseline]
     summary: list[dict] = field(default_factory=list)
+    baselines: dict[str, Baseline] = field(default_factory=dict)
+    protocol: Optional[Protocol] = None
     n_trials: int = 0
     n_errors: int = 0
 
@@ -73,6 +76,10 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
         raise ConfigError("--num-samples and --max-concurrent must be >= 1")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
         raise ConfigError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+    if args.baseline not in ("tuned", "fixed"):
+        raise ConfigError(f"--baseline {args.baseline!r}: use tuned (its own search, as each family) or fixed")
+    if args.baseline_trials is not None and args.baseline_trials < 1:
+        raise ConfigError("--baseline-trials must be >= 1")
     return cfg, space
 
 
@@ -95,79 +102,13 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
              log_to_driver=True)
 
 
-def _train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, experiment: str,
-                     tags: dict[str, str], cpus: float, gpus: float):
-    """Start one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker;
-    returns its object ref (the MLflow run id), so that several train at once."""
-    import ray
-
-    @ray.remote(num_cpus=cpus, num_gpus=gpus)
-    def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags):
-        import torch
-        torch.set_num_threads(max(1, int(cpus)))
-        from mlflow_server.run_logger import MlflowRunLogger
-        from training.callbacks import ConsoleReporter
-        from training.engine import train
-        c = RunConfig.from_flat(cfg_flat)
-        logger = MlflowRunLogger(tracking_uri, experiment, c, run_name=tags.get("mlflow.runName"),
-                                 tags=tags, async_=False)
-        logger.client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
-        try:
-            train(c, run_dir, store=store, callbacks=[logger, ConsoleReporter(sys.stdout)], progress=False)
-        except BaseException:
-            logger.fail()
-            raise
-        return logger.run_id
-
-    return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags)
-
-
-def ensure_baseline(cfg: RunConfig, store, tasks: list[str], seeds: Sequence[int], workspace: Path,
-                    tracking_uri: str, experiment: str, cpus: float, gpus: float, log=print) -> Baseline:
-    """Find the single-task baseline of each seed in MLflow, train what is missing; the
-    per-task AUROC compared against is the mean over seeds."""
-    from mlflow.tracking import MlflowClient
-    from mlflow_server.run_logger import get_or_create_experiment
-    client = MlflowClient(tracking_uri)
-    exp_id = get_or_create_experiment(client, experiment)
-    import ray
-    fps, pending = [], []
-    for seed in seeds:                        # the missing seeds train at once, as cluster resources allow
-        bcfg = baseline_config(cfg, seed=seed)
-        fp = baseline_fingerprint(bcfg, store.fingerprint, tasks)
-        fps.append(fp)
-        run = find_baseline(client, exp_id, fp)
-        if run is None:
-            log(f"baseline (seed {seed}, fingerprint {fp}): training single-task towers for {len(tasks)} tasks")
-            run_dir = (workspace / "baselines" / f"{fp}").resolve()
-            run_dir.mkdir(parents=True, exist_ok=True)
-            pending.append(_train_reference(bcfg, store, run_dir, tracking_uri, experiment,
-                                            {"role": "baseline", FP_TAG: fp, "family": "single",
-                                             "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}, cpus, gpus))
-        else:
-            log(f"baseline (seed {seed}, fingerprint {fp}): reusing MLflow run {run.info.run_id}")
-    ray.get(pending)
-    found: list[Baseline] = []
-    for fp in fps:
-        run = find_baseline(client, exp_id, fp)
-        if run is None:
-            raise RuntimeError(f"baseline {fp} finished but is not FINISHED in MLflow")
-        found.append(load_baseline(client, run))
-    first = found[0]
-    mean = {t: float(sum(b.auroc[t] for b in found) / len(found)) for t in first.auroc}
-    return Baseline(first.run_id, first.fingerprint, first.seed, mean, first.checkpoint)
-
-
 def run_sweep(args: SweepArgs, log=print) -> SweepResult:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-    import optuna
     from mlflow.tracking import MlflowClient
 
     from data.store import open_dataset
     from mlflow_server.run_logger import get_or_create_experiment
     from mlflow_server.server import check_reachable, resolve_tracking_uri
+    from search.baseline_search import Sweep, ensure_baselines, sweep_protocol
 
     cfg, space = _validate(args)                       # before any cluster work
     grid = isinstance(space, GridSpace)
@@ -189,47 +130,77 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     absolute = {"data.path": cfg.data.path, "train.out_dir": cfg.train.out_dir, "gbm.cache_dir": cfg.gbm.cache_dir,
                 "gbm.motif_file": cfg.gbm.motif_file}
     cfg = cfg.with_overrides({k: str(Path(v).resolve()) for k, v in absolute.items() if v and "://" not in v})
-    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
-    tasks = list(store.task_names)
+    if grid:      # a design may cross data sets: every path absolute, every store opened once
+        space.resolve_paths()
+    paths = [cfg.data.path] + (space.data_paths() if grid else [])
+    stores = {p: open_dataset(p).select_tasks(cfg.data.tasks) for p in dict.fromkeys(paths)}
     if args.gpus_per_trial > 0 and cfg.train.device == "cpu":
         cfg = cfg.with_overrides({"train.device": "auto"})
+    protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
 
     init_ray(args.address, None)
     client = MlflowClient(tracking_uri)
     exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
-
-    seeds = list(args.baseline_seeds) or (grid and space.grid_values("train.seed")) or [cfg.train.seed]
-    baseline = ensure_baseline(cfg, store, tasks, seeds, workspace, tracking_uri, cfg.tracking.experiment,
-                               args.cpus_per_trial, args.gpus_per_trial, log)
-    references = {"@baseline": baseline.checkpoint} if baseline.checkpoint else {}
 
     if restoring:
         parent_id = state["parent_run_id"]
         log(f"sweep {name}: resuming (MLflow parent run {parent_id})")
     else:
         parent = client.create_run(exp_id, run_name=name, tags={"role": "sweep", "sweep": name,
-                                                                "baseline_run_id": baseline.run_id})
+                                                                PROTOCOL_TAG: protocol.describe()})
         parent_id = parent.info.run_id
         client.log_param(parent_id, "sweep.num_samples", num_samples)
         client.log_param(parent_id, "sweep.search", "grid" if grid else "optuna")
         client.log_param(parent_id, "sweep.objective", args.objective)
         client.log_param(parent_id, "sweep.scheduler", args.scheduler)
+        client.log_param(parent_id, "sweep.baseline", protocol.describe()[:500])
         client.log_artifact(parent_id, str(Path(args.space).resolve()))
         client.log_artifact(parent_id, str(Path(args.base).resolve()))
         state_file.parent.mkdir(parents=True, exist_ok=True)
         state_file.write_text(json.dumps(
-            {"parent_run_id": parent_id, "baseline_run_id": baseline.run_id, "base": str(Path(args.base).resolve()),
+            {"parent_run_id": parent_id, "base": str(Path(args.base).resolve()),
              "space": str(Path(args.space).resolve()), "tracking_uri": tracking_uri, "storage": storage},
             indent=1))
 
+    sweep = Sweep(args=args, cfg=cfg, stores=stores, client=client, experiment_id=exp_id, tracking_uri=tracking_uri,
+                  parent_id=parent_id, name=name, storage=storage, workspace=workspace, restoring=restoring, log=log)
+    baselines = ensure_baselines(sweep, space, protocol, baseline_space)
+    first = next(iter(baselines.values()))
+    client.set_tag(parent_id, RUN_TAG, first.run_id)
+    references = {"@baseline": first.checkpoint} if first.checkpoint else {}
+
     ctx = SweepContext(base=cfg.flatten(), tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
-                       parent_run_id=parent_id, sweep_name=name, baseline_auroc=baseline.auroc,
-                       references=references, extra_callbacks=tuple(args.extra_callbacks),
-                       cpus_per_trial=args.cpus_per_trial, variants=space.variants if grid else {})
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, store=store),
+                       parent_run_id=parent_id, sweep_name=name, references=references,
+                       extra_callbacks=tuple(args.extra_callbacks), cpus_per_trial=args.cpus_per_trial,
+                       variants=space.variants if grid else {}, families={} if grid else space.families,
+                       baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.keys)
+    results = fit(sweep, ctx, space, num_samples, name)
+    n_errors = sum(1 for r in results if r.error is not None)
+    from search.summary import summarize_sweep
+    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
+    client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
+    return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),
+                       n_errors=n_errors, baselines=baselines, protocol=protocol)
+
+
+def fit(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str):
+    """One Tune experiment over ``space`` (restored when its state exists); then every child
+    run left RUNNING is closed. Returns Tune's ResultGrid."""
+    import optuna
+    from ray import tune
+    from ray.tune import CLIReporter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from search.scheduler import FamilyASHA, FamilyOf
+
+    args, cfg = sweep.args, sweep.cfg
+    grid = isinstance(space, GridSpace)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.stores),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
     multi = args.objective == "multi"
-    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else args.objective
+    objective = args.objective if ctx.baselines or args.objective in ("val/auroc_mean", "val/auprc_mean", "multi") \
+        else "val/auroc_mean"                        # a baseline's search has no delta to maximize
+    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else objective
     mode = ["max", "min"] if multi else "max"
     searcher = None
     if not grid:
@@ -240,47 +211,41 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
     scheduler = None
     if args.scheduler == "asha":
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=cfg.train.epochs,
-                                  grace_period=min(args.grace_period, cfg.train.epochs), reduction_factor=2,
-                                  metric=metric[0] if multi else metric, mode="max")
-    from ray.tune import CLIReporter
+        scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric, mode="max",
+                               max_t=cfg.train.epochs, grace_period=args.grace_period, reduction_factor=2)
     reporter = CLIReporter(
         metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
                         "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
         parameter_columns=space.keys[:6], max_report_frequency=15, metric="val/auroc_mean", mode="max",
         sort_by_metric=True)
     run_config = tune.RunConfig(
-        name=name, storage_path=storage, verbose=args.verbose, progress_reporter=reporter,
+        name=name, storage_path=sweep.storage, verbose=args.verbose, progress_reporter=reporter,
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep a few: a driver killed between checkpoints must find the one its last experiment
         # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
-    sweep_path = f"{storage.rstrip('/')}/{name}"
-    if restoring and tune.Tuner.can_restore(sweep_path):
-        tuner = tune.Tuner.restore(sweep_path, trainable=trainable, resume_errored=True)
+    path = f"{sweep.storage.rstrip('/')}/{name}"
+    if sweep.restoring and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
                            tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
     results = tuner.fit()
-
-    n_errors = sum(1 for r in results if r.error is not None)
     known = {(r.metrics or {}).get("trial_id") for r in results} | {Path(r.path).name.split("_")[2] for r in results
                                                                     if r.path and Path(r.path).name.count("_") >= 2}
-    _close_stopped_runs(client, exp_id, parent_id, known)
-    from search.summary import summarize_sweep
-    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
-    client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
-    return SweepResult(name, sweep_path, parent_id, baseline, summary, len(results), n_errors)
+    _close_stopped_runs(sweep.client, sweep.experiment_id, sweep.parent_id, known, ctx.role)
+    return results
 
 
-def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set) -> None:
+def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, role: str = "trial") -> None:
     """Close the child runs still RUNNING after the sweep. A trial Tune knows was stopped by
     its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
     driver had started after its last experiment snapshot is unknown to the restored sweep,
     which ran a fresh trial instead: its run is KILLED and tagged, never counted as a result."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'", max_results=5000)
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.role = '{role}'",
+                              max_results=5000)
     from mlflow.exceptions import MlflowException
     for r in runs:
         stopped = r.data.tags.get("trial_id") in known_trials

@@ -25,8 +25,10 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     filt = "tags.role = 'trial'"
     if sweep:
         filt += f" and tags.`mlflow.parentRunId` = '{sweep}'"
+    from search.baselines import is_completed
+    # Pruned, failed or orphaned trials are never exported as the best: their score is not their end point.
     runs = [r for r in client.search_runs([exp.experiment_id], filter_string=filt, max_results=5000)
-            if math.isfinite(r.data.metrics.get(key, math.nan))]
+            if math.isfinite(r.data.metrics.get(key, math.nan)) and is_completed(r)]
     if not runs:
         raise ConfigError(f"no trial run with metric {key} in experiment {experiment!r}"
                           + (f" under sweep {sweep}" if sweep else ""))

@@ -10,6 +10,17 @@ a ``when`` must hold. The space becomes a define-by-run function for Optuna, so 
 dimension that does not apply is never sampled (the TPE sees no fake value for it).
 Everything is checked before any cluster work: keys, ranges, conditions, and that every
 extreme of every dimension yields a valid config.
+
+An optional ``families:`` mapping (name -> fixed overrides) stratifies the sweep: trials go to
+the families in turn, so each gets the same number of trials, and each family's dimensions are
+its own Optuna parameters (``<family>::<key>``), so the TPE models every family separately.
+``family`` may then be used in a ``when``::
+
+    families:
+      hard: {model.sharing.shared_layers: 5}
+      soft: {model.sharing.shared_layers: 0, model.sharing.coupling: l2}
+    optim.weight_decay: {type: loguniform, low: 1.0e-3, high: 0.1}
+    model.sharing.strength: {type: loguniform, low: 1.0e-3, high: 1.0, when: {family: soft}}
 """
 from __future__ import annotations
 
@@ -25,6 +36,10 @@ from training.config import ConfigError, RunConfig
 
 TYPES = ("float", "loguniform", "int", "categorical")
 NOT_APPLICABLE = "n/a"
+FAMILY_KEY = "family"
+FAMILY_SEP = "::"        # "<family>::<key>": a family's own Optuna parameter
+# The keys that decide a trial's family (model_family): enumerated to count a space's families.
+FAMILY_DECIDING = ("model.family", "model.sharing.shared_layers", "model.sharing.coupling", "model.sharing.strength")
 OPS = ("eq", "not", "in", "not_in", "gt", "ge", "lt", "le")
 
 
@@ -63,10 +78,35 @@ def _holds(op: str, arg: Any, value: Any) -> bool:
 class SearchSpace:
     dims: list[Dimension]
     source: str = "space"
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def keys(self) -> list[str]:
-        return [d.key for d in self.dims]
+        return ([FAMILY_KEY] if self.families else []) + [d.key for d in self.dims]
+
+    def family_names(self, base: RunConfig) -> list[str]:
+        """The families this space's trials can belong to: the ``families:`` names, else the
+        model families (single, hard, soft, ...) reached by the family-deciding dimensions."""
+        if self.families:
+            return list(self.families)
+        from training.config import model_family
+        deciding = [d for d in self.dims if d.key in FAMILY_DECIDING]
+        found: list[str] = []
+        for combo in itertools.product(*[d.extremes() for d in deciding]):
+            sample = self._walk(dict(zip([d.key for d in deciding], combo)))
+            sample = {k: v for k, v in sample.items() if k in FAMILY_DECIDING}
+            try:
+                fam = model_family(base.with_overrides(sample))
+            except ConfigError:
+                continue
+            if fam not in found:
+                found.append(fam)
+        return found or [model_family(base)]
+
+    def subspace(self, keep) -> "SearchSpace":
+        """The dimensions whose key (and every condition's key) ``keep`` accepts; no families."""
+        dims = [d for d in self.dims if keep(d.key) and all(keep(k) for k in d.when)]
+        return SearchSpace(dims, self.source)
 
     def applies(self, dim: Dimension, sampled: dict[str, Any]) -> bool:
         for key, cond in dim.when.items():
@@ -82,7 +122,7 @@ class SearchSpace:
     def _walk(self, forced: dict[str, Any]) -> dict[str, Any]:
         """A sample in which the forced keys take their values and every other applicable
         dimension takes its first extreme."""
-        sample: dict[str, Any] = {}
+        sample: dict[str, Any] = {FAMILY_KEY: forced[FAMILY_KEY]} if FAMILY_KEY in forced else {}
         for d in self.dims:
             if d.key in forced:
                 sample[d.key] = forced[d.key]
@@ -92,13 +132,22 @@ class SearchSpace:
 
     def check_against(self, base: RunConfig) -> None:
         """Each dimension's extremes, with values of its conditions that let it apply, give
-        a valid config: unknown keys and impossible values fail here, before Ray starts."""
+        a valid config (under each family): unknown keys and impossible values fail here,
+        before Ray starts."""
         flat = base.flatten()
         for d in self.dims:
             if d.key not in flat:
                 raise ConfigError(f"{self.source}: {d.key}: unknown config key (keys are the dotted fields of "
                                   "the config, e.g. model.sharing.strength)")
+        for name, over in self.families.items():
+            for k in over:
+                if k not in flat:
+                    raise ConfigError(f"{self.source}: families.{name}: {k}: unknown config key (keys are the "
+                                      "dotted fields of the config, e.g. model.sharing.strength)")
+            base.with_overrides(over, source=f"{self.source}: families.{name}")
         by_key = {d.key: d for d in self.dims}
+        if self.families:
+            by_key[FAMILY_KEY] = Dimension(FAMILY_KEY, "categorical", values=list(self.families))
         for d in self.dims:
             parent_choices = []
             for k, cond in d.when.items():
@@ -108,10 +157,16 @@ class SearchSpace:
                                       f"values {by_key[k].extremes()}")
                 parent_choices.append([(k, v) for v in ok])
             for combo in itertools.product(*parent_choices):
-                for v in d.extremes():
-                    sample = self._walk({**dict(combo), d.key: v})
-                    base.with_overrides({k: list(x) if isinstance(x, tuple) else x for k, x in sample.items()},
-                                        source=f"{self.source}: {d.key}={v!r}")
+                families = [dict(combo)[FAMILY_KEY]] if FAMILY_KEY in dict(combo) else (list(self.families) or [None])
+                for fam in families:
+                    for v in d.extremes():
+                        forced = {**dict(combo), d.key: v, **({FAMILY_KEY: fam} if fam else {})}
+                        sample = self._walk(forced)
+                        over = dict(self.families.get(fam, {})) if fam else {}
+                        over.update({k: list(x) if isinstance(x, tuple) else x for k, x in sample.items()
+                                     if k != FAMILY_KEY})
+                        where = f"{self.source}: " + (f"family {fam}: " if fam else "") + f"{d.key}={v!r}"
+                        base.with_overrides(over, source=where)
 
 
 class DefineByRun:
@@ -124,18 +179,27 @@ class DefineByRun:
 
     def __call__(self, trial) -> Optional[dict[str, Any]]:
         sampled: dict[str, Any] = {}
+        prefix = ""
+        if self.space.families:
+            # Families in turn: trial k goes to family k mod F, so each gets its share exactly.
+            names = list(self.space.families)
+            sampled[FAMILY_KEY] = names[trial.number % len(names)]
+            prefix = sampled[FAMILY_KEY] + FAMILY_SEP
         for d in self.space.dims:
             if not self.space.applies(d, sampled):
                 continue
+            name = prefix + d.key
             if d.type == "categorical":
-                sampled[d.key] = trial.suggest_categorical(d.key, d.values)
+                sampled[d.key] = trial.suggest_categorical(name, d.values)
             elif d.type == "int":
-                sampled[d.key] = trial.suggest_int(d.key, int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
+                sampled[d.key] = trial.suggest_int(name, int(d.low), int(d.high), log=d.log, step=int(d.step or 1))
             else:
-                sampled[d.key] = trial.suggest_float(d.key, float(d.low), float(d.high), log=d.log, step=d.step)
+                sampled[d.key] = trial.suggest_float(name, float(d.low), float(d.high), log=d.log, step=d.step)
         # Dimensions that do not apply are reported as NOT_APPLICABLE so that every trial has
         # every key (Tune's progress table and restored experiments look them all up).
         out = {d.key: NOT_APPLICABLE for d in self.space.dims if d.key not in sampled}
+        if prefix:
+            out.update(sampled)        # the config keys themselves, beside the per-family parameters
         out.update(self.constants)
         return out or None
 
@@ -188,10 +252,20 @@ def _parse_dimension(key: str, spec: Any, source: str, seen: list[str]) -> Dimen
 def parse_space(tree: Any, source: str = "space") -> SearchSpace:
     if not isinstance(tree, dict) or not tree:
         raise ConfigError(f"{source}: expected a mapping of dotted config keys to distributions")
+    tree = dict(tree)
+    families = tree.pop("families", None) or {}
+    if not isinstance(families, dict) or any(not isinstance(v, (dict, type(None))) for v in families.values()):
+        raise ConfigError(f"{source}: families: expected a mapping of family names to config overrides")
+    for name in families:
+        if FAMILY_SEP in str(name) or not str(name):
+            raise ConfigError(f"{source}: families: {name!r}: a family name must be non-empty and have no {FAMILY_SEP!r}")
+    if not tree:
+        raise ConfigError(f"{source}: expected dotted config keys with distributions beside families")
     dims: list[Dimension] = []
+    seen = [FAMILY_KEY] if families else []
     for key, spec in tree.items():
-        dims.append(_parse_dimension(str(key), spec, source, [d.key for d in dims]))
-    return SearchSpace(dims, source)
+        dims.append(_parse_dimension(str(key), spec, source, seen + [d.key for d in dims]))
+    return SearchSpace(dims, source, {str(k): dict(v or {}) for k, v in families.items()})
 
 
 def load_space(path: str | Path, base: Optional[RunConfig] = None) -> "SearchSpace | GridSpace":

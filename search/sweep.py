@@ -33,6 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workspace", default="workspace", help="local state: baselines, sweep state, default storage")
     p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed")
     p.add_argument("--baseline-seeds", type=int, nargs="*", default=[], help="train baselines for these seeds")
+    p.add_argument("--baseline", choices=["tuned", "fixed"], default="tuned",
+                   help="tuned: the single-task baseline gets its own search over the space's optimizer and "
+                        "regularization keys (a grid's tune: values), with as many trials as each family; "
+                        "fixed: the base config's setting")
+    p.add_argument("--baseline-trials", type=int, help="trials of the tuned baseline's search (default: as each family)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
 
@@ -43,7 +48,8 @@ def args_from_namespace(ns):
                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial, scheduler=ns.scheduler,
                      grace_period=ns.grace_period, objective=ns.objective, name=ns.name, storage=ns.storage,
                      resume=ns.resume, address=ns.address, tracking_uri=ns.tracking_uri, workspace=ns.workspace,
-                     seed=ns.seed, baseline_seeds=ns.baseline_seeds, max_failures=ns.max_failures,
+                     seed=ns.seed, baseline_seeds=ns.baseline_seeds, baseline=ns.baseline,
+                     baseline_trials=ns.baseline_trials, max_failures=ns.max_failures,
                      overrides=ns.set)
 
 

@@ -18,7 +18,7 @@ from training.config import RunConfig
 RUN_ID_FILE = "mlflow_run_id.txt"
 TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
              "val/delta_auroc_mean", "val/tasks_improved", "cost/epoch_s", "cost/train_s",
-             "cost/samples_per_s", "cost/peak_mem_mb")
+             "cost/samples_per_s", "cost/peak_mem_mb", "train/auroc_mean", "gap/auroc", "schedule/tasks_entered")
 REFERENCES = ("@baseline", "@hard")
 
 
@@ -30,18 +30,24 @@ class SweepContext:
     experiment: str = "mtlsweep"
     parent_run_id: Optional[str] = None
     sweep_name: str = ""
-    baseline_auroc: Optional[dict[str, float]] = None
     references: dict[str, str] = field(default_factory=dict)   # "@baseline" -> checkpoint path
     extra_callbacks: tuple = ()                    # test hooks (e.g. a fault injected once)
     cpus_per_trial: float = 1.0
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)   # grid sweeps: name -> overrides
+    families: dict[str, dict[str, Any]] = field(default_factory=dict)   # stratified spaces: name -> overrides
+    # comparison key -> (baseline run id, task -> validation AUROC); a trial takes the one of its key
+    baselines: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
+    tuned_keys: tuple[str, ...] = ()               # what the baselines were tuned over
+    role: str = "trial"                            # "baseline_candidate" in a tuned baseline's search
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
     """Optuna's choices are hashable (tuples); the config wants lists. Dimensions that did not
-    apply to this trial keep the base config's value."""
-    from search.space import NOT_APPLICABLE
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items() if v != NOT_APPLICABLE}
+    apply to this trial keep the base config's value; a family's own Optuna parameters
+    (``<family>::<key>``) are already there under their config key."""
+    from search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()
+            if v != NOT_APPLICABLE and FAMILY_SEP not in k and k != FAMILY_KEY}
 
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
@@ -53,6 +59,11 @@ def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
             raise ValueError(f"trial asks for variant {name!r}, which this sweep does not define")
         flat.update(ctx.variants[name])
         sampled = {k: v for k, v in sampled.items() if k != VARIANT_KEY}
+    from search.space import FAMILY_KEY
+    if FAMILY_KEY in sampled:
+        if sampled[FAMILY_KEY] not in ctx.families:
+            raise ValueError(f"trial asks for family {sampled[FAMILY_KEY]!r}, which this sweep does not define")
+        flat.update(ctx.families[sampled[FAMILY_KEY]])
     flat.update(to_overrides(sampled))
     ck = flat.get("init.checkpoint")
     if isinstance(ck, str) and ck in REFERENCES:
@@ -108,8 +119,9 @@ def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id:
     return runs[0].info.run_id if runs else None
 
 
-def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
-    """The Tune function trainable (wrapped with tune.with_parameters by the sweep)."""
+def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] = None) -> None:
+    """The Tune function trainable (wrapped with tune.with_parameters by the sweep); ``stores``
+    maps each data.path of the sweep to its store, shared through Ray's object store."""
     from ray import tune
 
     from training.engine import Trainer
@@ -117,6 +129,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
     import torch
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))   # concurrent trials must not oversubscribe cores
     cfg = trial_config(config, ctx)
+    store = (stores or {}).get(cfg.data.path)
     tune_ctx = tune.get_context()
     trial_dir = Path(tune_ctx.get_trial_dir()).resolve()   # trials chdir: keep paths absolute
     trial_id = tune_ctx.get_trial_id()
@@ -144,11 +157,22 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, store=None) -> None:
             exp = client.get_experiment_by_name(ctx.experiment)
             if exp is not None:
                 mlflow_run_id = _find_trial_run(client, exp.experiment_id, ctx.parent_run_id, trial_id)
+        tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
+                **{k: str(config[k]) for k in ("variant", "family") if k in config}}
+        baseline = None
+        if ctx.baselines and store is not None:
+            from search.baselines import KEY_TAG, RUN_TAG, comparison_key
+            key = comparison_key(cfg, store.fingerprint, list(store.task_names), ctx.tuned_keys)
+            baseline = ctx.baselines.get(key)
+            tags[KEY_TAG] = key
+            if baseline is not None:
+                tags[RUN_TAG] = baseline[0]
+        if "family" in tags:
+            tags["arm"] = tags.pop("family")     # the space's family name; the tag family is the model's
         mlflow_logger = MlflowRunLogger(
             ctx.tracking_uri, ctx.experiment, cfg, run_name=f"{ctx.sweep_name}/{trial_id}",
-            parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id, baseline=ctx.baseline_auroc,
-            tags={"role": "trial", "trial_id": trial_id, "sweep": ctx.sweep_name,
-                  **({"variant": str(config["variant"])} if "variant" in config else {})},
+            parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id,
+            baseline=baseline[1] if baseline is not None else None, tags=tags,
             spool_dir=trial_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
         callbacks.append(mlflow_logger)
     reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)

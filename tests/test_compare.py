@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ["t0", "t1", "t2", "t3", "t4"]
 
 
-def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0):
+def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0, status="FINISHED", extra=None):
     tags = {"family": family, "role": role, **(extra_tags or {})}
     if role == "baseline":
         tags["baseline_fp"] = fp
@@ -31,7 +31,9 @@ def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1
         client.log_metric(rid, "val/auroc_mean", frac * sum(aurocs) / len(aurocs), step=step)
         client.log_metric(rid, "cost/epoch_s", epoch_s, step=step)
     client.log_param(rid, "model.n_params", "1000")
-    client.set_terminated(rid, "FINISHED")
+    for k, v in (extra or {}).items():
+        client.log_metric(rid, k, v)
+    client.set_terminated(rid, status)
     return rid
 
 
@@ -68,9 +70,51 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])
     assert "hard1" in text and "no matching baseline" in text
     csv_text = (tmp / "out" / "comparison.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("run,family,role,auroc_mean")
+    assert csv_text.splitlines()[0].startswith("run,family,role,trials,auroc_mean")
     html = (tmp / "out" / "comparison.html").read_text()
     assert "data:image/png;base64," in html and "pareto.png" in html and "hard1" in html
+
+
+def test_a_pruned_trial_is_never_best_and_a_family_without_completed_trials_says_so(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("prune")
+    base = _run(client, exp, "base", "single", "baseline", [0.70, 0.60, 0.80, 0.75, 0.65], "fpA",
+                {"baseline_protocol": "tuned: 3 trial(s) over optim.weight_decay"})
+    # The best AUROC of all, but pruned by ASHA: it must not be called best.
+    _run(client, exp, "hard_pruned", "hard", "trial", [0.95] * 5, "fpA", {"stopped_early": "scheduler"})
+    _run(client, exp, "hard_done", "hard", "trial", [0.72, 0.58, 0.83, 0.79, 0.66], "fpA")
+    _run(client, exp, "soft_pruned", "soft", "trial", [0.99] * 5, "fpA", {"stopped_early": "scheduler"})
+    _run(client, exp, "soft_failed", "soft", "trial", [0.5] * 5, "fpA", status="FAILED")
+    # A candidate of the baseline's own search is neither a family's best nor a top run.
+    _run(client, exp, "cand", "single", "baseline_candidate", [0.97] * 5, "fpA")
+    # Matched by the sweep's baseline_run_id tag even though its compare_fp names no baseline.
+    _run(client, exp, "branched_tagged", "branched", "trial", [0.71] * 5, "fpZ", {"baseline_run_id": base})
+    text, rows = compare(uri, "prune", out_dir=tmp_path / "out")
+    by_role = {r["role"]: r for r in rows}
+    assert by_role["best hard"]["run"] == "hard_done" and by_role["best hard"]["trials"] == "1/2 (1 pruned)"
+    assert "best soft" not in by_role and by_role["no completed soft"]["run"] == "-"
+    assert by_role["no completed soft"]["trials"] == "0/2 (1 pruned) (1 failed)"
+    assert all(r["run"] not in ("hard_pruned", "soft_pruned", "cand") for r in rows)
+    assert by_role["best branched"]["baseline"] == "base"
+    assert by_role["best branched"]["delta_auroc_mean"] == pytest.approx(0.71 - 0.70, abs=1e-9)
+    assert "no completed soft" in text and "pruned trials are never best" in text
+    assert "Baseline: tuned: 3 trial(s) over optim.weight_decay" in text
+
+
+def test_oracle_gap_closed_and_train_valid_gap_by_hand(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("ceiling")
+    ceiling = {"oracle/val/auroc_mean": 0.97, "best/gap/auroc": 0.05}
+    _run(client, exp, "base", "single", "baseline", [0.70] * 5, "fpA", extra=ceiling)
+    _run(client, exp, "soft", "soft", "trial", [0.79] * 5, "fpA", extra={**ceiling, "best/gap/auroc": 0.02})
+    text, rows = compare(uri, "ceiling")
+    soft = next(r for r in rows if r["role"] == "best soft")
+    assert soft["oracle_auroc"] == pytest.approx(0.97)
+    assert soft["gap_closed"] == pytest.approx((0.79 - 0.70) / (0.97 - 0.70))
+    assert soft["train_val_gap"] == pytest.approx(0.02)
+    assert "oracle_auroc: the data's ceiling" in text
 
 
 def test_cli_compare_and_unknown_experiment(experiment):
@@ -113,6 +157,15 @@ def test_group_by_variant_over_seeds_by_hand(tmp_path):
     assert row["tasks_improved"] == "4.0/5"
     assert math.isnan(groups["soft_l2_1"].p_value) and groups["soft_l2_1"].row()["wilcoxon_p"] == "-"
     assert len(groups[BASELINE_GROUP].runs) == 2 and groups[BASELINE_GROUP].row()["delta_auroc"] == "-"
+
+    # A tuned grid: a second hard run at seed 0 with another weight decay. Kept per seed is the one
+    # best on validation, even when the table reports test AUROC.
+    _run(client, exp, "s/h0-wd", "hard", "trial", [0.80] * 5, "fpS0", {"variant": "hard"},
+         extra={"test/auroc_mean": 0.60, **{f"test/auroc/{t}": 0.60 for t in TASKS}})
+    _run(client, exp, "s/h1-pruned", "hard", "trial", [0.99] * 5, "fpS1", {"variant": "hard", "stopped_early": "x"})
+    tuned = {g.name: g for g in group_runs(collect(client, "grid"), "variant", "val")}["hard"]
+    assert sorted(r.name for r in tuned.runs) == ["s/h0-wd", "s/h1"]
+    assert tuned.delta == pytest.approx([0.80 - np.mean(b0), d1.mean()], abs=1e-9)
 
     r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "variant", "--out", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True)

@@ -52,6 +52,9 @@ def test_overrides_apply_and_validate():
      r"weighting=pcgrad needs shared parameters"),
     ({"schedule": {"warm_start": {"epochs": -1}}}, r"schedule\.warm_start\.epochs: must be >= 0, got -1"),
     ({"schedule": {"anneal_floor": 1.5}}, r"schedule\.anneal_floor: must be <= 1"),
+    ({"schedule": {"warm_start": {"task": 0, "epochs": 4}}, "train": {"epochs": 4}},
+     r"warm_start\.epochs=4 leaves no epoch for the other tasks \(train\.epochs=4\)"),
+    ({"model": {"sharing": {"coupling": "l2_zero", "tower_init": "same"}}}, r"tower_init: must be one of"),
     ({"train": {"device": "tpu"}}, r"train\.device"),
     ({"bogus": {}}, r"bogus: unknown key"),
 ])

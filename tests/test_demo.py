@@ -13,7 +13,7 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
         data={"n_tasks": 16, "n_groups": 4, "n_seqs": 800, "seq_len": 100, "min_ic": 14.0, "label_noise": 0.01,
               "prevalence_min": 0.1, "prevalence_median": 0.15, "prevalence_max": 0.3, "seed": 0},
         base_overrides=["model.arch.conv_channels=[8, 8, 8]", "model.arch.conv_widths=[7, 5, 3]",
-                        "model.arch.pool=[2, 2, 2]", "model.arch.dense=[8, 8]", "train.epochs=2",
+                        "model.arch.pool=[2, 2, 2]", "model.arch.dense=[8, 8]", "train.epochs=3",
                         "train.steps_per_epoch=4", "data.batch_size=32"])
     assert run_demo(settings=settings) == 0
     out = capsys.readouterr().out
@@ -31,8 +31,12 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
     exp = client.get_experiment_by_name("mtlsweep-demo")
     baselines = client.search_runs([exp.experiment_id], "tags.role = 'baseline'")
     (parent,) = client.search_runs([exp.experiment_id], "tags.role = 'sweep'")
-    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    kids = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' "
+                              "and tags.role = 'trial'")
     assert len(baselines) == 1 and len(kids) == 3
+    assert sorted(k.data.tags["arm"] for k in kids) == ["branched", "hard", "soft"]     # one each, in turn
+    assert baselines[0].data.tags["mlflow.parentRunId"] == parent.info.run_id          # its own search
+    assert all(k.data.tags["baseline_run_id"] == baselines[0].info.run_id for k in kids)
     assert sorted(p.name for p in (ws / "export" / "tiny-demo").iterdir()) == ["1.yaml", "2.yaml", "README.md"]
 
     # Safe to run twice: data and baseline reused, a new sweep, nothing overwritten.

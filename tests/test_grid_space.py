@@ -34,6 +34,14 @@ def test_variants_cross_the_grid_and_expand_into_trial_configs(tmp_path):
         trial_config({"variant": "branched"}, ctx)
 
 
+def test_tune_values_cross_every_variant_and_are_the_baselines_candidates(tmp_path):
+    space = _load(tmp_path, {"variants": {"hard": {}, "towers_like": {"model.sharing.shared_layers": 0}},
+                             "grid": {"train.seed": [0, 1]}, "tune": {"optim.weight_decay": [0.01, 0.1]}}, RunConfig())
+    assert space.size == 8 and space.keys == ["variant", "train.seed", "optim.weight_decay"]
+    assert len(space.points(with_tune=False)) == 4
+    assert space.tune_points() == [{"optim.weight_decay": 0.01}, {"optim.weight_decay": 0.1}]
+
+
 @pytest.mark.parametrize("tree, pattern", [
     ({"variants": {"a": {"model.sharing.strenght": 1}}}, r"variants\.a: model\.sharing\.strenght: unknown config key"),
     ({"variants": {"a": {"model.sharing.strength": -1}}}, r"model\.sharing\.strength: must be >= 0"),
@@ -42,6 +50,8 @@ def test_variants_cross_the_grid_and_expand_into_trial_configs(tmp_path):
     ({"grid": {"variant": ["a"]}}, r"grid\.variant: reserved"),
     ({"variants": {"a": {}}, "seeds": [0]}, r"unknown top-level key\(s\) \['seeds'\]"),
     ({"variants": ["a", "b"]}, r"variants: expected a mapping"),
+    ({"tune": {"model.sharing.strength": [0.1, 1.0]}}, r"tune\.model\.sharing\.strength: only optimizer and regularization"),
+    ({"grid": {"optim.lr": [0.1]}, "tune": {"optim.lr": [0.1, 0.2]}}, r"optim\.lr: in both grid and tune"),
 ])
 def test_invalid_grids_are_refused_before_ray(tmp_path, tree, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -52,12 +62,14 @@ def test_the_ground_truth_study_design_is_valid():
     study = REPO / "search" / "spaces" / "ground_truth"
     base = load_config(study / "base.yaml", ["data.path=/nonexistent/store.h5"])
     space = load_space(study / "variants.yaml", base)
-    assert len(space.grid_values("train.seed")) >= 3
+    assert space.tune and all(len(v) >= 2 for v in space.tune.values())     # every arm tuned alike
     fams = set()
     for name in space.variants:
-        c = base.with_overrides(space.overrides({"variant": name, "train.seed": 0}))
-        fams.add("soft" if c.model.sharing.coupling != "none" else "hard")
-    assert fams == {"hard", "soft"}
+        c = base.with_overrides(space.overrides({"variant": name}))
+        fams.add(c.model.sharing.coupling if c.model.sharing.shared_layers < 5 else "hard")
+    assert {"hard", "l2", "l2_zero"} <= fams                  # sharing, and its no-sharing control
     from analysis.ground_truth import load_regimes
-    regimes = load_regimes(study / "regimes.yaml")
+    regimes, seeds = load_regimes(study / "regimes.yaml")
+    assert len(seeds) >= 3                                   # data seeds, not only training seeds
     assert {r["shared_fraction"] for r in regimes.values()} == {0.67, 0.0}
+    assert min(r["n_seqs"] for r in regimes.values()) * 0.7 <= 2000 < max(r["n_seqs"] for r in regimes.values())

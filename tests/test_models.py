@@ -120,17 +120,22 @@ def test_towers_are_per_task_and_width_scaled():
     assert tiny_width.layers["conv1"].weight.shape[1] == 1          # min 1
 
 
-def test_tower_init_depends_only_on_seed_and_task_name():
-    multi = build_model(tiny(k=0), 3, 4, L, ["a", "b", "c"], seed=7)
-    other_order = build_model(tiny(k=0), 2, 4, L, ["c", "a"], seed=7)
-    single_b = build_model(tiny(k=0), 1, 4, L, ["b"], seed=7)
+@pytest.mark.parametrize("tower_init", ["common", "independent"])
+def test_tower_init_depends_only_on_seed_and_task_name(tower_init):
+    cfg = tiny(k=0, tower_init=tower_init)
+    multi = build_model(cfg, 3, 4, L, ["a", "b", "c"], seed=7)
+    other_order = build_model(cfg, 2, 4, L, ["c", "a"], seed=7)
+    single_b = build_model(cfg, 1, 4, L, ["b"], seed=7)
     for name in multi.layer_names:
         w = multi.layers[name].weight
         assert torch.equal(w[0], other_order.layers[name].weight[1])
         assert torch.equal(w[2], other_order.layers[name].weight[0])
         assert torch.equal(w[1], single_b.layers[name].weight[0])
-    assert not torch.equal(multi.layers["conv1"].weight[0], multi.layers["conv1"].weight[1])
-    reseeded = build_model(tiny(k=0), 3, 4, L, ["a", "b", "c"], seed=8)
+        # common: every tower starts from the same draw, so a coupling's tower mean is a real network
+        assert torch.equal(w[0], w[1]) == (tower_init == "common")
+    assert torch.equal(multi.out.weight[1], single_b.out.weight[0])
+    assert not torch.equal(multi.out.weight[0], multi.out.weight[1])      # output units: one draw per task
+    reseeded = build_model(cfg, 3, 4, L, ["a", "b", "c"], seed=8)
     assert not torch.equal(multi.layers["conv1"].weight, reseeded.layers["conv1"].weight)
 
 

@@ -50,9 +50,10 @@ def _args(d: Path, name: str, **kw) -> SweepArgs:
                      tracking_uri=uri, max_concurrent=2, cpus_per_trial=1, grace_period=1, verbose=0, **kw)
 
 
-def _children(client, parent):
+def _children(client, parent, role="trial"):
     exp = client.get_experiment_by_name("sweep-test")
-    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000)
+    return client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.role = '{role}'",
+                              max_results=1000)
 
 
 def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducible_config(
@@ -84,9 +85,19 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
         assert ("schedule_weights.png" in arts) == varies, (k.data.params.get("schedule.order"), weights, arts)
     assert any(r["role"] == "baseline" for r in result.summary)
 
-    # A second sweep with the same fingerprint reuses the baseline instead of training it again.
-    again = run_sweep(_args(d, "s2", num_samples=2, scheduler="none"), log=lambda *_: None)
+    # The baseline was tuned: its own search over the space's optimizer key (optim.lr) with as many
+    # trials as each family (6 trials over 4 families: 2), the best completed one kept.
+    assert result.protocol.kind == "tuned" and result.protocol.keys == ("optim.lr",) and result.protocol.trials == 2
+    candidates = _children(client, result.parent_run_id, "baseline_candidate")
+    assert len(candidates) == 1 and base.data.tags["mlflow.parentRunId"] == result.parent_run_id
+    assert base.data.metrics["best/val/auroc_mean"] >= candidates[0].data.metrics["best/val/auroc_mean"]
+    assert "tuned: 2 trial(s) over optim.lr" in base.data.tags["baseline_protocol"]
+    assert all(k.data.tags["baseline_run_id"] == base.info.run_id for k in kids)
+
+    # A second sweep with the same protocol reuses the baseline instead of searching it again.
+    again = run_sweep(_args(d, "s2", num_samples=2, baseline_trials=2), log=lambda *_: None)
     assert again.baseline.run_id == result.baseline.run_id
+    assert not _children(client, again.parent_run_id, "baseline_candidate")
 
     # Export the best trial and rerun it with `mtlsweep train`: same validation AUROC.
     out = d / "best"
@@ -141,7 +152,9 @@ def test_a_trial_that_fails_once_is_retried_from_its_checkpoint(ray_cluster, swe
     result = run_sweep(_args(d, "retry", num_samples=1, scheduler="none", max_failures=2,
                              extra_callbacks=(FailOnce(d / "markers"),)), log=lambda *_: None)
     assert result.n_errors == 0
-    assert len(list((d / "markers").iterdir())) == 1
+    # Two trials failed once and were retried: the baseline's own search trial and the sweep's.
+    assert len(list((d / "markers").iterdir())) == 2
+    (cand,) = _children(MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}"), result.parent_run_id, "baseline")
     client = MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}")
     (kid,) = _children(client, result.parent_run_id)
     assert kid.info.status == "FINISHED"
@@ -184,3 +197,29 @@ def test_killed_driver_resumes_without_rerunning_or_double_logging(ray_cluster, 
     for x in runs:                                          # no epoch logged twice
         steps = [m.step for m in client.get_metric_history(x.info.run_id, "val/auroc_mean")]
         assert len(steps) == len(set(steps))
+
+
+def test_families_get_equal_trials_and_the_tuned_baseline_as_many(ray_cluster, sweep_files):
+    d = sweep_files
+    space = {"families": {"hard": {"model.sharing.shared_layers": 5},
+                          "soft": {"model.sharing.shared_layers": 0, "model.sharing.coupling": "l2"}},
+             "optim.weight_decay": {"type": "loguniform", "low": 1e-4, "high": 1e-1},
+             "model.sharing.strength": {"type": "loguniform", "low": 1e-3, "high": 1.0, "when": {"family": "soft"}},
+             "schedule.warm_start.task": {"type": "categorical", "values": [0], "when": {"family": "hard"}},
+             "schedule.warm_start.epochs": {"type": "int", "low": 1, "high": 2, "when": {"family": "hard"}}}
+    (d / "families.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+    args = _args(d, "fam", num_samples=4)
+    args.space = str(d / "families.yaml")
+    result = run_sweep(args, log=lambda *_: None)
+    assert result.n_errors == 0
+    client = MlflowClient(f"sqlite:///{d / 'ws' / 'mlflow.db'}")
+    kids = _children(client, result.parent_run_id)
+    assert sorted(k.data.tags["arm"] for k in kids) == ["hard", "hard", "soft", "soft"]
+    assert {k.data.tags["arm"]: k.data.tags["family"] for k in kids} == {"hard": "hard", "soft": "soft"}
+    for k in kids:      # a family's own Optuna parameters never reach the config
+        assert k.data.params["optim.weight_decay"] != "0.0" and not any("::" in p for p in k.data.params)
+        if k.data.tags["arm"] == "hard":    # warm start: judged only once every task had entered
+            assert k.data.metrics["schedule/tasks_entered"] == 3
+    # The baseline's own search: weight decay only (sharing keys are not its), two trials as each family.
+    assert result.protocol.keys == ("optim.weight_decay",) and result.protocol.trials == 2
+    assert len(_children(client, result.parent_run_id, "baseline_candidate")) + 1 == 2

@@ -290,3 +290,39 @@ def test_write_synthetic_writes_nothing_for_an_impossible_spec(tmp_path):
     with pytest.raises(DataError, match="seq_len=40"):
         write_synthetic(spec, out)
     assert not out.exists()
+
+
+def test_oracle_ceiling_per_split_and_task(small):
+    spec, names, splits, truth = small
+    oracle = truth["oracle"]
+    assert set(oracle["tasks"]) == set(SPLITS) and all(set(oracle["tasks"][s]) == set(names) for s in SPLITS)
+    for s in SPLITS:
+        rocs = [v["auroc"] for v in oracle["tasks"][s].values()]
+        assert all(0.7 < r <= 1.0 for r in rocs), rocs    # 2% flips on 4-19% positives: the noise caps it
+        assert oracle["mean"][s]["auroc"] == pytest.approx(np.mean(rocs), abs=1e-6)
+    # Without label noise the oracle is the generator's own rule: perfect up to rare chance matches.
+    _, _, clean = generate(dataclasses.replace(spec, label_noise=0.0, n_seqs=1500))
+    assert all(v["auroc"] > 0.995 for s in SPLITS for v in clean["oracle"]["tasks"][s].values())
+
+
+def test_the_ceiling_is_found_beside_the_store_and_is_above_a_trained_model(tmp_path):
+    from data.synthetic import load_oracle
+    from training.config import RunConfig
+    from training.engine import Trainer
+    spec = SynthSpec(n_tasks=4, n_groups=2, motifs_per_task=2, n_seqs=1500, seq_len=120, seed=3)
+    paths = write_synthetic(spec, tmp_path / "synth")
+    store = Store.load(paths["store"])
+    oracle = load_oracle(paths["store"], store.fingerprint)
+    truth = json.loads(paths["truth"].read_text())
+    assert oracle == truth["oracle"]["tasks"]
+    assert load_oracle(paths["store"], "another fingerprint") is None        # another data set: no ceiling
+    cfg = RunConfig().with_overrides({
+        "data.path": str(paths["store"]), "data.batch_size": 32, "model.arch.conv_channels": [8, 8, 8],
+        "model.arch.conv_widths": [7, 5, 3], "model.arch.pool": [2, 2, 2], "model.arch.dense": [8, 8],
+        "optim.name": "adam", "optim.lr": 0.01, "train.epochs": 3, "train.num_threads": 1,
+        "train.out_dir": str(tmp_path / "runs")})
+    trainer = Trainer(cfg, tmp_path / "runs" / "r", progress=False)
+    assert trainer.oracle == oracle
+    result = trainer.fit()
+    assert result.test_summary["test/auroc_mean"] < truth["oracle"]["mean"]["test"]["auroc"]
+    assert "train/auroc_mean" in result.history[-1] and "gap/auroc" in result.history[-1]

@@ -70,6 +70,7 @@ class ConsoleReporter(Callback):
     def on_epoch_end(self, epoch, m):
         best = " *" if m.get("best") else ""
         print(f"epoch {epoch:3d}  train/loss {_fmt(m['train/loss'])}  val/loss {_fmt(m['val/loss'])}  "
+              f"train/auroc_mean {_fmt(m.get('train/auroc_mean'))}  "
               f"val/auroc_mean {_fmt(m['val/auroc_mean'])}  val/auprc_mean {_fmt(m['val/auprc_mean'])}  "
               f"{m['cost/epoch_s']:.1f}s  {m['cost/samples_per_s']:.0f} seq/s{best}", file=self.stream)
 

@@ -50,9 +50,13 @@ class ArchConfig(_Section):
 
 class SharingConfig(_Section):
     shared_layers: int = Field(5, ge=0, description="First k trunk layers shared by all tasks; the rest are per-task towers.")
-    coupling: Literal["none", "l2", "trace_norm", "cross_stitch"] = Field(
-        "none", description="Soft coupling between towers.")
-    strength: float = Field(0.0, ge=0.0, description="Coupling strength lambda (l2, trace_norm).")
+    coupling: Literal["none", "l2", "trace_norm", "cross_stitch", "l2_zero"] = Field(
+        "none", description="Soft coupling between towers (l2, trace_norm, cross_stitch); l2_zero is the "
+                            "no-sharing control of l2: the same pull, toward zero instead of the towers' mean.")
+    strength: float = Field(0.0, ge=0.0, description="Coupling strength lambda (l2, trace_norm, l2_zero).")
+    tower_init: Literal["common", "independent"] = Field(
+        "common", description="common: every tower starts from one draw, so a coupling pulls towers together, "
+                              "never toward zero; independent: one draw per task.")
     cross_stitch_self: float = Field(0.9, ge=0.0, le=1.0, description="Initial self weight of cross-stitch units.")
     cross_stitch_lr: Optional[float] = Field(None, gt=0.0, description="Learning rate of cross-stitch units (null = optim.lr).")
 
@@ -121,7 +125,9 @@ class OptimConfig(_Section):
     lr: float = Field(0.002, gt=0.0, le=10.0, description="Learning rate.")
     alpha: float = Field(0.98, gt=0.0, lt=1.0, description="RMSprop smoothing constant.")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="SGD/RMSprop momentum.")
-    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay.")
+    weight_decay: float = Field(0.0, ge=0.0, description="L2 weight decay of weights and filters: the base "
+                                "regularization of every family alike (cross-stitch and weighting parameters excluded).")
+    decay_norm_and_bias: bool = Field(False, description="Decay BatchNorm scales/shifts and biases too.")
     max_norm: Optional[float] = Field(7.0, gt=0.0, description="Max L2 norm per unit after each step (null = off).")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the gradient's global norm (null = off).")
 
@@ -170,6 +176,9 @@ class RunConfig(_Section):
         ws = self.schedule.warm_start
         if ws.task is not None and ws.epochs == 0 and not ws.until_plateau:
             raise ValueError("schedule.warm_start.epochs must be >= 1 (or until_plateau true) when a warm-start task is set")
+        if ws.task is not None and ws.epochs >= self.train.epochs and not ws.until_plateau:
+            raise ValueError(f"schedule.warm_start.epochs={ws.epochs} leaves no epoch for the other tasks "
+                             f"(train.epochs={self.train.epochs})")
         if self.schedule.weighting in ("pcgrad", "gradnorm") and self.model.sharing.shared_layers == 0:
             raise ValueError(
                 f"schedule.weighting={self.schedule.weighting} needs shared parameters; "
@@ -295,14 +304,16 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 
 
 def model_family(cfg: RunConfig) -> str:
-    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L)."""
+    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
+    control (towers with the zero-pull control of l2: shrinkage without sharing)."""
     if cfg.model.family == "motif_gbm":
         return "motif_gbm"
     s = cfg.model.sharing
     n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
-    soft = s.coupling == "cross_stitch" or (s.coupling != "none" and s.strength > 0)
     if s.shared_layers == n_layers:
         return "hard"
-    if soft:
+    if s.coupling == "l2_zero" and s.strength > 0:
+        return "control"
+    if s.coupling == "cross_stitch" or (s.coupling in ("l2", "trace_norm") and s.strength > 0):
         return "soft"
     return "single" if s.shared_layers == 0 else "branched"

@@ -18,6 +18,7 @@ from torch import nn
 
 from data.errors import DataError
 from data.store import Store, batches, open_dataset, to_device
+from data.synthetic import load_oracle
 from models import build_model
 from models.initialization import apply_init
 from schedules import build_schedule, build_weighting
@@ -119,6 +120,16 @@ class Trainer:
         bs = cfg.data.batch_size
         full_steps = n_train // bs if n_train >= bs else 1
         self.steps_per_epoch = min(full_steps, cfg.train.steps_per_epoch or full_steps)
+        # A fixed, evenly spaced sample of the train split, as large as the valid split, scored
+        # each epoch like valid: the train-vs-valid AUROC gap shows overfitting.
+        n_probe = min(n_train, max(self.store.n("valid"), 1))
+        self.train_probe = np.unique(np.linspace(0, n_train - 1, n_probe).round().astype(np.int64))
+        # Tasks that have had a nonzero loss weight so far: a scheduler judges a trial only after
+        # every task entered (warm starts and curricula keep tasks out at first).
+        self.entered = np.zeros(len(self.tasks), dtype=bool)
+        oracle = load_oracle(cfg.data.path, self.store.fingerprint)
+        self.oracle = ({split: {t: per[t] for t in self.tasks if t in per} for split, per in oracle.items()}
+                       if oracle else None)
         self.start_epoch = 1
         self.best_val = -math.inf
         self.best_epoch = 0
@@ -143,6 +154,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "bad_epochs": self.bad_epochs,
             "history": self.history,
+            "entered": self.entered.tolist(),
             "data_fingerprint": self.store.fingerprint,
         }
 
@@ -159,6 +171,7 @@ class Trainer:
         self.start_epoch = ck["epoch"] + 1
         self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
         self.bad_epochs, self.history = ck["bad_epochs"], list(ck["history"])
+        self.entered = np.asarray(ck.get("entered", [True] * len(self.tasks)), dtype=bool)
 
     # ---- loops ---------------------------------------------------------------------
     def _batch(self, split, idx):
@@ -192,7 +205,9 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             x, y, mask = self._batch(split, idx)
-            w = self.schedule.weights(epoch, step, self.steps_per_epoch).to(self.device)
+            w = self.schedule.weights(epoch, step, self.steps_per_epoch)
+            self.entered |= (w > 0).numpy()
+            w = w.to(self.device)
             with autocast:
                 logits = self.forward(x)
             per_task, known = masked_bce_per_task(logits.float(), y, mask)
@@ -230,17 +245,20 @@ class Trainer:
         return out
 
     @torch.no_grad()
-    def predict(self, split_name: str) -> np.ndarray:
+    def predict(self, split_name: str, rows: Optional[np.ndarray] = None) -> np.ndarray:
+        """Sigmoid outputs [N, T] on a split (or on its ``rows``), in eval mode."""
         self.model.eval()
         split = self.store.splits[split_name]
+        rows = np.arange(split.n) if rows is None else rows
         outs = []
-        for idx in batches(split, self.cfg.train.eval_batch_size, shuffle=False, rng=None):
-            x, _, _ = self._batch(split, idx)
+        for idx in batches(len(rows), self.cfg.train.eval_batch_size, shuffle=False, rng=None):
+            x, _, _ = self._batch(split, rows[idx])
             outs.append(torch.sigmoid(self.forward(x).float()).cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.tasks)), np.float32)
 
-    def evaluate(self, split_name: str) -> TaskMetrics:
-        return task_metrics(self.predict(split_name), self.store.splits[split_name].labels)
+    def evaluate(self, split_name: str, rows: Optional[np.ndarray] = None) -> TaskMetrics:
+        labels = self.store.splits[split_name].labels
+        return task_metrics(self.predict(split_name, rows), labels if rows is None else labels[rows])
 
     def info(self) -> dict[str, Any]:
         return {
@@ -248,7 +266,7 @@ class Trainer:
             "n_params": self.model.n_params(), "flops_per_sample": self.model.flops_per_sample(),
             "n_train": self.store.n("train"), "steps_per_epoch": self.steps_per_epoch,
             "start_epoch": self.start_epoch, "data_fingerprint": self.store.fingerprint,
-            "device": str(self.device),
+            "device": str(self.device), "oracle": self.oracle,
         }
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
@@ -260,6 +278,10 @@ class Trainer:
         m.update({f"val/{k}": v for k, v in val.summary().items()})
         m.update(_task_metric_dict("val/auroc", self.tasks, val.auroc))
         m.update(_task_metric_dict("val/auprc", self.tasks, val.auprc))
+        probe = self.evaluate("train", self.train_probe).summary()
+        m["train/auroc_mean"] = probe["auroc_mean"]
+        m["gap/auroc"] = probe["auroc_mean"] - m["val/auroc_mean"]
+        m["schedule/tasks_entered"] = float(self.entered.sum())
         m["cost/epoch_s"] = time.perf_counter() - t0
         m["cost/peak_mem_mb"] = peak_memory_mb(self.device)
         score = m["val/auroc_mean"]

@@ -1,0 +1,234 @@
+"""A sweep's single-task baselines, set before any trial: reused, trained, or searched.
+
+The protocol (search/baselines.py) decides how:
+
+- ``fixed``: one towers run per comparison key, with the base config's optimizer and
+  regularization;
+- ``tuned``, Optuna sweep: the towers get their own Optuna search (and the same scheduler) over
+  the optimizer/regularization dimensions of the space, with as many trials as each family;
+  the completed trial best on validation becomes the baseline; other seeds train that setting;
+- ``tuned``, grid sweep: the towers are trained at every combination of the grid's ``tune:``
+  values, and the best on validation is kept for each comparison key.
+
+Finished baselines are found again by (comparison key, protocol), finished candidates by their
+identity, so a rerun or a resumed sweep trains nothing twice.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+from search.baselines import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Baseline,
+                              Protocol, baseline_config, baseline_fingerprint, best_on_validation, comparison_key,
+                              find_baseline, find_identical, is_regularization, load_baseline, run_config)
+from search.grid import GridSpace
+from search.space import SearchSpace
+from training.config import ConfigError, RunConfig
+
+
+@dataclass
+class Sweep:
+    """What the phases of one sweep share."""
+    args: object                 # SweepArgs
+    cfg: RunConfig               # the base config, paths absolute
+    stores: dict                 # data.path -> the task-selected store the trials of that path read
+    client: object               # MlflowClient
+    experiment_id: str
+    tracking_uri: str
+    parent_id: str
+    name: str
+    storage: str
+    workspace: Path
+    restoring: bool
+    log: Callable = print
+
+    def store_of(self, cfg: RunConfig):
+        return self.stores[cfg.data.path]
+
+    def key(self, cfg: RunConfig, tuned_keys) -> str:
+        store = self.store_of(cfg)
+        return comparison_key(cfg, store.fingerprint, list(store.task_names), tuned_keys)
+
+    def fingerprint(self, cfg: RunConfig) -> str:
+        store = self.store_of(cfg)
+        return baseline_fingerprint(cfg, store.fingerprint, list(store.task_names))
+
+
+def sweep_protocol(args, space, cfg: RunConfig, num_samples: int) -> tuple[Protocol, Optional[SearchSpace]]:
+    """The sweep's protocol and, for a tuned Optuna sweep, the baseline's own search space."""
+    if isinstance(space, GridSpace):
+        keys = tuple(space.tune)
+        if args.baseline == "fixed" or not keys:
+            return Protocol("fixed", keys, 1, json.dumps({k: cfg.flatten()[k] for k in keys}, default=str)), None
+        n = math.prod(len(v) for v in space.tune.values())
+        return Protocol("tuned", keys, n, json.dumps(space.tune, sort_keys=True, default=str)), None
+    sub = space.subspace(is_regularization)
+    keys = tuple(d.key for d in sub.dims)
+    flat = cfg.flatten()
+    if args.baseline == "fixed" or not keys:
+        return Protocol("fixed", keys, 1, json.dumps({k: flat[k] for k in keys}, default=str)), None
+    per_family = math.ceil(num_samples / len(space.family_names(cfg)))
+    trials = args.baseline_trials or per_family
+    spec = json.dumps({"dims": [repr(d) for d in sub.dims], "scheduler": args.scheduler, "grace": args.grace_period,
+                       "seed": args.seed, "objective": args.objective}, sort_keys=True)
+    return Protocol("tuned", keys, trials, spec), sub
+
+
+def needed_keys(sweep: Sweep, space, protocol: Protocol) -> dict[str, RunConfig]:
+    """comparison key -> the baseline config (tuned keys at base values) of every point or seed."""
+    out: dict[str, RunConfig] = {}
+    if isinstance(space, GridSpace):
+        configs = [sweep.cfg.with_overrides(space.overrides(p), source=f"{space.source}: {p}")
+                   for p in space.points(with_tune=False)]
+    else:
+        seeds = list(sweep.args.baseline_seeds) or [sweep.cfg.train.seed]
+        configs = [sweep.cfg.with_overrides({"train.seed": s}) for s in seeds]
+    for c in configs:
+        out.setdefault(sweep.key(c, protocol.keys), baseline_config(c))
+    return out
+
+
+def ensure_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Optional[SearchSpace]) -> dict[str, Baseline]:
+    client, log = sweep.client, sweep.log
+    found: dict[str, Baseline] = {}
+    todo: dict[str, RunConfig] = {}
+    for key, bcfg in needed_keys(sweep, space, protocol).items():
+        run = find_baseline(client, sweep.experiment_id, key, protocol.fingerprint)
+        if run is not None:
+            log(f"baseline (seed {bcfg.train.seed}, key {key}): reusing MLflow run {run.info.run_id} "
+                f"({protocol.describe()})")
+            found[key] = load_baseline(client, run)
+        else:
+            todo[key] = bcfg
+    if not todo:
+        return found
+    candidates: dict[str, list[RunConfig]] = {}
+    if baseline_space is not None:
+        # The search runs on the first key (the base seed); the other keys train its choice.
+        first_key, first_cfg = next(iter(todo.items()))
+        chosen = search_baseline(sweep, first_cfg, baseline_space, protocol)
+        mark_baseline(sweep, chosen, first_key, protocol)
+        found[first_key] = load_baseline(client, client.get_run(chosen.info.run_id))
+        chosen_flat = run_config(chosen.data.params).flatten()
+        for key, bcfg in list(todo.items())[1:]:
+            candidates[key] = [bcfg.with_overrides({k: chosen_flat[k] for k in protocol.keys}, source="baseline")]
+    elif isinstance(space, GridSpace) and space.tune and protocol.kind == "tuned":
+        for key, bcfg in todo.items():
+            candidates[key] = [bcfg.with_overrides(point, source=f"{space.source}: tune {point}")
+                               for point in space.tune_points()]
+    else:
+        candidates = {key: [bcfg] for key, bcfg in todo.items()}
+    found.update(train_and_choose(sweep, candidates, protocol))
+    return found
+
+
+def _tags(protocol: Protocol, key: str, fp: str, role: str, seed: int) -> dict[str, str]:
+    return {ROLE_TAG: role, FP_TAG: fp, KEY_TAG: key, PROTOCOL_TAG: protocol.describe(),
+            PROTOCOL_FP_TAG: protocol.fingerprint, "family": "single",
+            "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}
+
+
+def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], protocol: Protocol) -> dict[str, Baseline]:
+    """Train every candidate not already finished (at once, as the cluster allows), then keep
+    the best on validation for each key: it becomes role=baseline, the others candidates."""
+    import ray
+    client, log = sweep.client, sweep.log
+    pending = []
+    for key, cands in candidates.items():
+        for c in cands:
+            fp = sweep.fingerprint(c)
+            if find_identical(client, sweep.experiment_id, fp, roles=("baseline", CANDIDATE)) is not None:
+                continue
+            what = f"{len(cands)} candidates, " if len(cands) > 1 else ""
+            log(f"baseline (seed {c.train.seed}, key {key}, {what}fingerprint {fp}): training single-task towers "
+                f"for {sweep.store_of(c).n_tasks} tasks")
+            run_dir = (sweep.workspace / "baselines" / fp).resolve()
+            run_dir.mkdir(parents=True, exist_ok=True)
+            role = "baseline" if len(cands) == 1 else CANDIDATE
+            pending.append(train_reference(c, sweep.store_of(c), run_dir, sweep.tracking_uri, c.tracking.experiment,
+                                           _tags(protocol, key, fp, role, c.train.seed),
+                                           sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
+    ray.get(pending)
+    out = {}
+    for key, cands in candidates.items():
+        runs = [find_identical(client, sweep.experiment_id, sweep.fingerprint(c), roles=("baseline", CANDIDATE))
+                for c in cands]
+        best = best_on_validation([r for r in runs if r is not None])
+        if best is None:
+            raise RuntimeError(f"baseline {key}: no candidate finished in MLflow")
+        mark_baseline(sweep, best, key, protocol)
+        out[key] = load_baseline(client, client.get_run(best.info.run_id))
+        if len(cands) > 1:
+            log(f"baseline (key {key}): kept {best.info.run_name} of {len(cands)} candidates "
+                f"(val AUROC {best.data.metrics['best/val/auroc_mean']:.4f})")
+    return out
+
+
+def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
+    """Make a finished run the baseline of ``key`` under ``protocol``."""
+    cfg = run_config(run.data.params)
+    fp = sweep.fingerprint(cfg)
+    tags = _tags(protocol, key, fp, "baseline", cfg.train.seed)
+    tags.pop("mlflow.runName")
+    run_dir = run.data.tags.get("run_dir")
+    if run_dir and "checkpoint" not in run.data.tags:
+        tags["checkpoint"] = str(Path(run_dir) / "best.pt")
+    for k, v in tags.items():
+        if run.data.tags.get(k) != v:
+            sweep.client.set_tag(run.info.run_id, k, v)
+
+
+def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Protocol):
+    """The towers' own Optuna search over ``space``: ``protocol.trials`` trials, the sweep's
+    scheduler; returns the completed run best on validation."""
+    from search.driver import fit
+    from search.trial import SweepContext
+    name = f"{sweep.name}-baseline"
+    sweep.log(f"baseline (seed {bcfg.train.seed}): searching {', '.join(protocol.keys)} for single-task towers, "
+              f"{protocol.trials} trial(s)")
+    ctx = SweepContext(base=bcfg.flatten(), tracking_uri=sweep.tracking_uri, experiment=bcfg.tracking.experiment,
+                       parent_run_id=sweep.parent_id, sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
+                       role=CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks))
+    fit(sweep, ctx, space, protocol.trials, name)
+    runs = sweep.client.search_runs(
+        [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' "
+                                             f"and tags.{ROLE_TAG} = '{CANDIDATE}'", max_results=5000)
+    best = best_on_validation(runs)
+    if best is None:
+        raise ConfigError(f"the single-task baseline's search completed none of its {len(runs)} trial(s) "
+                          "(each was pruned or failed); raise --baseline-trials or --grace-period, "
+                          "or pass --baseline fixed")
+    sweep.log(f"baseline: kept {best.info.run_name} of {len(runs)} (val AUROC {best.data.metrics['best/val/auroc_mean']:.4f}; "
+              + ", ".join(f"{k}={best.data.params.get(k)}" for k in protocol.keys) + ")")
+    return best
+
+
+def train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, experiment: str,
+                    tags: dict[str, str], cpus: float, gpus: float):
+    """Start one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker;
+    returns its object ref (the MLflow run id), so that several train at once."""
+    import ray
+
+    @ray.remote(num_cpus=cpus, num_gpus=gpus)
+    def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags):
+        import torch
+        torch.set_num_threads(max(1, int(cpus)))
+        from mlflow_server.run_logger import MlflowRunLogger
+        from training.callbacks import ConsoleReporter
+        from training.engine import train
+        c = RunConfig.from_flat(cfg_flat)
+        logger = MlflowRunLogger(tracking_uri, experiment, c, run_name=tags.get("mlflow.runName"),
+                                 tags=tags, async_=False)
+        logger.client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
+        try:
+            train(c, run_dir, store=store, callbacks=[logger, ConsoleReporter(sys.stdout)], progress=False)
+        except BaseException:
+            logger.fail()
+            raise
+        return logger.run_id
+
+    return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags)
