@@ -38,7 +38,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from data.errors import DataError
+from mtlsweep.data.errors import DataError
 
 FAMILIES = ("single", "hard", "soft")
 ARCHS = {
@@ -47,7 +47,7 @@ ARCHS = {
     # The arch of search/configs/*.yaml.
     "small": {"conv_channels": [64, 48, 48], "conv_widths": [15, 7, 5], "pool": [3, 4, 4], "dense": [64, 64],
               "dropout": 0.2},
-    # Basset (Kelley et al. 2016), training.config.ArchConfig's defaults.
+    # Basset (Kelley et al. 2016), config.run.ArchConfig's defaults.
     "basset": {"conv_channels": [300, 200, 200], "conv_widths": [19, 11, 7], "pool": [3, 4, 4],
                "dense": [1000, 1000], "dropout": 0.3},
 }
@@ -71,7 +71,7 @@ class CostPoint:
 
 def model_config(family: str, arch: str | dict, width: float = 1.0, soft_coupling: str = "l2",
                  strength: float = 0.01):
-    from training.config import ModelConfig
+    from mtlsweep.config.run import ModelConfig
     a = ARCHS[arch] if isinstance(arch, str) else arch
     n_layers = len(a["conv_channels"]) + len(a["dense"])
     if family == "single":
@@ -118,12 +118,12 @@ def _measure(family, n_tasks, *, arch, steps, warmup, batch, seq_len, device, ep
              seed, isolated) -> CostPoint:
     import torch
 
-    from data.onehot import codes_to_onehot
-    from models import build_model
-    from training.config import OptimConfig
-    from training.cost import current_rss_mb, peak_rss_mb
-    from training.loss import masked_bce_per_task
-    from training.optim import build_optimizer
+    from mtlsweep.data.onehot import codes_to_onehot
+    from mtlsweep.models import build_model
+    from mtlsweep.config.run import OptimConfig
+    from mtlsweep.training.cost import current_rss_mb, peak_rss_mb
+    from mtlsweep.training.loss import masked_bce_per_task
+    from mtlsweep.training.optim import build_optimizer
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {device}: CUDA is not available on this machine")
@@ -169,7 +169,7 @@ def measure_isolated(family: str, n_tasks: int, **kw) -> CostPoint:
     spec = json.dumps({"family": family, "n_tasks": n_tasks, **kw})
     root = Path(__file__).resolve().parents[1]
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]))
-    proc = subprocess.run([sys.executable, "-m", "analysis.cost_scaling", spec], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "mtlsweep.analysis.cost_scaling", spec], capture_output=True, text=True,
                           env=env, cwd=str(root))
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -218,7 +218,7 @@ def run_study(tasks: Sequence[int], families: Sequence[str], *, isolate: bool = 
 
 
 def plot_study(points: Sequence[CostPoint], exps: dict, path: Path, title: str) -> Path:
-    from analysis.plots import _save, plt
+    from mtlsweep.analysis.plots import _save, plt
     panels = [("time_per_step_s", "time per step (s)"), ("samples_per_s", "samples / s"),
               ("epoch_s", "epoch time estimate (s)"), ("mem_mb", "peak memory above baseline (MiB)"),
               ("n_params", "parameters"), ("flops_per_sample", "FLOPs / sample (forward)")]
@@ -280,7 +280,7 @@ def cost_scaling(tasks: Sequence[int], families: Sequence[str], *, arch: str = "
     study = CostStudy(points, exponents_of(points), settings, [])
     study.files = write_study(study, Path(out))
     if tracking_uri:
-        from analysis.similarity import log_analysis_run
+        from mtlsweep.analysis.similarity import log_analysis_run
         metrics = [(f"cost/{p.family}/{m}", float(getattr(p, m)), p.n_tasks) for p in points for m in METRICS]
         metrics += [(f"cost/{fam}/exponent/{m}", v, 0) for fam, e in study.exponents.items() for m, v in e.items()]
         study.mlflow_run_id = log_analysis_run(tracking_uri, experiment, f"cost scaling {arch}", kind="cost",
@@ -318,7 +318,7 @@ def _ints(text: str) -> list[int]:
 
 
 def add_arguments(p) -> None:
-    from analysis.similarity import add_tracking_arguments
+    from mtlsweep.analysis.similarity import add_tracking_arguments
     p.add_argument("--tasks", default="1,2,4,8,16,32", help="task counts T, comma-separated")
     p.add_argument("--families", default="single,hard,soft", help=f"comma-separated, from {', '.join(FAMILIES)}")
     p.add_argument("--arch", default="small", choices=sorted(ARCHS))

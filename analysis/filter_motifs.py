@@ -29,8 +29,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from data.errors import DataError
-from data.jaspar import ALPHABET, Motif, information_content
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import ALPHABET, Motif, information_content
 
 COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
 
@@ -42,7 +42,7 @@ def first_layer_activation(model, x: torch.Tensor) -> torch.Tensor:
     import torch
     import torch.nn.functional as F
 
-    from models.layers import BN_EPS
+    from mtlsweep.models.layers import BN_EPS
     layer = model.layers[model.layer_names[0]]
     s, c, cin, w = layer.weight.shape
     with torch.no_grad():
@@ -54,7 +54,7 @@ def first_layer_activation(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def filter_names(model) -> list[str]:
-    from mlflow_server.names import sanitize_names
+    from mtlsweep.mlflow_server.names import sanitize_names
     layer = model.layers[model.layer_names[0]]
     s, c = layer.weight.shape[:2]
     if s == 1:
@@ -311,7 +311,7 @@ def planted_recall(results: Sequence[FilterResult], truth: dict, alpha: float, t
 
 def database_for(truth: Optional[dict], collection: str, tax_group: str, release: Optional[str]) -> list[Motif]:
     """The synthetic benchmark's own motif pool when a truth file is given, so ids line up."""
-    from data.jaspar import load_motifs, read_motif_file
+    from mtlsweep.data.jaspar import load_motifs, read_motif_file
     if truth is not None:
         spec = truth.get("spec", {})
         if spec.get("motif_file"):
@@ -350,7 +350,7 @@ def draw_logo(ax, pfm: np.ndarray, x0: float = 0.0) -> None:
 
 def plot_logos(results: Sequence[FilterResult], db: MotifDB, path: Path, n: int = 12) -> Path:
     """For the top filters: the filter's logo and, under it, its best JASPAR match aligned."""
-    from analysis.plots import _save, plt
+    from mtlsweep.analysis.plots import _save, plt
     shown = [r for r in results if r.pfm is not None and r.pfm.shape[1] > 0][:n]
     rows = max(1, len(shown))
     fig, axes = plt.subplots(2 * rows, 1, figsize=(7, 2.2 * rows), squeeze=False)
@@ -438,7 +438,7 @@ def write_report(rep: MotifReport, db: MotifDB, out_dir: Path, n_logos: int = 12
 
 
 def add_arguments(p) -> None:
-    from analysis.similarity import add_tracking_arguments
+    from mtlsweep.analysis.similarity import add_tracking_arguments
     p.add_argument("run", help="run directory (best.pt, config.yaml) or MLflow run id")
     p.add_argument("--probe", type=int, default=2000, help="probe sequences (Basset used the test set)")
     p.add_argument("--split", default="valid")
@@ -466,7 +466,7 @@ def analyze(run_ref: str, *, probe: int = 2000, split: str = "valid", seed: int 
             collection: str = "CORE", tax_group: str = "vertebrates", release: Optional[str] = None,
             logos: int = 12, out: str | Path = "workspace/analysis/motifs", tracking_uri: Optional[str] = None,
             experiment: str = "mtlsweep") -> MotifReport:
-    from analysis.similarity import load_probe, load_run, log_analysis_run
+    from mtlsweep.analysis.similarity import load_probe, load_run, log_analysis_run
     if not 0.0 < alpha < 1.0:
         raise DataError(f"--alpha must be between 0 and 1, got {alpha}")
     if shuffles + 1 < 1.0 / alpha:

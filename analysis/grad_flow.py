@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from models.seeding import SHARED, make_generator, stable_seed, stream_name
-from training.callbacks import Callback
-from training.loss import masked_bce_per_task
+from mtlsweep.models.seeding import SHARED, make_generator, stable_seed, stream_name
+from mtlsweep.training.callbacks import Callback
+from mtlsweep.training.loss import masked_bce_per_task
 
 ARTIFACT_DIR = "mlflow_artifacts"
 MODES = ("train", "eval")
@@ -472,7 +472,7 @@ class GradFlowCallback(Callback):
         return list(self._written)
 
     def write(self, out_dir: Path) -> list[Path]:
-        from analysis import plots
+        from mtlsweep.analysis import plots
         rec = self.recorder
         out_dir.mkdir(parents=True, exist_ok=True)
         payload = rec.to_json()
@@ -499,7 +499,7 @@ class GradFlowCallback(Callback):
 
 def norm_heatmap(rec: GradFlowRecorder, layer: str, path: Path) -> Path:
     """Tasks × steps, log10 gradient norm; a red × where a task died (its final dead run began)."""
-    from analysis.plots import _save, plt
+    from mtlsweep.analysis.plots import _save, plt
     with np.errstate(divide="ignore", invalid="ignore"):
         logn = np.log10(rec.matrix(layer).T)
     logn[~np.isfinite(logn)] = np.nan
@@ -531,8 +531,8 @@ def maybe_grad_flow(cfg, publish: Optional[Callable[[list[Path]], None]] = None)
     t = cfg.train
     if not t.grad_flow_every:
         return None
-    from models.arch import layer_names
-    from training.config import ConfigError
+    from mtlsweep.models.arch import layer_names
+    from mtlsweep.config.errors import ConfigError
     names = layer_names(cfg.model)
     for n in t.grad_flow_param_layers:
         if n not in names:

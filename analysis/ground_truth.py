@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-import search
+import mtlsweep.search as search_pkg
 
-REPO = Path(search.__file__).resolve().parents[1]     # works when `ray submit` runs this file alone
+REPO = Path(search_pkg.__file__).resolve().parents[1]     # works when `ray submit` runs this file alone
 STUDY = REPO / "search" / "spaces" / "ground_truth"
 EXPERIMENT = "mtlsweep-ground-truth"
 SWEEP = "ground-truth"
@@ -39,8 +39,8 @@ SWEEP = "ground-truth"
 
 def load_regimes(path: Path) -> tuple[dict[str, dict], list[int]]:
     """(regime -> synthetic-data knobs, data seeds); a bad knob fails here, before any work."""
-    from data.synthetic import spec_from_dict
-    from training.config import ConfigError
+    from mtlsweep.data.synthetic import spec_from_dict
+    from mtlsweep.config.errors import ConfigError
     tree = yaml.safe_load(Path(path).read_text()) or {}
     common, regimes = tree.get("common") or {}, tree.get("regimes")
     seeds = tree.get("data_seeds", [common.get("seed", 0)])
@@ -63,7 +63,7 @@ def data_dir(ws: Path, regime: str, seed: int) -> Path:
 
 def ensure_data(ws: Path, regime: str, knobs: dict, seed: int) -> Path:
     """The benchmark's store, written once; one written from other knobs is refused, not reused."""
-    from data.synthetic import spec_from_dict, write_synthetic
+    from mtlsweep.data.synthetic import spec_from_dict, write_synthetic
     out = data_dir(ws, regime, seed)
     spec = spec_from_dict({**knobs, "seed": seed})
     truth = out / "truth.json"
@@ -141,7 +141,7 @@ def figure(results: dict[str, list], path: Path) -> Path:
 
 def markdown(results: dict[str, list], regimes: dict[str, dict], seeds: list[int], split: str,
              figure_rel: str, tuned: dict) -> str:
-    from mlflow_server.group_compare import COLUMNS
+    from mtlsweep.mlflow_server.group_compare import COLUMNS
     head = ["regime", "configuration", "family", "data seeds", f"{split} AUROC", "ΔAUROC vs towers (mean ± sd)",
             "paired Wilcoxon p (tasks × seeds)", "tasks improved (per seed)", "oracle AUROC",
             "gap to oracle closed", "train − valid AUROC", "epoch (s)"]
@@ -192,13 +192,13 @@ def main(argv=None) -> int:
 
     from mlflow.tracking import MlflowClient
 
-    from mlflow_server.compare import collect
-    from mlflow_server.group_compare import group_runs, render_text
-    from mlflow_server.run_logger import get_or_create_experiment
-    from mlflow_server.server import check_reachable, resolve_tracking_uri
-    from search.driver import SweepArgs, _validate, run_sweep
-    from search.space import load_space
-    from training.config import ConfigError
+    from mtlsweep.mlflow_server.compare import collect
+    from mtlsweep.mlflow_server.group_compare import group_runs, render_text
+    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.search.driver import SweepArgs, _validate, run_sweep
+    from mtlsweep.search.space import load_space
+    from mtlsweep.config.errors import ConfigError
 
     regimes, seeds = load_regimes(Path(a.regimes))
     chosen = a.regime or list(regimes)
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     client.set_terminated(run.info.run_id)
     print(f"\nwritten: {out / 'ground_truth.md'}, {fig} (and MLflow run {run.info.run_id})")
     if a.readme:
-        from search.readme import replace_section
+        from mtlsweep.search.readme import replace_section
         p = Path(a.readme)
         p.write_text(replace_section(p.read_text(), "ground-truth", md.strip()))
         print(f"updated {p}")
@@ -259,5 +259,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     import sys
-    from search.cli import guarded
+    from mtlsweep.config.errors import guarded
     sys.exit(guarded(main, sys.argv[1:]))

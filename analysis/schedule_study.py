@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from search.baselines import baseline_config
-from training.config import load_config
-from training.engine import train
+from mtlsweep.config.identity import baseline_config
+from mtlsweep.config.run import load_config
+from mtlsweep.training.run import run
 
 VARIANTS = {
     "joint": {},
@@ -39,10 +39,10 @@ def main(argv=None) -> int:
                                 "model.sharing.shared_layers=5", *a.set])
     rows: dict[str, list[tuple[float, float, int]]] = {k: [] for k in VARIANTS}
     for seed in a.seeds:
-        towers = train(baseline_config(base, seed=seed), out / f"towers-s{seed}", progress=False)
+        towers = run(baseline_config(base, seed=seed), out / f"towers-s{seed}", progress=False)
         for name, over in VARIANTS.items():
             cfg = base.with_overrides({**over, "train.seed": seed})
-            r = train(cfg, out / f"{name}-s{seed}", progress=False)
+            r = run(cfg, out / f"{name}-s{seed}", progress=False)
             d = r.val.auroc - towers.val.auroc
             ok = np.isfinite(d)
             rows[name].append((float(np.nanmean(r.val.auroc)), float(d[ok].mean()), int((d[ok] > 0).sum())))

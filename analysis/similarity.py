@@ -20,7 +20,7 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 
-from data.errors import DataError
+from mtlsweep.data.errors import DataError
 
 ANALYSIS_ROLE = "analysis"
 DEFAULT_TOWER_TASKS = 4
@@ -33,7 +33,7 @@ class LoadedRun:
     name: str
     run_dir: Path
     checkpoint: Path
-    cfg: object                   # training.config.RunConfig
+    cfg: object                   # config.run.RunConfig
     model: object                 # models.net.MultiTaskNet, eval mode
     tasks: list[str]
     in_channels: int
@@ -44,7 +44,7 @@ class LoadedRun:
 def _run_dir_from_mlflow(ref: str, tracking_uri: Optional[str]) -> tuple[Path, str]:
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
-    from mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
     uri = resolve_tracking_uri(None, tracking_uri)
     check_reachable(uri)
     try:
@@ -60,9 +60,9 @@ def _run_dir_from_mlflow(ref: str, tracking_uri: Optional[str]) -> tuple[Path, s
 def load_run(ref: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> LoadedRun:
     """A run directory (best.pt + config.yaml as training/engine.py writes them), a checkpoint
     file, or an MLflow run id whose ``run_dir`` tag names such a directory."""
-    from models import build_model
-    from training.checkpoint import load_checkpoint
-    from training.config import ModelConfig, RunConfig, load_config
+    from mtlsweep.models import build_model
+    from mtlsweep.training.checkpoint import load_checkpoint
+    from mtlsweep.config.run import ModelConfig, RunConfig, load_config
     path = Path(ref)
     run_id = None
     if path.is_file():
@@ -114,7 +114,7 @@ class Probe:
         return self.split.codes
 
     def batches(self, batch: int, in_channels: int, device: str = "cpu") -> Iterator[torch.Tensor]:
-        from data.store import to_device
+        from mtlsweep.data.store import to_device
         for start in range(0, self.n, batch):
             idx = np.arange(start, min(self.n, start + batch))
             x, _, _ = to_device(self.split, idx, device)
@@ -130,7 +130,7 @@ def _fit_channels(x: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 def load_probe(data_path: str, n: int, seed: int = 0, split: str = "valid") -> Probe:
     """``n`` sequences drawn without replacement from ``split`` (all of it when smaller)."""
-    from data.store import SplitArrays, open_dataset
+    from mtlsweep.data.store import SplitArrays, open_dataset
     if n < 1:
         raise DataError(f"--probe must be >= 1, got {n}")
     if not Path(data_path).exists():
@@ -156,7 +156,7 @@ class Rep:
 
 
 def representations(model, layers: Sequence[str], tasks: Sequence[str]) -> list[Rep]:
-    from mlflow_server.names import sanitize_names
+    from mtlsweep.mlflow_server.names import sanitize_names
     keys = sanitize_names(model.tasks)
     reps = []
     for layer in layers:
@@ -221,7 +221,7 @@ class SimilarityResult:
 
 def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[Sequence[str]] = None,
                  tasks: Optional[Sequence[str]] = None, batch: int = 256, device: str = "cpu") -> SimilarityResult:
-    from analysis.cka import MIN_BATCH, MinibatchCKA
+    from mtlsweep.analysis.cka import MIN_BATCH, MinibatchCKA
     if a.seq_len != b.seq_len or a.seq_len != probe.split.codes.shape[1]:
         raise DataError(f"sequence lengths differ: {a.name} reads {a.seq_len}, {b.name} {b.seq_len}, "
                         f"the probe has {probe.split.codes.shape[1]}")
@@ -241,7 +241,7 @@ def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[S
 
 
 def write_similarity(res: SimilarityResult, out_dir: Path, title: str) -> list[Path]:
-    from analysis import plots
+    from mtlsweep.analysis import plots
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "cka.csv"
     with open(table, "w", newline="") as fh:
@@ -269,8 +269,8 @@ def log_analysis_run(tracking_uri: str, experiment: str, run_name: str, *, kind:
 
     from mlflow.entities import Metric, Param
     from mlflow.tracking import MlflowClient
-    from mlflow_server.run_logger import get_or_create_experiment, param_value
-    from mlflow_server.server import check_reachable
+    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment, param_value
+    from mtlsweep.mlflow_server.server import check_reachable
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp_id = get_or_create_experiment(client, experiment)

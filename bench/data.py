@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.basset_hdf5 import write_basset  # noqa: E402
-from data.store import Store, batches, to_device  # noqa: E402
+from mtlsweep.data.basset_hdf5 import write_basset  # noqa: E402
+from mtlsweep.data.store import Store, batches, to_device  # noqa: E402
 
 BATCH = 128
 
@@ -48,7 +48,7 @@ def synth(n: int, seq_len: int, n_tasks: int, seed: int = 0, block: int = 16384)
 _CHILD = """
 import sys, time
 sys.path.insert(0, {root!r})
-from data.store import basset_to_store
+from mtlsweep.data.store import basset_to_store
 def hwm():  # VmHWM resets at exec, unlike ru_maxrss which Linux carries over from the parent
     return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
 before = hwm()

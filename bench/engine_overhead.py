@@ -21,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.store import SplitArrays, Store, batches, to_device
-from models import build_model
-from training.config import RunConfig
-from training.engine import Trainer
-from training.loss import masked_bce_per_task
+from mtlsweep.data.store import SplitArrays, Store, batches, to_device
+from mtlsweep.models import build_model
+from mtlsweep.config.run import RunConfig
+from mtlsweep.training.engine import Trainer
+from mtlsweep.training.loss import masked_bce_per_task
 
 
 def make_store(n_train: int, n_valid: int, tasks: int = 164, length: int = 600) -> Store:

@@ -9,7 +9,7 @@
    `max` alone and with `max, count, bins`.
 2. The family end to end on data.synthetic's default spec (16 tasks, 20000 x 600; written to
    DIR once): feature time (no cache), fit time and validation/test AUROC, with
-   training.gbm_run.fit_gbm, for the CNN families' table.
+   models.motif_gbm.fit_gbm, for the CNN families' table.
 """
 from __future__ import annotations
 
@@ -23,11 +23,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data.jaspar import load_motifs  # noqa: E402
-from data.motif_features import FeatureOptions, MotifScanner, compute_features, select_motifs  # noqa: E402
-from data.store import Store  # noqa: E402
-from data.synthetic import SynthSpec, write_synthetic  # noqa: E402
-from training.gbm_run import GbmConfig, fit_gbm, resolve_backend  # noqa: E402
+from mtlsweep.data.jaspar import load_motifs  # noqa: E402
+from mtlsweep.data.motif_features import FeatureOptions, MotifScanner, compute_features, select_motifs  # noqa: E402
+from mtlsweep.data.store import Store  # noqa: E402
+from mtlsweep.data.synthetic import SynthSpec, write_synthetic  # noqa: E402
+from mtlsweep.config.run import GbmConfig  # noqa: E402
+from mtlsweep.models.motif_gbm import fit_gbm  # noqa: E402
+from mtlsweep.training.gbm_runner import evaluate  # noqa: E402
 
 
 def feature_speed(codes: np.ndarray, motifs, repeats: int = 2) -> list[tuple[str, str, float]]:
@@ -92,13 +94,14 @@ def main() -> None:
 
     gbm = GbmConfig(features=args.features, backend=args.backend, n_jobs=args.n_jobs, cache_dir=args.cache_dir,
                     max_motifs=args.max_motifs)
-    backend = resolve_backend(gbm)
+    backend = gbm.backend
     t0 = time.perf_counter()
     fit = fit_gbm(gbm, store, seed=0, motifs=motifs, progress=False)
     total = time.perf_counter() - t0
     feat_s = sum(v for k, v in fit.timings.items() if k.startswith("features_"))
     n_all = sum(store.n(s) for s in store.splits)
-    val, test = fit.metrics["valid"].summary(), fit.metrics["test"].summary()
+    metrics = evaluate(fit, store)
+    val, test = metrics["valid"].summary(), metrics["test"].summary()
     print(f"\nmotif_gbm on the default synthetic benchmark ({store.n_tasks} tasks, {store.n('train')} train, "
           f"L={store.seq_len}), features {args.features}, backend {backend}, "
           f"{len(fit.feature_names)} features:")
@@ -109,7 +112,7 @@ def main() -> None:
     print(f"  total                           {total:8.1f} s")
     print(f"  val  AUROC mean {val['auroc_mean']:.4f}  median {val['auroc_median']:.4f}  AUPRC mean {val['auprc_mean']:.4f}")
     print(f"  test AUROC mean {test['auroc_mean']:.4f}  median {test['auroc_median']:.4f}  AUPRC mean {test['auprc_mean']:.4f}")
-    print("  per-task val AUROC: " + " ".join(f"{a:.3f}" for a in fit.metrics["valid"].auroc))
+    print("  per-task val AUROC: " + " ".join(f"{a:.3f}" for a in metrics["valid"].auroc))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def make_store(n: int, length: int, tasks: int, path: Path):
-    from data.store import SplitArrays, Store
+    from mtlsweep.data.store import SplitArrays, Store
     rng = np.random.default_rng(0)
 
     def split(k):
@@ -43,7 +43,7 @@ def make_store(n: int, length: int, tasks: int, path: Path):
 def trial_overhead(tmp: Path, reuse: bool, n_trials: int) -> tuple[float, float]:
     import ray
     from mlflow.tracking import MlflowClient
-    from search.driver import SweepArgs, run_sweep
+    from mtlsweep.search.driver import SweepArgs, run_sweep
     base = {"data": {"path": str(tmp / "small.h5"), "batch_size": 64},
             "model": {"arch": {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2, 2],
                                "dense": [16, 16]}, "sharing": {"shared_layers": 5}},

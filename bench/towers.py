@@ -26,8 +26,8 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from models import build_model  # noqa: E402
-from training.config import ArchConfig, ModelConfig, SharingConfig  # noqa: E402
+from mtlsweep.models import build_model  # noqa: E402
+from mtlsweep.config.run import ArchConfig, ModelConfig, SharingConfig  # noqa: E402
 
 IN_CHANNELS = 4
 SIZE = dict(channels=32, dense=64, seq_len=200, batch=64)

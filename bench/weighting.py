@@ -16,10 +16,10 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from models import build_model  # noqa: E402
-from schedules.factory import build_weighting  # noqa: E402
-from training.config import RunConfig  # noqa: E402
-from training.loss import masked_bce_per_task  # noqa: E402
+from mtlsweep.models import build_model  # noqa: E402
+from mtlsweep.schedules.factory import build_weighting  # noqa: E402
+from mtlsweep.config.run import RunConfig  # noqa: E402
+from mtlsweep.training.loss import masked_bce_per_task  # noqa: E402
 
 SMALL = {"model.arch.conv_channels": [64, 64, 64], "model.arch.conv_widths": [15, 7, 5],
          "model.arch.dense": [128, 128]}

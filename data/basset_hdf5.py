@@ -18,7 +18,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from data.errors import DataError
+from mtlsweep.data.errors import DataError
 
 SPLITS = ("train", "valid", "test")
 LAYOUTS = ("N41L", "N4L", "NL4")

@@ -11,9 +11,9 @@ import os
 import h5py
 import numpy as np
 
-from data.basset_hdf5 import DEFAULT_CHUNK, BassetReader, open_h5
-from data.errors import DataError
-from data.store import read_store_meta
+from mtlsweep.data.basset_hdf5 import DEFAULT_CHUNK, BassetReader, open_h5
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.store import read_store_meta
 
 _FULL_TABLE_MAX = 20
 _HEAD_ROWS = 10

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
+from mtlsweep.data.errors import DataError
 
 ALPHABET = "ACGT"
 

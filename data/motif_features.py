@@ -34,14 +34,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from data.errors import DataError
-from data.jaspar import Motif, log_odds
-from data.onehot import ALPHABET, N_CODE, codes_to_onehot_np
+from mtlsweep.config.run import GBM_CACHE_DIR, GBM_FEATURES
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import Motif, log_odds
+from mtlsweep.data.onehot import ALPHABET, N_CODE, codes_to_onehot_np
 
-FEATURES = ("max", "count", "bins", "gc", "kmer")
+FEATURES = GBM_FEATURES
 MOTIF_FEATURES = ("max", "count", "bins")
 MAX_KMER = 4
-DEFAULT_CACHE_DIR = "workspace/cache/motif_features"
+DEFAULT_CACHE_DIR = GBM_CACHE_DIR
 # Bumped whenever a feature's definition changes, so that old cache files are never reused.
 FEATURE_VERSION = 1
 # Bytes of the [B, L, 2M] float32 score tensor per batch. Measured on 1019 JASPAR motifs at

@@ -27,10 +27,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyfaidx
 
-from data.basset_hdf5 import LAYOUTS, write_basset
-from data.errors import DataError
-from data.onehot import reverse_complement_codes, seq_to_codes
-from data.store import SplitArrays, Store
+from mtlsweep.data.basset_hdf5 import LAYOUTS, write_basset
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.onehot import reverse_complement_codes, seq_to_codes
+from mtlsweep.data.store import SplitArrays, Store
 
 SKIP_REASONS = ("malformed", "unknown_chrom", "off_chrom_end")
 MERGE_MODES = ("basset", "span")

@@ -23,11 +23,11 @@ import h5py
 import numpy as np
 import torch
 
-from data.basset_hdf5 import (DEFAULT_CHUNK, SPLITS, BassetReader, atomic_h5_file, check_codes, open_h5,
+from mtlsweep.data.basset_hdf5 import (DEFAULT_CHUNK, SPLITS, BassetReader, atomic_h5_file, check_codes, open_h5,
                               check_labels, check_names, check_tracks, check_writable,
                               create_dataset, write_strings)
-from data.errors import DataError
-from data.onehot import codes_to_onehot, codes_to_onehot_np
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.onehot import codes_to_onehot, codes_to_onehot_np
 
 FORMAT = "mtlsweep-store"
 FORMAT_VERSION = 1

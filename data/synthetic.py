@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data.errors import DataError
-from data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file, scan_max
-from data.store import SplitArrays
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file, scan_max
+from mtlsweep.data.store import SplitArrays
 
 SPLITS = ("train", "valid", "test")
 OUTPUT_FILES = {"basset": "basset.h5", "store": "store.h5", "truth": "truth.json"}
@@ -683,8 +683,8 @@ def write_synthetic(spec: SynthSpec, out_dir, overwrite: bool = False) -> dict[s
 
     Everything is checked (spec, existing files) and generated before the first byte is written.
     """
-    from data.basset_hdf5 import write_basset
-    from data.store import Store
+    from mtlsweep.data.basset_hdf5 import write_basset
+    from mtlsweep.data.store import Store
 
     if not isinstance(spec, SynthSpec):
         raise DataError(f"write_synthetic: spec must be a SynthSpec, got {type(spec).__name__}")

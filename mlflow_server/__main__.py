@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mlflow_server import server
+from mtlsweep.mlflow_server import server
 
 DEFAULT_DIR = "workspace"
 

@@ -54,7 +54,7 @@ class RunRow:
 def run_fingerprint(params: dict[str, str]) -> Optional[str]:
     """The fingerprint of the baseline a run must be compared with, from its logged params
     (for runs logged before runs carried a compare_fp tag)."""
-    from search.baselines import baseline_fingerprint, run_config
+    from mtlsweep.config.identity import baseline_fingerprint, run_config
     cfg = run_config(params)
     try:
         tasks = yaml.safe_load(params.get("data.task_names", "null"))
@@ -150,7 +150,7 @@ def gap_closed(run: float, baseline: float, oracle: float) -> float:
 def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float:
     """Training seconds until the run's mean validation AUROC first reached ``target`` (the
     matched baseline's best), from its learning curve; NaN if it never did."""
-    from analysis.cost_scaling import time_to_target
+    from mtlsweep.analysis.cost_scaling import time_to_target
     if not math.isfinite(target):
         return math.nan
     hist: dict[int, dict] = {}

@@ -40,8 +40,8 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-from data.errors import DataError
-from mlflow_server.server import TrackingError, check_reachable
+from mtlsweep.data.errors import DataError
+from mtlsweep.mlflow_server.server import TrackingError, check_reachable
 
 _log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlflow_server.compare import CANDIDATE, RunRow, rich_table, wilcoxon_p
+from mtlsweep.mlflow_server.compare import CANDIDATE, RunRow, rich_table, wilcoxon_p
 
 SPLITS = {"val": "best/val/auroc/", "test": "test/auroc/"}
 SUMMARY = {"val": "best/val/auroc_mean", "test": "test/auroc_mean"}
@@ -95,7 +95,7 @@ def select_tuned(runs: list[RunRow]) -> list[RunRow]:
 
 
 def _group(name: str, runs: list[RunRow], split: str, paired: bool) -> Group:
-    from mlflow_server.compare import gap_closed
+    from mtlsweep.mlflow_server.compare import gap_closed
     prefix, summary = SPLITS[split], SUMMARY[split]
     auroc, delta, improved, pairs, n_tasks = [], [], [], [], 0
     oracle, closed, fit_gap = [], [], []

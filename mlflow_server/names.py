@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from data.errors import DataError
+from mtlsweep.data.errors import DataError
 
 # Room left for the longest prefix in use ("val/delta_auroc/" is 16) under MLflow's 250 limit.
 MAX_KEY_LEN = 200

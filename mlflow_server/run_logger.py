@@ -11,12 +11,13 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from analysis import plots
-from mlflow_server.fast_logger import FastLogger
-from mlflow_server.names import sanitize_names
-from mlflow_server.server import check_reachable
-from training.callbacks import Callback
-from training.config import RunConfig, model_family
+from mtlsweep.analysis import plots
+from mtlsweep.mlflow_server.fast_logger import FastLogger
+from mtlsweep.mlflow_server.names import sanitize_names
+from mtlsweep.mlflow_server.server import check_reachable
+from mtlsweep.training.callbacks import Callback
+from mtlsweep.config.run import RunConfig
+from mtlsweep.config.identity import model_family
 
 PARENT_TAG = "mlflow.parentRunId"
 # Artifacts rendered at the end of a run. Sweep trials skip the learning curves: MLflow charts
@@ -125,7 +126,7 @@ class MlflowRunLogger(Callback):
                        "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
                        "data.task_names": param_value(self.tasks)})
         log.log_params(params)
-        from search.baselines import baseline_fingerprint
+        from mtlsweep.config.identity import baseline_fingerprint
         # Every run carries the fingerprint of the baseline it must be compared with.
         compare_fp = baseline_fingerprint(self.cfg, str(info["data_fingerprint"]), self.tasks)
         log.set_tags({**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp})
@@ -147,7 +148,8 @@ class MlflowRunLogger(Callback):
         return np.array([self.baseline.get(t, math.nan) for t in self.tasks], dtype=np.float64)
 
     def epoch_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        out = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k not in ("epoch", "best")}
+        out = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and k not in ("epoch", "best", "last")}
         base = self._baseline_array()
         if base is not None:
             auroc = np.array([metrics.get(f"val/auroc/{t}", math.nan) for t in self.tasks])
@@ -228,6 +230,14 @@ class MlflowRunLogger(Callback):
             with open(f, "a") as fh:
                 for p in pending:
                     fh.write(json.dumps({"run_id": self.run_id, "path": p}) + "\n")
+
+    def on_train_abort(self, exc: BaseException) -> None:
+        """A scheduler's stop (SystemExit inside Tune's report) leaves the run FINISHED and tagged;
+        Ctrl-C marks it KILLED, anything else FAILED."""
+        if isinstance(exc, SystemExit):
+            self.stopped_early()
+        else:
+            self.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
 
     def stopped_early(self) -> None:
         """A scheduler stopped the run between epochs: its best/ metrics are already logged."""

@@ -23,6 +23,8 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from mtlsweep.config.errors import UserError
+
 STATE_FILE = "mlflow_server.json"
 PID_FILE = "mlflow_server.pid"
 LOG_FILE = "mlflow_server.log"
@@ -44,7 +46,7 @@ _MIN_PASSWORD_LEN = 12
 _CHILDREN: dict[int, subprocess.Popen] = {}
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """A tracking server or store problem, described in one line."""
 
 

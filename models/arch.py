@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from training.config import ModelConfig
+from mtlsweep.config.run import ModelConfig
 
 
 @dataclass(frozen=True)

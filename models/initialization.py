@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from training.config import InitConfig, ModelConfig
+from mtlsweep.config.run import InitConfig, ModelConfig
 
 from .arch import layer_names as arch_layer_names
 from .net import MultiTaskNet
@@ -265,7 +265,7 @@ def fit_motif(lo: np.ndarray, pfm: np.ndarray, width: int) -> np.ndarray:
 
 
 def seed_motifs(model: MultiTaskNet, collection: str, tax_group: str) -> dict:
-    from data.jaspar import load_motifs, log_odds
+    from mtlsweep.data.jaspar import load_motifs, log_odds
 
     first = model.layer_names[0]
     if model.in_channels < 4:

@@ -30,7 +30,7 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from training.config import ModelConfig
+from mtlsweep.config.run import ModelConfig
 
 from . import flops as _flops
 from .arch import plan

@@ -8,9 +8,9 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from schedules.base import Joint, Schedule
-from schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
-from schedules.weighting import Equal, GradNorm, PCGrad, Uncertainty, Weighting
+from mtlsweep.schedules.base import Joint, Schedule
+from mtlsweep.schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
+from mtlsweep.schedules.weighting import Equal, GradNorm, PCGrad, Uncertainty, Weighting
 
 
 def resolve_task(field: str, task: Union[str, int], task_names: Sequence[str]) -> int:

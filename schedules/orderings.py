@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from schedules.base import Joint, Schedule
+from mtlsweep.schedules.base import Joint, Schedule
 
 
 def _one_hot(n: int, i: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """A sweep's single-task baselines, set before any trial: reused, trained, or searched.
 
-The protocol (search/baselines.py) decides how:
+The protocol (mtlsweep.config.identity) decides how:
 
 - ``fixed``: one towers run per comparison key, with the base config's optimizer and
   regularization;
@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from search.baselines import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Baseline,
-                              Protocol, baseline_config, baseline_fingerprint, best_on_validation, comparison_key,
-                              find_baseline, find_identical, is_regularization, load_baseline, run_config)
-from search.grid import GridSpace
-from search.space import SearchSpace
-from training.config import ConfigError, RunConfig
+from mtlsweep.config.identity import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Protocol, baseline_config, baseline_fingerprint, comparison_key, is_regularization, run_config)
+
+from mtlsweep.mlflow_server.registry import (Baseline, best_on_validation, find_baseline, find_identical, load_baseline)
+from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.space import SearchSpace
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import RunConfig
 
 
 @dataclass
@@ -185,8 +186,8 @@ def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
 def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Protocol):
     """The towers' own Optuna search over ``space``: ``protocol.trials`` trials, the sweep's
     scheduler; returns the completed run best on validation."""
-    from search.driver import fit
-    from search.trial import SweepContext
+    from mtlsweep.search.driver import fit
+    from mtlsweep.search.trial import SweepContext
     name = f"{sweep.name}-baseline"
     sweep.log(f"baseline (seed {bcfg.train.seed}): searching {', '.join(protocol.keys)} for single-task towers, "
               f"{protocol.trials} trial(s)")
@@ -217,18 +218,14 @@ def train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, exp
     def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags):
         import torch
         torch.set_num_threads(max(1, int(cpus)))
-        from mlflow_server.run_logger import MlflowRunLogger
-        from training.callbacks import ConsoleReporter
-        from training.engine import train
+        from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
+        from mtlsweep.training.callbacks import ConsoleReporter
+        from mtlsweep.training.run import run
         c = RunConfig.from_flat(cfg_flat)
-        logger = MlflowRunLogger(tracking_uri, experiment, c, run_name=tags.get("mlflow.runName"),
-                                 tags=tags, async_=False)
-        logger.client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
-        try:
-            train(c, run_dir, store=store, callbacks=[logger, ConsoleReporter(sys.stdout)], progress=False)
-        except BaseException:
-            logger.fail()
-            raise
+        tags = {**tags, "checkpoint": str(Path(run_dir) / "best.pt")}
+        callbacks, logger = run_callbacks(c, Tracking(tracking_uri, experiment, run_name=tags.get("mlflow.runName"),
+                                                      tags=tags, async_=False))
+        run(c, run_dir, store=store, callbacks=[*callbacks, ConsoleReporter(sys.stdout)], progress=False)
         return logger.run_id
 
     return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags)

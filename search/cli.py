@@ -6,26 +6,18 @@ import sys
 from pathlib import Path
 
 
-class UserError(Exception):
-    """Printed as one line, exit status 2, no traceback."""
-
-
-def _user_errors():
-    from data.errors import DataError
-    from training.config import ConfigError
-    from mlflow_server.server import TrackingError
-    return (UserError, DataError, ConfigError, TrackingError, FileNotFoundError, FileExistsError, LookupError)
+from mtlsweep.config.errors import UserError, guarded
 
 
 # ---- data ----------------------------------------------------------------------------
 def cmd_data_synth(args) -> int:
-    from data.synthetic import spec_from_dict, write_synthetic
+    from mtlsweep.data.synthetic import spec_from_dict, write_synthetic
     knobs = {k: v for k, v in {
         "n_tasks": args.tasks, "n_groups": args.groups, "motifs_per_task": args.motifs_per_task,
         "shared_fraction": args.shared_fraction, "n_seqs": args.seqs, "seq_len": args.length,
         "gc": args.gc, "label_noise": args.label_noise, "unknown_rate": args.unknown_rate,
         "seed": args.seed}.items() if v is not None}
-    from training.config import parse_overrides
+    from mtlsweep.config.run import parse_overrides
     knobs.update(parse_overrides(args.set))
     spec = spec_from_dict(knobs)
     paths = write_synthetic(spec, args.out, overwrite=args.force)
@@ -35,7 +27,7 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_build(args) -> int:
-    from data.peaks import build_from_peaks, format_report
+    from mtlsweep.data.peaks import build_from_peaks, format_report
 
     def chroms(values):
         return tuple(c for v in values or () for c in v.split(",") if c)
@@ -61,13 +53,13 @@ def _label_map(raw):
 
 
 def cmd_data_info(args) -> int:
-    from data.info import describe, format_info
+    from mtlsweep.data.info import describe, format_info
     print(format_info(describe(args.file, label_map=_label_map(args.label_map))))
     return 0
 
 
 def cmd_data_convert(args) -> int:
-    from data.store import basset_to_store
+    from mtlsweep.data.store import basset_to_store
     info = basset_to_store(args.source, args.dest, chunk=args.chunk, overwrite=args.force,
                            label_map=_label_map(args.label_map))
     print(f"{info.path}: {info.n_tasks} tasks, {info.seq_len} bp, splits {info.sizes}, fingerprint {info.fingerprint[:16]}")
@@ -76,9 +68,13 @@ def cmd_data_convert(args) -> int:
 
 # ---- train ---------------------------------------------------------------------------
 def cmd_train(args) -> int:
-    from training.callbacks import ConsoleReporter
-    from training.config import load_config
-    from training.engine import Trainer, prepare_run_dir
+    from mtlsweep.config.run import load_config
+    from mtlsweep.data.store import open_dataset
+    from mtlsweep.mlflow_server.attach import run_callbacks, train_tracking
+    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.training.callbacks import ConsoleReporter
+    from mtlsweep.training.engine import prepare_run_dir
+    from mtlsweep.training.run import run
     cfg = load_config(args.config, args.set)
     if args.tracking_uri:
         cfg = cfg.with_overrides({"tracking.enabled": True})
@@ -88,86 +84,28 @@ def cmd_train(args) -> int:
             raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
     else:
         run_dir = prepare_run_dir(cfg, args.name, force=args.force)
-    if cfg.model.family == "motif_gbm":
-        return _train_gbm(cfg, args, run_dir)
-    trainer = Trainer(cfg, run_dir, callbacks=[ConsoleReporter()], progress=not args.no_progress)
-    logger = None
+    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    tracking = None
     if cfg.tracking.enabled:
-        logger = _train_logger(cfg, args, trainer.store.fingerprint, trainer.tasks, trainer.run_dir)
-        trainer.callbacks.callbacks.insert(0, logger)
-    from analysis.grad_flow import maybe_grad_flow
-    grad_flow = maybe_grad_flow(cfg, publish=logger.log_artifacts if logger else None)
-    if grad_flow is not None:     # before the logger: it adds grad/ metrics the logger sends
-        trainer.callbacks.callbacks.insert(0, grad_flow)
-    if args.resume:
-        trainer.resume(run_dir / "last.pt")
-    try:
-        trainer.fit()
-    except BaseException as exc:
-        if logger is not None:
-            logger.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
+        uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
+        check_reachable(uri)
+        tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, list(store.task_names))
+    callbacks, logger = run_callbacks(cfg, tracking)
+    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store, resume=bool(args.resume),
+        progress=not args.no_progress)
     if logger is not None:
         print(f"MLflow run {logger.run_id} in experiment {cfg.tracking.experiment!r} at {logger.uri}")
     return 0
 
 
-def _train_gbm(cfg, args, run_dir) -> int:
-    """The motif-score + gradient-boosted-trees family: same outputs and MLflow metrics."""
-    from data.store import open_dataset
-    from training.callbacks import ConsoleReporter
-    from training.gbm_run import train_gbm
-    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
-    callbacks = [ConsoleReporter()]
-    logger = None
-    if cfg.tracking.enabled:
-        logger = _train_logger(cfg, args, store.fingerprint, list(store.task_names), run_dir)
-        callbacks.insert(0, logger)
-    try:
-        train_gbm(cfg, run_dir, callbacks=callbacks, store=store, progress=not args.no_progress)
-    except BaseException:
-        if logger is not None:
-            logger.fail()
-        raise
-    return 0
-
-
-def _train_logger(cfg, args, data_fingerprint, tasks, run_dir):
-    """An MLflow run for `mtlsweep train`, compared with a matching baseline when one exists."""
-    from mlflow.tracking import MlflowClient
-    from mlflow_server.run_logger import MlflowRunLogger, get_or_create_experiment
-    from mlflow_server.server import check_reachable, resolve_tracking_uri
-    from search.baselines import FP_TAG, RUN_TAG, baseline_fingerprint, find_identical, load_baseline
-    from training.config import model_family
-    uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
-    check_reachable(uri)
-    client = MlflowClient(uri)
-    exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
-    fp = baseline_fingerprint(cfg, data_fingerprint, tasks)
-    tags = {"role": "train"}
-    baseline = None
-    if cfg.model.family == "cnn" and model_family(cfg) == "single" and cfg.init.kind == "random" and cfg.schedule.order == "joint" \
-            and cfg.schedule.weighting == "equal" and cfg.schedule.warm_start.task is None:
-        tags = {"role": "baseline", FP_TAG: fp}     # it is a baseline: others with its identity compare to it
-    else:
-        run = find_identical(client, exp_id, fp)
-        if run is not None:
-            baseline = load_baseline(client, run).auroc
-            tags[RUN_TAG] = run.info.run_id
-    logger = MlflowRunLogger(uri, cfg.tracking.experiment, cfg, run_name=Path(run_dir).name, tags=tags,
-                             baseline=baseline)
-    client.set_tag(logger.run_id, "checkpoint", str(Path(run_dir) / "best.pt"))
-    return logger
-
-
 # ---- sweeps, comparison, export, tracking --------------------------------------------
 def cmd_sweep(args) -> int:
-    from search.sweep import run
+    from mtlsweep.search.sweep import run
     return run(args)
 
 
 def _tracking_uri(args) -> str:
-    from mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
     uri = resolve_tracking_uri(None, args.tracking_uri, default_dir=args.workspace)
     check_reachable(uri)
     return uri
@@ -176,7 +114,7 @@ def _tracking_uri(args) -> str:
 def cmd_compare(args) -> int:
     if args.group_by:
         return _compare_grouped(args)
-    from mlflow_server.compare import compare
+    from mtlsweep.mlflow_server.compare import compare
     text, _ = compare(_tracking_uri(args), args.experiment, args.sweep, args.metric, Path(args.out), args.top)
     print(text)
     print(f"written: {Path(args.out) / 'comparison.csv'} and {Path(args.out) / 'comparison.html'}")
@@ -186,8 +124,8 @@ def cmd_compare(args) -> int:
 def _compare_grouped(args) -> int:
     from mlflow.tracking import MlflowClient
 
-    from mlflow_server.compare import collect
-    from mlflow_server.group_compare import group_runs, render_markdown, render_text, write_csv
+    from mtlsweep.mlflow_server.compare import collect
+    from mtlsweep.mlflow_server.group_compare import group_runs, render_markdown, render_text, write_csv
     uri = _tracking_uri(args)
     runs = collect(MlflowClient(uri), args.experiment, args.sweep)
     groups = group_runs(runs, args.group_by, args.split)
@@ -203,7 +141,7 @@ def _compare_grouped(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from search.export import export_best
+    from mtlsweep.search.export import export_best
     for p in export_best(_tracking_uri(args), args.experiment, args.out, sweep=args.sweep, metric=args.metric,
                          top=args.top, force=args.force):
         print(p)
@@ -211,12 +149,12 @@ def cmd_export(args) -> int:
 
 
 def cmd_server(args) -> int:
-    from mlflow_server.__main__ import run
+    from mtlsweep.mlflow_server.__main__ import run
     return run(args)
 
 
 def cmd_sync(args) -> int:
-    from mlflow_server.fast_logger import sync
+    from mtlsweep.mlflow_server.fast_logger import sync
     n = sum(sync(d, args.tracking_uri) for d in _spool_dirs(Path(args.path)))
     print(f"sent {n} values")
     return 0
@@ -230,22 +168,22 @@ def _spool_dirs(root: Path):
 
 
 def cmd_similarity(args) -> int:
-    from analysis.similarity import run
+    from mtlsweep.analysis.similarity import run
     return run(args)
 
 
 def cmd_motifs(args) -> int:
-    from analysis.filter_motifs import run
+    from mtlsweep.analysis.filter_motifs import run
     return run(args)
 
 
 def cmd_cost(args) -> int:
-    from analysis.cost_scaling import run
+    from mtlsweep.analysis.cost_scaling import run
     return run(args)
 
 
 def cmd_readme(args) -> int:
-    from search.readme import update_readme
+    from mtlsweep.search.readme import update_readme
     done = update_readme(Path(args.readme), Path(args.demo_workspace) if args.demo_workspace else None)
     print(f"{args.readme}: regenerated {', '.join(done)}")
     return 0
@@ -253,7 +191,7 @@ def cmd_readme(args) -> int:
 
 # ---- demo ----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from search.demo import run_demo
+    from mtlsweep.search.demo import run_demo
     return run_demo(workspace=Path(args.workspace))
 
 
@@ -325,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="log to MLflow here (turns tracking on)")
     t.set_defaults(func=cmd_train)
 
-    from search.sweep import add_arguments as add_sweep_arguments
+    from mtlsweep.search.sweep import add_arguments as add_sweep_arguments
     sw = sub.add_parser("sweep", help="search configurations with Optuna on Ray Tune, against single-task baselines")
     add_sweep_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
@@ -356,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     tracking_args(ex)
     ex.set_defaults(func=cmd_export)
 
-    from mlflow_server.__main__ import add_arguments as add_server_arguments
+    from mtlsweep.mlflow_server.__main__ import add_arguments as add_server_arguments
     sv = sub.add_parser("server", help="start/stop/status of an MLflow tracking server")
     add_server_arguments(sv)
     sv.set_defaults(func=cmd_server)
@@ -366,15 +304,15 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
 
-    from analysis.similarity import add_arguments as add_similarity_arguments
+    from mtlsweep.analysis.similarity import add_arguments as add_similarity_arguments
     q = sub.add_parser("similarity", help="linear CKA between the layers of two runs (hidden-layer similarity)")
     add_similarity_arguments(q)
     q.set_defaults(func=cmd_similarity)
-    from analysis.filter_motifs import add_arguments as add_motif_arguments
+    from mtlsweep.analysis.filter_motifs import add_arguments as add_motif_arguments
     q = sub.add_parser("motifs", help="first-layer filters matched to JASPAR motifs (and planted-motif recall)")
     add_motif_arguments(q)
     q.set_defaults(func=cmd_motifs)
-    from analysis.cost_scaling import add_arguments as add_cost_arguments
+    from mtlsweep.analysis.cost_scaling import add_arguments as add_cost_arguments
     q = sub.add_parser("cost", help="training time, memory, parameters and FLOPs as the number of tasks grows")
     add_cost_arguments(q)
     q.set_defaults(func=cmd_cost)
@@ -393,24 +331,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     return guarded(args.func, args)
-
-
-def guarded(func, args) -> int:
-    """User mistakes become one line and exit status 2; bugs keep their traceback."""
-    try:
-        return func(args) or 0
-    except KeyboardInterrupt:
-        print("mtlsweep: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
-        if isinstance(exc, _user_errors()):
-            # A Ray task's error is also its cause's type; its own text starts with the task's name.
-            cause = getattr(exc, "cause", None)
-            text = str(cause if isinstance(cause, _user_errors()) else exc)
-            msg = text.splitlines()[0] if text else type(exc).__name__
-            print(f"mtlsweep: error: {msg}", file=sys.stderr)
-            return 2
-        raise
 
 
 if __name__ == "__main__":

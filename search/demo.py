@@ -50,7 +50,7 @@ def _step(msg: str) -> None:
 
 
 def ensure_data(ws: Path, knobs: dict) -> Path:
-    from data.synthetic import spec_from_dict, write_synthetic
+    from mtlsweep.data.synthetic import spec_from_dict, write_synthetic
     out = ws / "synth"
     store = out / "store.h5"
     spec = spec_from_dict(knobs)
@@ -71,7 +71,7 @@ def ensure_data(ws: Path, knobs: dict) -> Path:
 
 def demo_base(ws: Path, store: Path, experiment: str, overrides: list[str]) -> Path:
     """The demo's base config with this workspace's absolute paths, written beside the data."""
-    from training.config import load_config
+    from mtlsweep.config.run import load_config
     cfg = load_config(DEMO_BASE, [f"data.path={store}", f"train.out_dir={ws / 'runs'}",
                                   f"tracking.experiment={experiment}", *overrides])
     path = ws / "demo_base.yaml"
@@ -80,10 +80,10 @@ def demo_base(ws: Path, store: Path, experiment: str, overrides: list[str]) -> P
 
 
 def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSettings] = None) -> int:
-    from mlflow_server.compare import compare
-    from mlflow_server.server import resolve_tracking_uri
-    from search.driver import SweepArgs, run_sweep
-    from search.export import export_best
+    from mtlsweep.mlflow_server.compare import compare
+    from mtlsweep.mlflow_server.server import resolve_tracking_uri
+    from mtlsweep.search.driver import SweepArgs, run_sweep
+    from mtlsweep.search.export import export_best
 
     s = settings or DemoSettings(Path(workspace))
     ws = s.workspace.resolve()

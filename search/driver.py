@@ -16,11 +16,14 @@ from typing import Optional, Sequence
 # The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 
-from search.baselines import PROTOCOL_TAG, RUN_TAG, Baseline, Protocol
-from search.grid import GridSpace
-from search.space import SearchSpace, load_space
-from search.trial import SweepContext, run_trial
-from training.config import ConfigError, RunConfig, load_config
+from mtlsweep.config.identity import PROTOCOL_TAG, RUN_TAG, Protocol
+
+from mtlsweep.mlflow_server.registry import Baseline
+from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.space import SearchSpace, load_space
+from mtlsweep.search.trial import SweepContext, run_trial
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import RunConfig, load_config
 
 @dataclass
 class SweepArgs:
@@ -105,10 +108,10 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
 def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     from mlflow.tracking import MlflowClient
 
-    from data.store import open_dataset
-    from mlflow_server.run_logger import get_or_create_experiment
-    from mlflow_server.server import check_reachable, resolve_tracking_uri
-    from search.baseline_search import Sweep, ensure_baselines, sweep_protocol
+    from mtlsweep.data.store import open_dataset
+    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.search.baseline_search import Sweep, ensure_baselines, sweep_protocol
 
     cfg, space = _validate(args)                       # before any cluster work
     grid = isinstance(space, GridSpace)
@@ -176,7 +179,7 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
                        baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.keys)
     results = fit(sweep, ctx, space, num_samples, name)
     n_errors = sum(1 for r in results if r.error is not None)
-    from search.summary import summarize_sweep
+    from mtlsweep.search.summary import summarize_sweep
     summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
     client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
     return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),
@@ -191,7 +194,7 @@ def fit(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples:
     from ray.tune import CLIReporter
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.scheduler import FamilyASHA, FamilyOf
+    from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
 
     args, cfg = sweep.args, sweep.cfg
     grid = isinstance(space, GridSpace)

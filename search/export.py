@@ -9,7 +9,9 @@ from typing import Optional
 import yaml
 from mlflow.tracking import MlflowClient
 
-from training.config import ConfigError, validate
+from mtlsweep.config.errors import ConfigError
+
+from mtlsweep.config.run import validate
 
 
 def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,
@@ -25,7 +27,7 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     filt = "tags.role = 'trial'"
     if sweep:
         filt += f" and tags.`mlflow.parentRunId` = '{sweep}'"
-    from search.baselines import is_completed
+    from mtlsweep.mlflow_server.registry import is_completed
     # Pruned, failed or orphaned trials are never exported as the best: their score is not their end point.
     runs = [r for r in client.search_runs([exp.experiment_id], filter_string=filt, max_results=5000)
             if math.isfinite(r.data.metrics.get(key, math.nan)) and is_completed(r)]

@@ -22,7 +22,9 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.config import ConfigError, RunConfig
+from mtlsweep.config.errors import ConfigError
+
+from mtlsweep.config.run import RunConfig
 
 VARIANT_KEY = "variant"
 
@@ -132,7 +134,7 @@ def parse_grid(tree: dict, source: str = "space") -> GridSpace:
     both = sorted(set(grid) & set(tune))
     if both:
         raise ConfigError(f"{source}: {both[0]}: in both grid and tune; a key is either crossed or tuned")
-    from search.baselines import is_regularization
+    from mtlsweep.config.identity import is_regularization
     for key in tune:
         if not is_regularization(key):
             raise ConfigError(f"{source}: tune.{key}: only optimizer and regularization keys are tuned "

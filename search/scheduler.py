@@ -33,8 +33,8 @@ class FamilyOf:
     def __call__(self, config: dict[str, Any]) -> str:
         if "family" in config:
             return str(config["family"])
-        from search.trial import trial_config
-        from training.config import model_family
+        from mtlsweep.search.trial import trial_config
+        from mtlsweep.config.identity import model_family
         return model_family(trial_config(config, self.ctx))
 
 

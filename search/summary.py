@@ -8,7 +8,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mlflow_server.compare import (collect, figures, render_text, table_rows, write_csv, write_html)
+from mtlsweep.mlflow_server.compare import (collect, figures, render_text, table_rows, write_csv, write_html)
 
 
 def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, log=print) -> list[dict]:

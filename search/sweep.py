@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def args_from_namespace(ns):
-    from search.driver import SweepArgs
+    from mtlsweep.search.driver import SweepArgs
     return SweepArgs(base=ns.base, space=ns.space, num_samples=ns.num_samples, max_concurrent=ns.max_concurrent,
                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial, scheduler=ns.scheduler,
                      grace_period=ns.grace_period, objective=ns.objective, name=ns.name, storage=ns.storage,
@@ -54,7 +54,7 @@ def args_from_namespace(ns):
 
 
 def run(ns) -> int:
-    from search.driver import run_sweep
+    from mtlsweep.search.driver import run_sweep
     result = run_sweep(args_from_namespace(ns))
     print(f"sweep {result.name}: {result.n_trials} trials ({result.n_errors} failed); "
           f"MLflow parent run {result.parent_run_id}; Ray results in {result.storage}")
@@ -65,7 +65,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="search.sweep", description="Run an mtlsweep sweep on Ray Tune.")
     add_arguments(p)
     ns = p.parse_args(argv)
-    from search.cli import guarded
+    from mtlsweep.config.errors import guarded
     return guarded(run, ns)
 
 

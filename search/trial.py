@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from training.callbacks import Callback
-from training.config import RunConfig
+from mtlsweep.config.run import RunConfig
+from mtlsweep.training.callbacks import Callback
 
 RUN_ID_FILE = "mlflow_run_id.txt"
 TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
@@ -45,13 +45,13 @@ def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
     """Optuna's choices are hashable (tuples); the config wants lists. Dimensions that did not
     apply to this trial keep the base config's value; a family's own Optuna parameters
     (``<family>::<key>``) are already there under their config key."""
-    from search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
+    from mtlsweep.search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()
             if v != NOT_APPLICABLE and FAMILY_SEP not in k and k != FAMILY_KEY}
 
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
-    from search.grid import VARIANT_KEY
+    from mtlsweep.search.grid import VARIANT_KEY
     flat = dict(ctx.base)
     if VARIANT_KEY in sampled:
         name = sampled[VARIANT_KEY]
@@ -59,7 +59,7 @@ def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
             raise ValueError(f"trial asks for variant {name!r}, which this sweep does not define")
         flat.update(ctx.variants[name])
         sampled = {k: v for k, v in sampled.items() if k != VARIANT_KEY}
-    from search.space import FAMILY_KEY
+    from mtlsweep.search.space import FAMILY_KEY
     if FAMILY_KEY in sampled:
         if sampled[FAMILY_KEY] not in ctx.families:
             raise ValueError(f"trial asks for family {sampled[FAMILY_KEY]!r}, which this sweep does not define")
@@ -74,18 +74,30 @@ def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
 
 
 class TuneReporter(Callback):
-    """Collects each epoch's summary; ``report`` sends it to Tune with the resumable checkpoint."""
+    """Reports each epoch's summary to Tune with the resumable checkpoint (last.pt, best.pt, the
+    MLflow run id): after the epoch's checkpoint, except for the last epoch, which is reported
+    after the run's end (test metrics and artifacts), because Tune may end the trial in report()."""
 
-    def __init__(self, run_dir: Path, mlflow_run_id: Optional[str]):
+    def __init__(self, run_dir: Path, mlflow_logger=None):
         self.run_dir = run_dir
-        self.mlflow_run_id = mlflow_run_id
+        self.mlflow_logger = mlflow_logger
         self.pending: dict[str, float] = {}
+        self.last = False
 
     def on_epoch_end(self, epoch, metrics):
         self.pending = {k: float(metrics[k]) for k in TUNE_KEYS if k in metrics}
+        if self.mlflow_logger is not None and self.mlflow_logger.history:     # its deltas vs the baseline
+            self.pending.update({k: v for k, v in self.mlflow_logger.history[-1].items() if k in TUNE_KEYS})
+        self.last = bool(metrics.get("last"))
 
-    def add(self, extra: dict[str, float]) -> None:
-        self.pending.update({k: v for k, v in extra.items() if k in TUNE_KEYS})
+    def on_checkpoint(self, path, epoch):
+        if not self.last:
+            self.report()
+
+    def on_train_end(self, result):
+        if not self.pending and result.history:      # restored after its last epoch: report where it ended
+            self.pending = {k: float(result.history[-1][k]) for k in TUNE_KEYS if k in result.history[-1]}
+        self.report()
 
     def report(self) -> None:
         from ray import tune
@@ -94,21 +106,9 @@ class TuneReporter(Callback):
                 src = self.run_dir / name
                 if src.is_file():
                     shutil.copy2(src, Path(tmp) / name)
-            if self.mlflow_run_id:
-                (Path(tmp) / RUN_ID_FILE).write_text(self.mlflow_run_id)
+            if self.mlflow_logger is not None:
+                (Path(tmp) / RUN_ID_FILE).write_text(self.mlflow_logger.run_id)
             tune.report(self.pending, checkpoint=tune.Checkpoint.from_directory(tmp))
-
-
-class _DeltaForwarder(Callback):
-    """Puts the MLflow logger's baseline deltas into the Tune report of the same epoch."""
-
-    def __init__(self, mlflow_logger, reporter: TuneReporter):
-        self.mlflow_logger = mlflow_logger
-        self.reporter = reporter
-
-    def on_epoch_end(self, epoch, metrics):
-        if self.mlflow_logger.history:
-            self.reporter.add(self.mlflow_logger.history[-1])
 
 
 def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id: str) -> Optional[str]:
@@ -119,106 +119,70 @@ def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id:
     return runs[0].info.run_id if runs else None
 
 
+def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
+    """(resuming, MLflow run id) from the checkpoint Tune hands a retried or restored trial."""
+    from ray import tune
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return False, None
+    run_id = None
+    with checkpoint.as_directory() as d:
+        for name in ("last.pt", "best.pt"):
+            if (Path(d) / name).is_file():
+                shutil.copy2(Path(d) / name, run_dir / name)
+        if (Path(d) / RUN_ID_FILE).is_file():
+            run_id = (Path(d) / RUN_ID_FILE).read_text().strip()
+    return True, run_id
+
+
+def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, trial_dir: Path,
+              run_id: Optional[str]):
+    from mlflow.tracking import MlflowClient
+
+    from mtlsweep.config.identity import KEY_TAG, RUN_TAG, comparison_key
+    from mtlsweep.mlflow_server.attach import Tracking
+    from mtlsweep.mlflow_server.run_logger import TRIAL_PLOTS
+    if run_id is None:      # a trial restarted without its checkpoint continues its own run, if it has one
+        exp = MlflowClient(ctx.tracking_uri).get_experiment_by_name(ctx.experiment)
+        if exp is not None:
+            run_id = _find_trial_run(MlflowClient(ctx.tracking_uri), exp.experiment_id, ctx.parent_run_id, trial_id)
+    tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
+            **({"variant": str(config["variant"])} if "variant" in config else {}),
+            **({"arm": str(config["family"])} if "family" in config else {})}  # the space's family name
+    baseline = None
+    if ctx.baselines and store is not None:
+        key = comparison_key(cfg, store.fingerprint, list(store.task_names), ctx.tuned_keys)
+        baseline = ctx.baselines.get(key)
+        tags[KEY_TAG] = key
+        if baseline is not None:
+            tags[RUN_TAG] = baseline[0]
+    return Tracking(ctx.tracking_uri, ctx.experiment, run_name=f"{ctx.sweep_name}/{trial_id}", tags=tags,
+                    parent_run_id=ctx.parent_run_id, run_id=run_id,
+                    baseline=baseline[1] if baseline is not None else None,
+                    spool_dir=trial_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
+
+
 def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] = None) -> None:
-    """The Tune function trainable (wrapped with tune.with_parameters by the sweep); ``stores``
-    maps each data.path of the sweep to its store, shared through Ray's object store."""
+    """The Tune function trainable (wrapped with tune.with_parameters by the sweep): one run of
+    the trial's config through training.run, reported to Tune each epoch. ``stores`` maps each
+    data.path of the sweep to its store, shared through Ray's object store."""
+    import torch
     from ray import tune
 
-    from training.engine import Trainer
+    from mtlsweep.mlflow_server.attach import run_callbacks
+    from mtlsweep.training.run import run
 
-    import torch
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))   # concurrent trials must not oversubscribe cores
     cfg = trial_config(config, ctx)
+    if cfg.model.family == "motif_gbm" and cfg.gbm.n_jobs is None:
+        cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
     store = (stores or {}).get(cfg.data.path)
     tune_ctx = tune.get_context()
     trial_dir = Path(tune_ctx.get_trial_dir()).resolve()   # trials chdir: keep paths absolute
-    trial_id = tune_ctx.get_trial_id()
     run_dir = trial_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume_from = None
-    mlflow_run_id = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            for name in ("last.pt", "best.pt"):
-                if (Path(d) / name).is_file():
-                    shutil.copy2(Path(d) / name, run_dir / name)
-            if (Path(d) / RUN_ID_FILE).is_file():
-                mlflow_run_id = (Path(d) / RUN_ID_FILE).read_text().strip()
-        resume_from = run_dir / "last.pt"
-
-    callbacks: list[Callback] = []
-    mlflow_logger = None
-    if ctx.tracking_uri:
-        from mlflow_server.run_logger import TRIAL_PLOTS, MlflowRunLogger
-        from mlflow.tracking import MlflowClient
-        client = MlflowClient(ctx.tracking_uri)
-        if mlflow_run_id is None:
-            exp = client.get_experiment_by_name(ctx.experiment)
-            if exp is not None:
-                mlflow_run_id = _find_trial_run(client, exp.experiment_id, ctx.parent_run_id, trial_id)
-        tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
-                **{k: str(config[k]) for k in ("variant", "family") if k in config}}
-        baseline = None
-        if ctx.baselines and store is not None:
-            from search.baselines import KEY_TAG, RUN_TAG, comparison_key
-            key = comparison_key(cfg, store.fingerprint, list(store.task_names), ctx.tuned_keys)
-            baseline = ctx.baselines.get(key)
-            tags[KEY_TAG] = key
-            if baseline is not None:
-                tags[RUN_TAG] = baseline[0]
-        if "family" in tags:
-            tags["arm"] = tags.pop("family")     # the space's family name; the tag family is the model's
-        mlflow_logger = MlflowRunLogger(
-            ctx.tracking_uri, ctx.experiment, cfg, run_name=f"{ctx.sweep_name}/{trial_id}",
-            parent_run_id=ctx.parent_run_id, run_id=mlflow_run_id,
-            baseline=baseline[1] if baseline is not None else None, tags=tags,
-            spool_dir=trial_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
-        callbacks.append(mlflow_logger)
-    reporter = TuneReporter(run_dir, mlflow_logger.run_id if mlflow_logger else None)
-    if mlflow_logger is not None:
-        callbacks.append(_DeltaForwarder(mlflow_logger, reporter))
-    from analysis.grad_flow import maybe_grad_flow
-    grad_flow = maybe_grad_flow(cfg, publish=mlflow_logger.log_artifacts if mlflow_logger else None)
-    if grad_flow is not None:
-        callbacks.insert(0, grad_flow)
-    callbacks.extend(ctx.extra_callbacks)
-    callbacks.append(reporter)
-
-    if cfg.model.family == "motif_gbm":
-        from training.gbm_run import train_gbm
-        if cfg.gbm.n_jobs is None:
-            cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
-        try:
-            train_gbm(cfg, run_dir, callbacks=callbacks, store=store)   # one "epoch": fit with early stopping
-            reporter.report()
-        except SystemExit:      # Tune ending the finished trial inside report(): the run is complete
-            raise
-        except BaseException:
-            if mlflow_logger is not None:
-                mlflow_logger.fail("FAILED")
-            raise
-        return
-
-    trainer = Trainer(cfg, run_dir, store=store, callbacks=callbacks, progress=False)
-    if resume_from is not None:
-        trainer.resume(resume_from)
-    try:
-        trainer.callbacks.on_train_start(trainer.info())
-        for epoch in range(trainer.start_epoch, cfg.train.epochs + 1):
-            trainer.run_epoch(epoch)
-            last = epoch == cfg.train.epochs or trainer.should_stop()
-            if last:
-                trainer.finish()         # test metrics and artifacts before Tune may end the trial
-            reporter.report()
-            if last:
-                break
-    except SystemExit:
-        # Tune ends a trial it stops (ASHA, or max_t reached) with sys.exit inside report().
-        if mlflow_logger is not None:
-            mlflow_logger.stopped_early()
-        raise
-    except BaseException:
-        if mlflow_logger is not None:
-            mlflow_logger.fail("FAILED")
-        raise
+    resume, run_id = _restore(run_dir)
+    tracking = _tracking(cfg, config, ctx, store, tune_ctx.get_trial_id(), trial_dir, run_id) if ctx.tracking_uri else None
+    callbacks, logger = run_callbacks(cfg, tracking)
+    run(cfg, run_dir, callbacks=[*callbacks, *ctx.extra_callbacks, TuneReporter(run_dir, logger)], store=store,
+        resume=resume, progress=False)

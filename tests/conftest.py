@@ -4,7 +4,7 @@ import pytest
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
     """One real `mlflow server` on a free loopback port for the whole session (~10 s start)."""
-    from mlflow_server import server
+    from mtlsweep.mlflow_server import server
 
     project_dir = tmp_path_factory.mktemp("mlflow_server")
     info = server.start(project_dir)
@@ -16,7 +16,7 @@ def make_signal_store(n=3000, length=60, n_tasks=3, seed=0, unknown=0.1):
     """A store where task t is positive when its k-mer occurs: learnable in seconds, no JASPAR."""
     import numpy as np
 
-    from data.store import SplitArrays, Store
+    from mtlsweep.data.store import SplitArrays, Store
 
     rng = np.random.default_rng(seed)
     codes = rng.integers(0, 4, size=(n, length), dtype=np.uint8)
@@ -51,7 +51,7 @@ TINY_ARCH = {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2
 @pytest.fixture
 def tiny_config(signal_store_path, tmp_path):
     """A tiny run config on the signal store; tests override what they exercise."""
-    from training.config import RunConfig
+    from mtlsweep.config.run import RunConfig
 
     def make(**over):
         base = {"data.path": str(signal_store_path), "data.batch_size": 32,

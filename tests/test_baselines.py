@@ -1,8 +1,8 @@
 """A run's identity, its baseline's fingerprint and the comparison key."""
 import pytest
 
-from search.baselines import Protocol, baseline_config, baseline_fingerprint, comparison_key
-from training.config import RunConfig
+from mtlsweep.config.identity import Protocol, baseline_config, baseline_fingerprint, comparison_key
+from mtlsweep.config.run import RunConfig
 
 TASKS = ["a", "b"]
 

@@ -5,9 +5,9 @@ import h5py
 import numpy as np
 import pytest
 
-from data.basset_hdf5 import LAYOUTS, SPLITS, BassetReader, write_basset
-from data.errors import DataError
-from data.store import basset_to_store
+from mtlsweep.data.basset_hdf5 import LAYOUTS, SPLITS, BassetReader, write_basset
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.store import basset_to_store
 
 TASKS = ["K562", "GM12878", "HepG2"]
 L = 12

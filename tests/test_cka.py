@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from analysis.cka import MinibatchCKA, gram_linear, hsic_unbiased, linear_cka
-from analysis.similarity import add_arguments, load_run, run, similarity
-from data.errors import DataError
-from data.store import SplitArrays, Store
-from models import build_model
-from training.config import RunConfig
+from mtlsweep.analysis.cka import MinibatchCKA, gram_linear, hsic_unbiased, linear_cka
+from mtlsweep.analysis.similarity import add_arguments, load_run, run, similarity
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.store import SplitArrays, Store
+from mtlsweep.models import build_model
+from mtlsweep.config.run import RunConfig
 
 
 def orthogonal(p, seed):

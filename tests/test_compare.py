@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
-from mlflow_server.compare import compare
+from mtlsweep.mlflow_server.compare import compare
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["t0", "t1", "t2", "t3", "t4"]
@@ -119,11 +119,11 @@ def test_oracle_gap_closed_and_train_valid_gap_by_hand(tmp_path):
 
 def test_cli_compare_and_unknown_experiment(experiment):
     uri, tmp = experiment
-    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "cmp", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "cmp", "--tracking-uri", uri,
                         "--out", str(tmp / "cli")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "best hard" in r.stdout and (tmp / "cli" / "comparison.html").is_file()
-    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "nope", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "nope", "--tracking-uri", uri,
                         "--out", str(tmp / "cli2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "experiment 'nope' does not exist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -143,8 +143,8 @@ def test_group_by_variant_over_seeds_by_hand(tmp_path):
     _run(client, exp, "s/h0", "hard", "trial", h0, "fpS0", {"variant": "hard"})
     _run(client, exp, "s/h1", "hard", "trial", h1, "fpS1", {"variant": "hard"})
     _run(client, exp, "s/x0", "soft", "trial", b0, "fpS0", {"variant": "soft_l2_1"})   # identical: no test
-    from mlflow_server.compare import collect
-    from mlflow_server.group_compare import BASELINE_GROUP, group_runs
+    from mtlsweep.mlflow_server.compare import collect
+    from mtlsweep.mlflow_server.group_compare import BASELINE_GROUP, group_runs
     groups = {g.name: g for g in group_runs(collect(client, "grid"), "variant", "val")}
     assert list(groups) == [BASELINE_GROUP, "hard", "soft_l2_1"]
     d0, d1 = np.subtract(h0, b0), np.subtract(h1, b1)
@@ -167,11 +167,11 @@ def test_group_by_variant_over_seeds_by_hand(tmp_path):
     assert sorted(r.name for r in tuned.runs) == ["s/h0-wd", "s/h1"]
     assert tuned.delta == pytest.approx([0.80 - np.mean(b0), d1.mean()], abs=1e-9)
 
-    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "variant", "--out", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "hard" in r.stdout and (tmp_path / "g" / "comparison_groups.csv").is_file()
     assert "| hard | hard | 2 |" in (tmp_path / "g" / "comparison_groups.md").read_text()
-    r = subprocess.run([sys.executable, "-m", "search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "nosuchtag", "--out", str(tmp_path / "g2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "no finished runs tagged 'nosuchtag'" in r.stderr

@@ -1,7 +1,9 @@
 import pytest
 import yaml
 
-from training.config import ConfigError, RunConfig, flatten, load_config, unflatten, validate
+from mtlsweep.config.errors import ConfigError
+
+from mtlsweep.config.run import RunConfig, flatten, load_config, unflatten, validate
 
 
 def write(tmp_path, tree, name="c.yaml"):

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from analysis.cost_scaling import (add_arguments, exponents_of, growth_exponent, measure_isolated, measure_point,
+from mtlsweep.analysis.cost_scaling import (add_arguments, exponents_of, growth_exponent, measure_isolated, measure_point,
                                    model_config, run, run_study, time_to_target)
-from data.errors import DataError
-from models import build_model
+from mtlsweep.data.errors import DataError
+from mtlsweep.models import build_model
 
 
 TINY = dict(arch="tiny", steps=4, warmup=1, batch=16, seq_len=100, threads=1)

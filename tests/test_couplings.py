@@ -2,8 +2,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import build_model
-from training.config import ArchConfig, ModelConfig, SharingConfig
+from mtlsweep.models import build_model
+from mtlsweep.config.run import ArchConfig, ModelConfig, SharingConfig
 
 TASKS = ["a", "b", "c"]
 L = 50
@@ -97,8 +97,8 @@ def test_sharing_penalties_are_zero_with_zero_gradient_where_the_towers_agree(co
 @pytest.mark.parametrize("coupling", ["l2", "trace_norm", "l2_zero"])
 @pytest.mark.parametrize("opt_name", ["adam", "rmsprop", "sgd"])
 def test_zero_strength_is_exactly_the_towers_with_the_same_base_decay(coupling, opt_name):
-    from training.config import OptimConfig
-    from training.optim import build_optimizer
+    from mtlsweep.config.run import OptimConfig
+    from mtlsweep.training.optim import build_optimizer
     ocfg = OptimConfig(name=opt_name, lr=0.01, weight_decay=0.05)
     towers = build_model(tiny(k=0), 3, 4, L, TASKS, seed=3)
     coupled = build_model(tiny(k=0, coupling=coupling, strength=0.0), 3, 4, L, TASKS, seed=3)
@@ -158,8 +158,8 @@ def test_trace_norm_strength_lowers_the_trace_norm(tower_init, strengths):
 
 
 def test_cross_stitch_and_weighting_parameters_get_no_weight_decay():
-    from training.config import OptimConfig
-    from training.optim import build_optimizer
+    from mtlsweep.config.run import OptimConfig
+    from mtlsweep.training.optim import build_optimizer
     model = build_model(tiny(k=0, coupling="cross_stitch"), 3, 4, L, TASKS, seed=0)
     extra = [torch.nn.Parameter(torch.zeros(3))]
     opt = build_optimizer(OptimConfig(name="adam", weight_decay=0.1), model, extra_params=extra)

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from training.callbacks import Callback
-from training.config import ConfigError
-from training.engine import Trainer, prepare_run_dir, train
+from mtlsweep.training.callbacks import Callback
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.training.engine import Trainer, prepare_run_dir
+from mtlsweep.training.run import run
 
 
 class Recorder(Callback):
@@ -31,7 +32,7 @@ class Recorder(Callback):
 def test_run_learns_reports_and_writes_outputs(tiny_config, tmp_path):
     cfg = tiny_config(**{"train.epochs": 6, "train.patience": 6})
     rec = Recorder()
-    result = train(cfg, tmp_path / "run", callbacks=[rec], progress=False)
+    result = run(cfg, tmp_path / "run", callbacks=[rec], progress=False)
     assert rec.info["n_tasks"] == 3 and rec.info["n_params"] > 0 and rec.info["flops_per_sample"] > 0
     assert [int(m["epoch"]) for m in rec.epochs] == [1, 2, 3, 4, 5, 6]
     m = rec.epochs[-1]
@@ -51,11 +52,11 @@ def test_run_learns_reports_and_writes_outputs(tiny_config, tmp_path):
 
 def test_same_config_and_seed_give_same_metrics(tiny_config, tmp_path):
     cfg = tiny_config(**{"train.epochs": 2, "model.sharing.shared_layers": 2})
-    a = train(cfg, tmp_path / "a", progress=False)
-    b = train(cfg, tmp_path / "b", progress=False)
+    a = run(cfg, tmp_path / "a", progress=False)
+    b = run(cfg, tmp_path / "b", progress=False)
     assert a.history[-1]["val/auroc_mean"] == b.history[-1]["val/auroc_mean"]
     assert np.array_equal(a.val.auroc, b.val.auroc)
-    c = train(cfg.with_overrides({"train.seed": 1}), tmp_path / "c", progress=False)
+    c = run(cfg.with_overrides({"train.seed": 1}), tmp_path / "c", progress=False)
     assert c.history[-1]["val/loss"] != a.history[-1]["val/loss"]
 
 
@@ -72,17 +73,17 @@ class Crash(Callback):
 def test_resume_gives_the_same_final_metrics(tiny_config, tmp_path, k):
     cfg = tiny_config(**{"train.epochs": 4, "model.sharing.shared_layers": k, "optim.name": "rmsprop",
                          "optim.lr": 0.002})
-    full = train(cfg, tmp_path / "full", progress=False)
+    full = run(cfg, tmp_path / "full", progress=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train(cfg, tmp_path / "part", callbacks=[Crash(2)], progress=False)
-    resumed = train(cfg, tmp_path / "part", resume=True, progress=False)
+        run(cfg, tmp_path / "part", callbacks=[Crash(2)], progress=False)
+    resumed = run(cfg, tmp_path / "part", resume=True, progress=False)
     assert [h["val/loss"] for h in resumed.history] == [h["val/loss"] for h in full.history]
     assert resumed.test_summary["test/auroc_mean"] == full.test_summary["test/auroc_mean"]
 
 
 def test_early_stopping_on_patience(tiny_config, tmp_path):
     cfg = tiny_config(**{"train.epochs": 30, "train.patience": 1, "optim.lr": 0.05})
-    result = train(cfg, tmp_path / "run", progress=False)
+    result = run(cfg, tmp_path / "run", progress=False)
     assert result.epochs_run < 30
     assert result.epochs_run == result.best_epoch + 1
 
@@ -99,5 +100,5 @@ def test_unknown_task_and_run_dir_errors(tiny_config, tmp_path):
 
 
 def test_task_subset_by_name_and_index(tiny_config, tmp_path):
-    r = train(tiny_config(**{"data.tasks": ["task2", 0], "train.epochs": 1}), tmp_path / "r", progress=False)
+    r = run(tiny_config(**{"data.tasks": ["task2", 0], "train.epochs": 1}), tmp_path / "r", progress=False)
     assert r.task_names == ["task2", "task0"]

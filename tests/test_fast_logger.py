@@ -8,9 +8,9 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from data.errors import DataError
-from mlflow_server import server
-from mlflow_server.fast_logger import (
+from mtlsweep.data.errors import DataError
+from mtlsweep.mlflow_server import server
+from mtlsweep.mlflow_server.fast_logger import (
     MAX_ENTITIES_PER_BATCH,
     MAX_METRICS_PER_BATCH,
     MAX_PARAMS_TAGS_PER_BATCH,
@@ -19,7 +19,7 @@ from mlflow_server.fast_logger import (
     _chunks,
     sync,
 )
-from mlflow_server.names import sanitize_names
+from mtlsweep.mlflow_server.names import sanitize_names
 
 TASKS = [f"cell type {i}/rep:{i % 3}" for i in range(164)]
 KEYS = sanitize_names(TASKS)

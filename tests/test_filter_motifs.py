@@ -7,14 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.filter_motifs import (FilterResult, Match, MotifDB, add_arguments, compare, filter_pfms,
+from mtlsweep.analysis.filter_motifs import (FilterResult, Match, MotifDB, add_arguments, compare, filter_pfms,
                                     first_layer_activation, match_filters, planted_recall, run)
-from analysis.similarity import Probe
-from data.errors import DataError
-from data.jaspar import load_motifs, log_odds
-from data.store import SplitArrays, Store
-from models import build_model
-from training.config import ModelConfig, RunConfig
+from mtlsweep.analysis.similarity import Probe
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import load_motifs, log_odds
+from mtlsweep.data.store import SplitArrays, Store
+from mtlsweep.models import build_model
+from mtlsweep.config.run import ModelConfig, RunConfig
 
 
 L = 100

@@ -6,13 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from analysis.grad_flow import (GradFlowCallback, GradFlowRecorder, dropout_generators, maybe_grad_flow,
+from mtlsweep.analysis.grad_flow import (GradFlowCallback, GradFlowRecorder, dropout_generators, maybe_grad_flow,
                                 measure, traced_forward)
-from data.store import SplitArrays, Store
-from models import build_model
-from training.config import ConfigError, ModelConfig, RunConfig
-from training.engine import Trainer
-from training.loss import masked_bce_per_task
+from mtlsweep.data.store import SplitArrays, Store
+from mtlsweep.models import build_model
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import ModelConfig, RunConfig
+from mtlsweep.training.engine import Trainer
+from mtlsweep.training.loss import masked_bce_per_task
 
 
 T = 4

@@ -4,10 +4,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from search.grid import GridSpace
-from search.space import load_space
-from search.trial import SweepContext, trial_config
-from training.config import ConfigError, RunConfig, load_config
+from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.space import load_space
+from mtlsweep.search.trial import SweepContext, trial_config
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,7 +69,7 @@ def test_the_ground_truth_study_design_is_valid():
         c = base.with_overrides(space.overrides({"variant": name}))
         fams.add(c.model.sharing.coupling if c.model.sharing.shared_layers < 5 else "hard")
     assert {"hard", "l2", "l2_zero"} <= fams                  # sharing, and its no-sharing control
-    from analysis.ground_truth import load_regimes
+    from mtlsweep.analysis.ground_truth import load_regimes
     regimes, seeds = load_regimes(study / "regimes.yaml")
     assert len(seeds) >= 3                                   # data seeds, not only training seeds
     assert {r["shared_fraction"] for r in regimes.values()} == {0.67, 0.0}

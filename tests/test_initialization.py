@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models import apply_init, build_model
-from models.initialization import fit_motif
-from training.config import ArchConfig, InitConfig, ModelConfig, SharingConfig
+from mtlsweep.models import apply_init, build_model
+from mtlsweep.models.initialization import fit_motif
+from mtlsweep.config.run import ArchConfig, InitConfig, ModelConfig, SharingConfig
 
 L = 50
 
@@ -184,7 +184,7 @@ def test_checkpoint_loader_is_injectable():
 
 
 def test_motifs_seed_first_layer_filters():
-    from data.jaspar import load_motifs, log_odds
+    from mtlsweep.data.jaspar import load_motifs, log_odds
 
     cfg = tiny(k=0, conv_widths=(19, 3, 3))
     model = build_model(cfg, 2, 5, L, ["a", "b"], seed=0)

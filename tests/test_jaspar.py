@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from data.errors import DataError
-from data.jaspar import (
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import (
     Motif,
     load_motifs,
     log_odds,

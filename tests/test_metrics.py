@@ -3,8 +3,8 @@ import pytest
 import torch
 from sklearn.metrics import accuracy_score, average_precision_score, log_loss, roc_auc_score
 
-from training.loss import masked_bce_per_task
-from training.metrics import task_metrics
+from mtlsweep.training.loss import masked_bce_per_task
+from mtlsweep.training.metrics import task_metrics
 
 
 def _data(seed=0, n=400, t=7):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from data.errors import DataError
-from mlflow_server import names, server
-from mlflow_server.__main__ import main
+from mtlsweep.data.errors import DataError
+from mtlsweep.mlflow_server import names, server
+from mtlsweep.mlflow_server.__main__ import main
 
 
 def _free_port():

@@ -5,9 +5,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import build_model
-from models.net import auto_backend
-from training.config import ArchConfig, ModelConfig, SharingConfig
+from mtlsweep.models import build_model
+from mtlsweep.models.net import auto_backend
+from mtlsweep.config.run import ArchConfig, ModelConfig, SharingConfig
 
 TASKS = ["a", "b", "c"]
 L = 50

@@ -1,11 +1,11 @@
 import numpy as np
 import pytest
 
-from data.errors import DataError
-from data.jaspar import Motif, log_odds, scan_max
-from data.motif_features import (FeatureOptions, MotifScanner, cache_stats, cached_features, compute_features,
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import Motif, log_odds, scan_max
+from mtlsweep.data.motif_features import (FeatureOptions, MotifScanner, cache_stats, cached_features, compute_features,
                                  feature_names, gc_fraction, kmer_frequencies, width_groups)
-from data.onehot import reverse_complement_codes, seq_to_codes
+from mtlsweep.data.onehot import reverse_complement_codes, seq_to_codes
 
 
 def motif_from_consensus(mid: str, consensus: str, strength: float = 0.97) -> Motif:

@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from data.errors import DataError
-from data.onehot import reverse_complement_codes, seq_to_codes
-from data.peaks import (assign_splits, build_from_peaks, format_report, merge_peaks, merge_windows,
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.onehot import reverse_complement_codes, seq_to_codes
+from mtlsweep.data.peaks import (assign_splits, build_from_peaks, format_report, merge_peaks, merge_windows,
                         read_peaks, read_sample_sheet, MergedPeaks, SplitPlan)
 
 CHROMS = {"chr1": 3000, "chr2": 2000, "chr3": 1600}
@@ -270,8 +270,8 @@ def test_chromosome_split_mixed_with_random_valid():
 
 
 def test_build_chromosome_split_end_to_end(tmp_path, sheet, fasta):
-    from data.basset_hdf5 import BassetReader
-    from data.store import Store
+    from mtlsweep.data.basset_hdf5 import BassetReader
+    from mtlsweep.data.store import Store
 
     res = _build(sheet, fasta, tmp_path / "out", valid_chroms=["chr2"], test_chroms=["chr3"])
     rep = json.loads(res.report_path.read_text())
@@ -322,7 +322,7 @@ def test_build_random_split_strand_and_determinism(tmp_path, fasta):
     r1.report.pop("outputs"), r2.report.pop("outputs")
     assert r1.report == r2.report
     assert {s: v["n"] for s, v in r1.report["splits"].items()} == {"train": 9, "valid": 3, "test": 3}
-    from data.store import Store
+    from mtlsweep.data.store import Store
 
     store = Store.load(r1.store_path)
     found = {}
@@ -365,7 +365,7 @@ def test_build_skip_mode_and_overwrite(tmp_path, sheet, fasta):
     with pytest.raises(DataError, match=r"basset\.h5 exists; pass overwrite=True"):
         _build(sheet, fasta, out, on_error="skip")
     res = _build(sheet, fasta, out, on_error="skip", overwrite=True, seq_len=100, merge_overlap=20)
-    from data.basset_hdf5 import BassetReader
+    from mtlsweep.data.basset_hdf5 import BassetReader
 
     with BassetReader(res.basset_path) as r:
         assert r.seq_len == 100

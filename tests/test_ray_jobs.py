@@ -24,7 +24,7 @@ def test_ray_job_submit_runs_the_entry_script(ray_cluster, signal_store_path, tm
     cmd = [str(bin_dir / "ray"), "job", "submit", "--address", ray_cluster["dashboard"],
            "--working-dir", str(REPO),
            "--runtime-env-json", json.dumps({"excludes": [".venv", ".git", "workspace", "mlruns", "*.egg-info"]}),
-           "--", "python", "-m", "search.sweep", "--base", str(tmp_path / "base.yaml"),
+           "--", "python", "-m", "mtlsweep.search.sweep", "--base", str(tmp_path / "base.yaml"),
            "--space", str(tmp_path / "space.yaml"), "--num-samples", "2", "--name", "job",
            "--workspace", str(tmp_path / "ws"), "--tracking-uri", uri, "--scheduler", "none"]
     import time

@@ -1,7 +1,7 @@
 """The README's generated sections are what the code generates: never stale, never hand-edited."""
 from pathlib import Path
 
-from search.readme import MARK, config_reference
+from mtlsweep.search.readme import MARK, config_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,7 +22,7 @@ def test_readme_names_the_two_setup_commands_and_ci_calls_make_test():
 
 
 def test_ground_truth_table_is_what_the_study_wrote():
-    from search.readme import STUDY_RESULTS
+    from mtlsweep.search.readme import STUDY_RESULTS
     text = README.read_text()
     start, end = MARK.format(name="ground-truth", edge="start"), MARK.format(name="ground-truth", edge="end")
     block = text.split(start, 1)[1].split(end, 1)[0].strip()

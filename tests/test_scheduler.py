@@ -1,7 +1,7 @@
 """FamilyASHA: trials judged only against their own family, and only once every task has entered."""
 from ray.tune.schedulers import TrialScheduler
 
-from search.scheduler import ENTERED, FamilyASHA
+from mtlsweep.search.scheduler import ENTERED, FamilyASHA
 
 
 class Trial:

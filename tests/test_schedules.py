@@ -3,11 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from schedules.base import Joint
-from schedules.factory import build_schedule, task_order
-from schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
-from schedules.weighting import PCGrad, per_task_gradients
-from training.config import RunConfig
+from mtlsweep.schedules.base import Joint
+from mtlsweep.schedules.factory import build_schedule, task_order
+from mtlsweep.schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
+from mtlsweep.schedules.weighting import PCGrad, per_task_gradients
+from mtlsweep.config.run import RunConfig
 
 TASKS = ["a", "b", "c"]
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from models import build_model
-from schedules.factory import build_schedule, build_weighting
-from training.config import RunConfig
-from training.loss import masked_bce_per_task
+from mtlsweep.models import build_model
+from mtlsweep.schedules.factory import build_schedule, build_weighting
+from mtlsweep.config.run import RunConfig
+from mtlsweep.training.loss import masked_bce_per_task
 
 ARCH = {"model.arch.conv_channels": [6, 6, 6], "model.arch.conv_widths": [5, 3, 3], "model.arch.pool": [2, 2, 2],
         "model.arch.dense": [8, 8], "model.arch.dropout": 0.0}

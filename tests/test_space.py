@@ -2,8 +2,9 @@ import optuna
 import pytest
 import yaml
 
-from search.space import load_space, parse_space
-from training.config import ConfigError, RunConfig
+from mtlsweep.search.space import load_space, parse_space
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import RunConfig
 
 SPACE = {
     "model.sharing.shared_layers": {"type": "categorical", "values": [0, 3, 5]},
@@ -62,7 +63,7 @@ def test_invalid_spaces_are_refused_before_ray(tmp_path, tree, pattern):
 
 def test_spaces_shipped_in_the_repo_are_valid():
     from pathlib import Path
-    from training.config import load_config
+    from mtlsweep.config.run import load_config
     root = Path(__file__).resolve().parents[1] / "search"
     base = load_config(root / "configs" / "demo.yaml")
     spaces = sorted((root / "spaces").glob("*.yaml"))

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.basset_hdf5 import SPLITS, write_basset
-from data.errors import DataError
-from data.info import describe, format_info
-from data.onehot import codes_to_onehot
-from data.store import (SplitArrays, Store, _expand, basset_to_store, batches, open_dataset,
+from mtlsweep.data.basset_hdf5 import SPLITS, write_basset
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.info import describe, format_info
+from mtlsweep.data.onehot import codes_to_onehot
+from mtlsweep.data.store import (SplitArrays, Store, _expand, basset_to_store, batches, open_dataset,
                         to_device)
 
 TASKS = ["K562", "GM12878", "HepG2", "A549"]

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from search.driver import SweepArgs, run_sweep
-from training.callbacks import Callback
+from mtlsweep.search.driver import SweepArgs, run_sweep
+from mtlsweep.training.callbacks import Callback
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,20 +101,20 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
 
     # Export the best trial and rerun it with `mtlsweep train`: same validation AUROC.
     out = d / "best"
-    subprocess.run([sys.executable, "-m", "search.cli", "export-best", "--experiment", "sweep-test",
+    subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "export-best", "--experiment", "sweep-test",
                     "--sweep", result.parent_run_id, "--top", "1", "--out", str(out),
                     "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"], check=True, cwd=REPO)
     best = max(kids, key=lambda k: k.data.metrics["best/val/auroc_mean"])
     cfg = yaml.safe_load((out / "1.yaml").read_text())
     assert cfg["train"]["seed"] == 0 and "@baseline" not in str(cfg)
-    r = subprocess.run([sys.executable, "-m", "search.cli", "train", "--config", str(out / "1.yaml"),
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "train", "--config", str(out / "1.yaml"),
                         "--name", "rerun", "--no-progress"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     import json
     rerun = json.loads((Path(cfg["train"]["out_dir"]) / "rerun" / "metrics.json").read_text())
     assert abs(rerun["best_val_auroc"] - best.data.metrics["best/val/auroc_mean"]) <= 0.005
     with pytest.raises(subprocess.CalledProcessError):
-        subprocess.run([sys.executable, "-m", "search.cli", "export-best", "--experiment", "sweep-test",
+        subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "export-best", "--experiment", "sweep-test",
                         "--out", str(out), "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"],
                        check=True, cwd=REPO, capture_output=True)
 
@@ -166,7 +166,7 @@ def test_a_trial_that_fails_once_is_retried_from_its_checkpoint(ray_cluster, swe
 def test_killed_driver_resumes_without_rerunning_or_double_logging(ray_cluster, sweep_files):
     d = sweep_files
     uri = f"sqlite:///{d / 'ws' / 'mlflow.db'}"
-    cmd = [sys.executable, "-m", "search.sweep", "--base", str(d / "base.yaml"), "--space", str(d / "space.yaml"),
+    cmd = [sys.executable, "-m", "mtlsweep.search.sweep", "--base", str(d / "base.yaml"), "--space", str(d / "space.yaml"),
            "--num-samples", "6", "--max-concurrent", "2", "--name", "killed", "--workspace", str(d / "ws"),
            "--tracking-uri", uri, "--scheduler", "none"]
     env = dict(os.environ, PYTHONPATH=str(REPO))

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-from data.basset_hdf5 import BassetReader
-from data.errors import DataError
-from data.jaspar import load_motifs, scan_max
-from data.store import Store
-from data.synthetic import (
+from mtlsweep.data.basset_hdf5 import BassetReader
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import load_motifs, scan_max
+from mtlsweep.data.store import Store
+from mtlsweep.data.synthetic import (
     SCORE_RES,
     SPLITS,
     SynthSpec,
@@ -306,9 +306,9 @@ def test_oracle_ceiling_per_split_and_task(small):
 
 
 def test_the_ceiling_is_found_beside_the_store_and_is_above_a_trained_model(tmp_path):
-    from data.synthetic import load_oracle
-    from training.config import RunConfig
-    from training.engine import Trainer
+    from mtlsweep.data.synthetic import load_oracle
+    from mtlsweep.config.run import RunConfig
+    from mtlsweep.training.engine import Trainer
     spec = SynthSpec(n_tasks=4, n_groups=2, motifs_per_task=2, n_seqs=1500, seq_len=120, seed=3)
     paths = write_synthetic(spec, tmp_path / "synth")
     store = Store.load(paths["store"])

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from training.config import ConfigError
+from mtlsweep.config.errors import ConfigError
 
 
 def load_task_scores(source: str, task_names: Sequence[str], column: str = "val_auroc") -> np.ndarray:

@@ -16,14 +16,18 @@ class Callback:
         need the model mid-training (gradient flow) hook in here; keep it cheap or sparse."""
 
     def on_epoch_end(self, epoch: int, metrics: dict[str, float]) -> None:
-        """After validation. ``metrics`` is flat: dotted/slashed keys to floats; a callback
-        may add its own keys (they are seen by the callbacks after it)."""
+        """After validation. ``metrics`` is flat: dotted/slashed keys to floats (``last`` is 1.0
+        when no epoch follows); a callback may add its own keys (seen by the callbacks after it)."""
 
     def on_checkpoint(self, path: Path, epoch: int) -> None:
         """After ``path`` (the resumable last checkpoint) was written atomically."""
 
     def on_train_end(self, result: "Any") -> None:
         """After the final test evaluation of the best checkpoint."""
+
+    def on_train_abort(self, exc: BaseException) -> None:
+        """The run ends without on_train_end: ``exc`` (an error, KeyboardInterrupt, or the
+        SystemExit with which a scheduler stops a trial) propagates after the callbacks."""
 
 
 class CallbackList(Callback):
@@ -49,6 +53,10 @@ class CallbackList(Callback):
     def on_train_end(self, result):
         for cb in self.callbacks:
             cb.on_train_end(result)
+
+    def on_train_abort(self, exc):
+        for cb in self.callbacks:
+            cb.on_train_abort(exc)
 
 
 def _fmt(v: float) -> str:

@@ -16,20 +16,21 @@ import numpy as np
 import torch
 from torch import nn
 
-from data.errors import DataError
-from data.store import Store, batches, open_dataset, to_device
-from data.synthetic import load_oracle
-from models import build_model
-from models.initialization import apply_init
-from schedules import build_schedule, build_weighting
-from training.callbacks import Callback, CallbackList
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.config import ConfigError, RunConfig
-from training.cost import peak_memory_mb
-from training.baseline_scores import load_task_scores
-from training.loss import masked_bce_per_task
-from training.metrics import TaskMetrics, task_metrics
-from training.optim import build_optimizer
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.store import Store, batches, open_dataset, to_device
+from mtlsweep.data.synthetic import load_oracle
+from mtlsweep.models import build_model
+from mtlsweep.models.initialization import apply_init
+from mtlsweep.schedules import build_schedule, build_weighting
+from mtlsweep.training.callbacks import Callback, CallbackList
+from mtlsweep.training.checkpoint import load_checkpoint, save_checkpoint
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import RunConfig
+from mtlsweep.training.cost import peak_memory_mb
+from mtlsweep.training.baseline_scores import load_task_scores
+from mtlsweep.training.loss import masked_bce_per_task
+from mtlsweep.training.metrics import TaskMetrics, task_metrics
+from mtlsweep.training.optim import build_optimizer
 
 LAST = "last.pt"
 BEST = "best.pt"
@@ -292,6 +293,7 @@ class Trainer:
         else:
             self.bad_epochs += 1
         m["best"] = float(improved)
+        m["last"] = float(epoch >= self.cfg.train.epochs or self.should_stop())
         self.history.append(m)
         save_checkpoint(self.run_dir / LAST, self.state(epoch))
         self.callbacks.on_epoch_end(epoch, m)
@@ -325,7 +327,8 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             if self.history and self.should_stop():
                 break
-            self.run_epoch(epoch)
+            if self.run_epoch(epoch)["last"]:
+                break
         return self.finish()
 
 
@@ -361,11 +364,3 @@ def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, resume: bool 
         raise ConfigError(f"{run_dir}: run directory exists; choose another --name, --resume it, or --force")
     run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir.resolve()
-
-
-def train(cfg: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (),
-          store: Optional[Store] = None, resume: bool = False, progress: bool = True) -> RunResult:
-    trainer = Trainer(cfg, run_dir, store=store, callbacks=callbacks, progress=progress)
-    if resume:
-        trainer.resume(Path(run_dir) / LAST)
-    return trainer.fit()

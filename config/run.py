@@ -1,4 +1,4 @@
-"""The run config: one pydantic model, loaded from YAML, flattened to dotted keys.
+"""The run config: one pydantic model of every section, loaded from YAML, flattened to dotted keys.
 
 The dotted keys (``model.sharing.strength``) are at once the MLflow params and the Ray Tune
 search keys, so ``flatten``/``unflatten`` must round-trip exactly.
@@ -9,11 +9,9 @@ from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A user mistake in a config: one line naming the field and what is allowed."""
+from mtlsweep.config.errors import ConfigError, describe_all
 
 
 class _Section(BaseModel):
@@ -158,7 +156,59 @@ class TrackingConfig(_Section):
     experiment: str = Field("mtlsweep", min_length=1, description="Experiment (one per study).")
 
 
-from training.gbm_run import GbmConfig  # noqa: E402 - gbm_run imports this module's names lazily
+GBM_FEATURES = ("max", "count", "bins", "gc", "kmer")
+GBM_CACHE_DIR = "workspace/cache/motif_features"
+
+
+class GbmConfig(_Section):
+    """The ``gbm:`` section (model.family: motif_gbm): JASPAR motif scores + gradient-boosted trees."""
+    motif_collection: str = Field("CORE", min_length=1, description="JASPAR collection (pyjaspar, offline).")
+    motif_tax_group: str = Field("vertebrates", min_length=1, description="JASPAR tax group.")
+    motif_release: Optional[str] = Field(None, description="JASPAR release, e.g. JASPAR2026 (null = pyjaspar's newest).")
+    motif_file: Optional[str] = Field(None, description="JASPAR or MEME motif file; overrides the collection.")
+    max_motifs: Optional[int] = Field(None, ge=1, description="Use only the first N motifs (by matrix id / file order).")
+    hit_threshold: float = Field(0.8, gt=0.0, le=1.0,
+                                 description="count: a hit scores >= this fraction of the motif's best log-odds score.")
+    features: list[Literal["max", "count", "bins", "gc", "kmer"]] = Field(
+        ["max"], min_length=1, description="Feature blocks: max, count, bins, gc, kmer.")
+    n_bins: int = Field(3, ge=2, le=32, description="bins: position bins along the sequence.")
+    kmer_k: int = Field(3, ge=1, le=4, description="kmer: k-mer length (4^k features).")
+    backend: Literal["xgboost", "sklearn"] = Field(
+        "sklearn", description="Tree library: scikit-learn's HistGradientBoosting or xgboost (needed for multi_output).")
+    n_estimators: int = Field(300, ge=1, le=100000, description="Maximum boosting rounds per model.")
+    max_depth: int = Field(4, ge=1, le=32, description="Maximum tree depth.")
+    learning_rate: float = Field(0.1, gt=0.0, le=1.0, description="Shrinkage per round.")
+    early_stopping_rounds: Optional[int] = Field(
+        20, ge=1, description="Stop after this many rounds without validation-loss gain (null = off).")
+    multi_output: bool = Field(False, description="One model for all tasks (xgboost vector-leaf trees).")
+    n_jobs: Optional[int] = Field(None, ge=1, description="Threads for features and trees (null = all cores).")
+    cache_dir: Optional[str] = Field(GBM_CACHE_DIR, description="Feature cache directory (null = no cache).")
+
+    @field_validator("features")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a feature twice ({v}); allowed: each of {list(GBM_FEATURES)} at most once")
+        return v
+
+    @model_validator(mode="after")
+    def _multi_needs_xgboost(self):
+        if self.multi_output and self.backend != "xgboost":
+            raise ValueError("gbm.multi_output=true needs gbm.backend xgboost (vector-leaf trees, multi_strategy="
+                             "multi_output_tree); scikit-learn's boosting has one output per model")
+        return self
+
+
+def parse_gbm_config(tree: Any, source: str = "gbm") -> GbmConfig:
+    """A GbmConfig from a mapping; a bad value raises ConfigError naming ``gbm.<field>``."""
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: must be a mapping of gbm fields, got {type(tree).__name__}")
+    try:
+        return GbmConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + describe_all(exc, ("gbm",))) from None
 
 
 class RunConfig(_Section):
@@ -244,25 +294,6 @@ def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
     return tree
 
 
-def _describe(err: dict) -> str:
-    loc = ".".join(str(p) for p in err["loc"] if not isinstance(p, int) or True)
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    got = err.get("input")
-    if kind == "extra_forbidden":
-        return f"{loc}: unknown key"
-    if kind == "literal_error":
-        return f"{loc}: must be one of {ctx.get('expected')}, got {got!r}"
-    if kind in ("greater_than_equal", "greater_than", "less_than", "less_than_equal"):
-        op = {"greater_than_equal": ">=", "greater_than": ">", "less_than": "<", "less_than_equal": "<="}[kind]
-        bound = next(iter(ctx.values()))
-        return f"{loc}: must be {op} {bound}, got {got!r}"
-    if kind == "value_error":
-        msg = str(ctx.get("error", err["msg"]))
-        return f"{loc}: {msg}" if loc else msg
-    return f"{loc}: {err['msg'].lower()}, got {got!r}"
-
-
 def validate(tree: Any, source: str = "config") -> RunConfig:
     if tree is None:
         tree = {}
@@ -272,8 +303,7 @@ def validate(tree: Any, source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:
-        parts = [_describe(e) for e in exc.errors()]
-        raise ConfigError(f"{source}: " + "; ".join(parts)) from None
+        raise ConfigError(f"{source}: " + describe_all(exc)) from None
 
 
 def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> RunConfig:
@@ -301,19 +331,3 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         key, raw = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
     return out
-
-
-def model_family(cfg: RunConfig) -> str:
-    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
-    control (towers with the zero-pull control of l2: shrinkage without sharing)."""
-    if cfg.model.family == "motif_gbm":
-        return "motif_gbm"
-    s = cfg.model.sharing
-    n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
-    if s.shared_layers == n_layers:
-        return "hard"
-    if s.coupling == "l2_zero" and s.strength > 0:
-        return "control"
-    if s.coupling == "cross_stitch" or (s.coupling in ("l2", "trace_norm") and s.strength > 0):
-        return "soft"
-    return "single" if s.shared_layers == 0 else "branched"

@@ -1,140 +1,43 @@
 """The classical baseline family: known motifs scored along the sequence + gradient-boosted trees.
 
-One run fits one model per task (or, with multi_output and xgboost, one vector-leaf model for
-all tasks) on data.motif_features tables, stops early on the validation split, and reports
-exactly like a CNN run: the same callbacks, metric names, metrics.json, per_task.csv and
-RunResult, as one "epoch". The models (xgboost JSON or joblib) and the motif set go to
-``run_dir/gbm/``; ``GbmModel.load(run_dir)`` predicts from codes again.
+One fit trains one model per task (or, with multi_output and xgboost, one vector-leaf model for
+all tasks) on data.motif_features tables, stopping early on the validation split, and predicts
+every split; training/gbm_runner.py turns a fit into a run like a CNN's. The models (xgboost
+JSON or joblib) and the motif set go to ``run_dir/gbm/``; ``GbmModel.load(run_dir)`` predicts
+from codes again.
 
-Backends: ``sklearn`` (HistGradientBoostingClassifier; the default: already a dependency, as
-fast per thread as xgboost on the synthetic benchmark, and a config means the same model on
-every machine) and ``xgboost`` (optional, pin ``xgboost-cpu==3.2.0``: a 5.6 MB CPU-only wheel;
-the ``xgboost`` wheel is 132 MB and pulls the ~200 MB nvidia-nccl-cu12; needed for
-multi_output). ``auto`` takes xgboost when importable, so its model depends on the machine.
-
-No import of training.config or training.engine at module level: config.py may import
-GbmConfig from here, and engine imports config.
+Backends: ``sklearn`` (HistGradientBoostingClassifier; the default: as fast per thread as
+xgboost on the synthetic benchmark) and ``xgboost`` (a required dependency, ``xgboost-cpu``:
+a 5.6 MB CPU-only wheel; needed for multi_output).
 """
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from data.errors import DataError
-from data.jaspar import Motif, load_motifs, read_motif_file
-from data.motif_features import (DEFAULT_CACHE_DIR, FEATURES, FeatureOptions, MotifScanner,
-                                 compute_features, feature_names, feature_table, select_motifs)
-from training.callbacks import Callback, CallbackList
-from training.cost import peak_rss_mb
-from training.metrics import TaskMetrics, task_metrics
+from mtlsweep.config.run import GbmConfig
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import Motif, load_motifs, read_motif_file
+from mtlsweep.data.motif_features import (FeatureOptions, MotifScanner, compute_features, feature_table,
+                                          select_motifs)
 
 MODEL_DIR = "gbm"
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
 
 
-class GbmConfig(BaseModel):
-    """The ``gbm:`` section of a run config (used when model.family is motif_gbm)."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-    motif_collection: str = Field("CORE", min_length=1, description="JASPAR collection (pyjaspar, offline).")
-    motif_tax_group: str = Field("vertebrates", min_length=1, description="JASPAR tax group.")
-    motif_release: Optional[str] = Field(None, description="JASPAR release, e.g. JASPAR2026 (null = pyjaspar's newest).")
-    motif_file: Optional[str] = Field(None, description="JASPAR or MEME motif file; overrides the collection.")
-    max_motifs: Optional[int] = Field(None, ge=1, description="Use only the first N motifs (by matrix id / file order).")
-    hit_threshold: float = Field(0.8, gt=0.0, le=1.0,
-                                 description="count: a hit scores >= this fraction of the motif's best log-odds score.")
-    features: list[Literal["max", "count", "bins", "gc", "kmer"]] = Field(
-        ["max"], min_length=1, description="Feature blocks: max, count, bins, gc, kmer.")
-    n_bins: int = Field(3, ge=2, le=32, description="bins: position bins along the sequence.")
-    kmer_k: int = Field(3, ge=1, le=4, description="kmer: k-mer length (4^k features).")
-    backend: Literal["auto", "xgboost", "sklearn"] = Field(
-        "sklearn", description="Tree library; auto = xgboost if installed, else scikit-learn.")
-    n_estimators: int = Field(300, ge=1, le=100000, description="Maximum boosting rounds per model.")
-    max_depth: int = Field(4, ge=1, le=32, description="Maximum tree depth.")
-    learning_rate: float = Field(0.1, gt=0.0, le=1.0, description="Shrinkage per round.")
-    early_stopping_rounds: Optional[int] = Field(
-        20, ge=1, description="Stop after this many rounds without validation-loss gain (null = off).")
-    multi_output: bool = Field(False, description="One model for all tasks (xgboost vector-leaf trees).")
-    n_jobs: Optional[int] = Field(None, ge=1, description="Threads for features and trees (null = all cores).")
-    cache_dir: Optional[str] = Field(DEFAULT_CACHE_DIR, description="Feature cache directory (null = no cache).")
-
-    @field_validator("features")
-    @classmethod
-    def _unique(cls, v: list[str]) -> list[str]:
-        if len(set(v)) != len(v):
-            raise ValueError(f"lists a feature twice ({v}); allowed: each of {list(FEATURES)} at most once")
-        return v
-
-    def feature_options(self) -> FeatureOptions:
-        return FeatureOptions(tuple(self.features), self.hit_threshold, self.n_bins, self.kmer_k)
-
-
-def parse_gbm_config(tree: Any, source: str = "gbm") -> GbmConfig:
-    """A GbmConfig from a mapping; a bad value raises ConfigError naming ``gbm.<field>``."""
-    from training.config import ConfigError, _describe
-
-    if tree is None:
-        tree = {}
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{source}: must be a mapping of gbm fields, got {type(tree).__name__}")
-    try:
-        return GbmConfig.model_validate(tree)
-    except ValidationError as exc:
-        parts = []
-        for e in exc.errors():
-            e = dict(e)
-            e["loc"] = ("gbm",) + tuple(e["loc"])
-            parts.append(_describe(e))
-        raise ConfigError(f"{source}: " + "; ".join(parts)) from None
-
-
-def _as_gbm_config(obj: Any) -> GbmConfig:
-    if obj is None:
-        return GbmConfig()
-    if isinstance(obj, GbmConfig):
-        return obj
-    if isinstance(obj, BaseModel):  # the same fields declared in training/config.py
-        return parse_gbm_config(obj.model_dump(mode="json"))
-    return parse_gbm_config(obj)
+def feature_options(gbm: GbmConfig) -> FeatureOptions:
+    return FeatureOptions(tuple(gbm.features), gbm.hit_threshold, gbm.n_bins, gbm.kmer_k)
 
 
 # ----------------------------------------------------------------------------- backends
-
-
-def xgboost_available() -> bool:
-    try:
-        import xgboost  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def resolve_backend(gbm: GbmConfig) -> str:
-    from training.config import ConfigError
-
-    if gbm.backend == "auto":
-        backend = "xgboost" if xgboost_available() else "sklearn"
-    else:
-        backend = gbm.backend
-    if backend == "xgboost" and not xgboost_available():
-        raise ConfigError("gbm.backend=xgboost: the xgboost package is not installed "
-                          "(pip install xgboost-cpu==3.2.0); allowed here: sklearn or auto")
-    if gbm.multi_output and backend != "xgboost":
-        raise ConfigError("gbm.multi_output=true needs the xgboost backend (vector-leaf trees, "
-                          "multi_strategy=multi_output_tree); scikit-learn's boosting has one output per "
-                          "model, so a wrapper would only be the per-task models again")
-    return backend
 
 
 @contextlib.contextmanager
@@ -355,7 +258,7 @@ def _atomic(path: Path, write) -> None:
 
 @dataclass
 class GbmFit:
-    """Everything one fit produced; train_gbm turns it into a RunResult."""
+    """Everything one fit produced; training.gbm_runner turns it into a RunResult."""
     task_names: list[str]
     backend: str
     feature_names: list[str]
@@ -364,7 +267,6 @@ class GbmFit:
     skipped: list[int]                     # tasks with one class (or none) among known train labels
     rounds: dict[int, int]
     probs: dict[str, np.ndarray]           # split -> [N, T] (0.5 in skipped columns)
-    metrics: dict[str, TaskMetrics]        # split -> metrics (NaN in skipped columns)
     timings: dict[str, float]
     n_nodes: int
     flops_per_sample: int
@@ -373,12 +275,7 @@ class GbmFit:
     motifs: list[Motif] = field(default_factory=list)
 
 
-def _undefine(m: TaskMetrics, skipped: Sequence[int]) -> TaskMetrics:
-    """A task without a model has no metric: NaN, never the 0.5 of a constant prediction."""
-    if len(skipped):
-        for arr in (m.auroc, m.auprc, m.accuracy, m.loss):
-            arr[list(skipped)] = np.nan
-    return m
+# ----------------------------------------------------------------------------- fitting
 
 
 def _trainable(labels: np.ndarray) -> np.ndarray:
@@ -387,16 +284,16 @@ def _trainable(labels: np.ndarray) -> np.ndarray:
 
 def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[Motif]] = None,
             data_path: str = "store", progress: bool = False) -> GbmFit:
-    """Features for train/valid(/test), one model per task (or one for all), predictions, metrics.
+    """Features for train/valid(/test), one model per task (or one for all), predictions.
 
-    Unknown labels (-1) are left out of each task's fit, early stopping and metrics; a task with
-    a single class among its known train labels is skipped and reported as NaN.
+    Unknown labels (-1) are left out of each task's fit and early stopping; a task with a single
+    class among its known train labels is skipped (its predictions are 0.5).
     """
-    backend = resolve_backend(gbm)
+    backend = gbm.backend
     for split in ("train", "valid"):
         if split not in store.splits or store.n(split) == 0:
             raise DataError(f"{data_path}: the {split} split is empty; training needs train and valid")
-    options = gbm.feature_options()
+    options = feature_options(gbm)
     if options.uses_motifs:
         motifs = list(motifs) if motifs is not None else load_motif_set(gbm)
         scanner = MotifScanner(motifs, options.pseudocount)
@@ -458,15 +355,14 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
                 p[:, t] = m.predict(X[s])
             probs[s] = p
         timings["predict_s"] = time.perf_counter() - t0
-    metrics = {s: _undefine(task_metrics(probs[s], Y[s]), skipped) for s in splits}
     n_nodes = multi.n_nodes() if multi is not None else sum(m.n_nodes() for m in models.values())
     flops = 2 * scanner.macs_per_sample(store.seq_len) if scanner is not None else 0
-    return GbmFit(list(store.task_names), backend, names, models, multi, skipped, rounds, probs, metrics,
+    return GbmFit(list(store.task_names), backend, names, models, multi, skipped, rounds, probs,
                   timings, n_nodes, flops, len(motifs), cached, list(motifs))
 
 
 def _cache_counts() -> tuple[int, int]:
-    from data.motif_features import cache_stats
+    from mtlsweep.data.motif_features import cache_stats
     return cache_stats.computed, cache_stats.loaded
 
 
@@ -502,7 +398,7 @@ def save_models(fit: GbmFit, gbm: GbmConfig, run_dir: Path) -> Path:
         "task_names": fit.task_names, "models": files,
         "skipped_tasks": [fit.task_names[i] for i in fit.skipped],
         "rounds": {fit.task_names[i]: r for i, r in fit.rounds.items()},
-        "feature_options": gbm.feature_options().key(),
+        "feature_options": feature_options(gbm).key(),
         "feature_names": fit.feature_names, "motif_source": motif_source(gbm), "n_motifs": fit.n_motifs,
         "gbm": gbm.model_dump(mode="json"),
     }
@@ -531,8 +427,6 @@ class GbmModel:
             raise DataError(f"{path}: no such file; not a motif_gbm run directory")
         manifest = json.loads(path.read_text())
         kind = _XgbModel if manifest["backend"] == "xgboost" else _SklearnTask
-        if kind is _XgbModel and not xgboost_available():
-            raise DataError(f"{path}: the models were saved by xgboost, which is not installed here")
         multi, models = None, {}
         if manifest["multi_output"]:
             fname = next(f for f in manifest["models"].values() if f)
@@ -561,82 +455,3 @@ class GbmModel:
         for i, m in self.models.items():
             out[:, i] = m.predict(X)
         return out
-
-
-# ----------------------------------------------------------------------------- the run
-
-
-def _per_task(prefix: str, names: Sequence[str], values) -> dict[str, float]:
-    return {f"{prefix}/{n}": float(v) for n, v in zip(names, values)}
-
-
-def epoch_metrics(fit: GbmFit, epoch_s: float) -> dict[str, float]:
-    """The one "epoch" of a GBM run, under the CNN engine's metric names."""
-    names = fit.task_names
-    train_m, val = fit.metrics["train"], fit.metrics["valid"]
-    train_loss = float(np.nanmean(train_m.loss)) if np.isfinite(train_m.loss).any() else math.nan
-    features_train = fit.timings.get("features_train_s", 0.0)
-    train_s = features_train + fit.timings["fit_s"]
-    n_train = len(fit.probs["train"])
-    m: dict[str, float] = {"epoch": 1.0, "train/loss": train_loss, "train/objective": train_loss,
-                           "cost/train_s": train_s,
-                           "cost/samples_per_s": n_train / train_s if train_s > 0 else math.nan}
-    m.update(_per_task("schedule/weight", names, np.ones(len(names))))
-    m.update({f"val/{k}": v for k, v in val.summary().items()})
-    m.update(_per_task("val/auroc", names, val.auroc))
-    m.update(_per_task("val/auprc", names, val.auprc))
-    m.update({"cost/features_s": sum(v for k, v in fit.timings.items() if k.startswith("features_")),
-              "cost/fit_s": fit.timings["fit_s"], "cost/features_cached": float(fit.features_cached),
-              "gbm/n_features": float(len(fit.feature_names)), "gbm/n_motifs": float(fit.n_motifs),
-              "gbm/tasks_skipped": float(len(fit.skipped)),
-              "gbm/rounds_mean": float(np.mean(list(fit.rounds.values()))) if fit.rounds else math.nan})
-    m["cost/epoch_s"] = epoch_s
-    m["cost/peak_mem_mb"] = peak_rss_mb()
-    m["best"] = 1.0
-    return m
-
-
-def train_gbm(cfg, run_dir, callbacks: Iterable[Callback] = (), store=None, *,
-              gbm_cfg: Optional[GbmConfig] = None, motifs: Optional[Sequence[Motif]] = None,
-              progress: bool = False):
-    """One motif_gbm run of a RunConfig: same callbacks and outputs as training.engine.train.
-
-    The gbm settings come from ``gbm_cfg`` or else ``cfg.gbm``; data, task subset, seed and
-    tracking from the rest of cfg. on_train_start is called after the fit, because the model
-    size (tree nodes, logged as model.n_params) is only known then.
-    """
-    from data.store import open_dataset
-    from training.engine import RunResult, write_outputs
-
-    gbm = _as_gbm_config(gbm_cfg if gbm_cfg is not None else getattr(cfg, "gbm", None))
-    cbs = CallbackList(callbacks)
-    run_dir = Path(run_dir)
-    resolve_backend(gbm)  # a missing library fails before any feature is computed
-    full = store if store is not None else open_dataset(cfg.data.path)
-    data = full.select_tasks(cfg.data.tasks)
-    t0 = time.perf_counter()
-    fit = fit_gbm(gbm, data, seed=cfg.train.seed, motifs=motifs, data_path=cfg.data.path, progress=progress)
-    val = fit.metrics["valid"]
-    if not np.isfinite(val.auroc).any():
-        raise DataError(f"{cfg.data.path}: validation AUROC was undefined for every task "
-                        "(no task has both positives and negatives in the valid split)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_models(fit, gbm, run_dir)
-    info = {"run_dir": str(run_dir), "task_names": fit.task_names, "n_tasks": len(fit.task_names),
-            "n_params": fit.n_nodes, "flops_per_sample": fit.flops_per_sample, "n_train": data.n("train"),
-            "steps_per_epoch": 1, "start_epoch": 1, "data_fingerprint": data.fingerprint, "device": "cpu",
-            "backend": fit.backend, "n_features": len(fit.feature_names), "n_motifs": fit.n_motifs,
-            "skipped_tasks": [fit.task_names[i] for i in fit.skipped]}
-    cbs.on_train_start(info)
-    m = epoch_metrics(fit, time.perf_counter() - t0)
-    history = [m]
-    cbs.on_epoch_end(1, m)
-    test = fit.metrics.get("test")
-    test_summary: dict[str, float] = {}
-    if test is not None:
-        test_summary = {f"test/{k}": v for k, v in test.summary().items()}
-        test_summary.update(_per_task("test/auroc", fit.task_names, test.auroc))
-    result = RunResult(run_dir, fit.task_names, 1, m["val/auroc_mean"], 1, history, val, test, test_summary, info)
-    write_outputs(result, cfg)
-    cbs.on_train_end(result)
-    return result

@@ -1,36 +1,26 @@
-"""The baselines registry: every configuration is compared with single-task towers (k = 0, no
-coupling) trained on the same data, tasks, architecture, tower width, budget and seed, and
-regularized and tuned as carefully as the families compared with them.
+"""A run's identity and its single-task baseline: what makes two runs comparable.
 
-Three notions, kept apart:
-
+- ``model_family``: single, hard, soft, branched, control or motif_gbm, from the config.
 - ``run_identity``: everything that changes a run's result (data fingerprint, tasks and the
-  whole config but for where it is written, logged and on which device it runs). Two runs
-  with the same identity are the same experiment; a baseline is reused only when its identity
+  whole config but for where it is written, logged and on which device it runs). Two runs with
+  the same identity are the same experiment; a baseline is reused only when its identity
   (``baseline_fp``) matches exactly, so one trained with another decay, dropout or learning
   rate is never reused by mistake.
-- ``comparison_key``: what a run and its baseline must share to be compared: the identity of
-  the run's single-task counterpart, leaving out the keys the baseline is tuned over (the
-  optimizer and regularization dimensions a sweep searches, a grid's ``tune:`` keys).
-- the **protocol**: ``tuned`` (the baseline gets its own search over those keys, with as many
-  trials as each family, best on validation) or ``fixed`` (the base config's setting), tagged
-  ``baseline_protocol`` on the baseline run and shown by `mtlsweep compare`.
-
-A baseline is an MLflow run tagged ``role=baseline``; the runs a tuned search tried and did
-not keep are ``role=baseline_candidate``. A sweep's trials carry ``baseline_run_id``.
+- ``comparison_key``: what a run and its baseline must share to be compared: the identity of the
+  run's single-task counterpart, leaving out the keys the baseline is tuned over (the optimizer
+  and regularization dimensions a sweep searches, a grid's ``tune:`` keys).
+- ``Protocol``: ``tuned`` (the baseline gets its own search over those keys, with as many trials
+  as each family, best on validation) or ``fixed`` (the base config's setting).
+- the MLflow tag names that carry them (the tracking layer writes and reads them).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from mlflow.tracking import MlflowClient
-
-from training.config import InitConfig, RunConfig, ScheduleConfig, SharingConfig
+from mtlsweep.config.run import InitConfig, RunConfig, ScheduleConfig, SharingConfig, flatten
 
 ROLE_TAG = "role"
 FP_TAG = "baseline_fp"
@@ -110,77 +100,27 @@ class Protocol:
                 "the best on validation AUROC")
 
 
-@dataclass
-class Baseline:
-    run_id: str
-    fingerprint: str
-    seed: int
-    auroc: dict[str, float]          # task -> validation AUROC at the baseline's best epoch
-    checkpoint: Optional[str]        # best.pt of the towers, for init from_single
-    key: str = ""                    # comparison key
-    protocol: str = ""
 
-
-def find_baseline(client: MlflowClient, experiment_id: str, key: str, protocol_fp: str):
-    """A finished baseline with this comparison key, set by this protocol."""
-    runs = client.search_runs(
-        [experiment_id],
-        filter_string=f"tags.{ROLE_TAG} = 'baseline' and tags.{KEY_TAG} = '{key}' "
-                      f"and tags.{PROTOCOL_FP_TAG} = '{protocol_fp}' and attributes.status = 'FINISHED'",
-        order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
-
-
-def find_identical(client: MlflowClient, experiment_id: str, fingerprint: str, roles: Sequence[str] = ("baseline",)):
-    """A finished baseline (or candidate) run whose identity is exactly ``fingerprint``."""
-    for role in roles:
-        runs = client.search_runs(
-            [experiment_id],
-            filter_string=f"tags.{ROLE_TAG} = '{role}' and tags.{FP_TAG} = '{fingerprint}' "
-                          "and attributes.status = 'FINISHED'",
-            order_by=["attributes.start_time DESC"], max_results=1)
-        if runs:
-            return runs[0]
-    return None
-
-
-def task_keys(client: MlflowClient, run_id: str) -> dict[str, str]:
-    """task name -> metric key segment, from the run's task_names.json artifact."""
-    import tempfile
-    with tempfile.TemporaryDirectory() as tmp:
-        path = client.download_artifacts(run_id, "task_names.json", tmp)
-        return json.loads(Path(path).read_text())["task_to_key"]
-
-
-def per_task_metric(run, keys: dict[str, str], prefix: str = "best/val/auroc/") -> dict[str, float]:
-    return {t: float(run.data.metrics.get(prefix + k, math.nan)) for t, k in keys.items()}
-
-
-def load_baseline(client: MlflowClient, run) -> Baseline:
-    keys = task_keys(client, run.info.run_id)
-    ckpt = run.data.tags.get("checkpoint")
-    return Baseline(run.info.run_id, run.data.tags.get(FP_TAG, ""), int(run.data.params.get("train.seed", 0)),
-                    per_task_metric(run, keys), ckpt if ckpt and Path(ckpt).is_file() else None,
-                    run.data.tags.get(KEY_TAG, ""), run.data.tags.get(PROTOCOL_TAG, ""))
-
-
-def is_completed(run) -> bool:
-    """Trained to its own end (early stopping or the last epoch): not pruned, not orphaned."""
-    tags = run.data.tags
-    return run.info.status == "FINISHED" and "stopped_early" not in tags and "orphaned" not in tags
-
-
-def best_on_validation(runs: Sequence, metric: str = "best/val/auroc_mean"):
-    """The completed run with the highest validation score (None if none completed)."""
-    done = [r for r in runs if is_completed(r) and math.isfinite(r.data.metrics.get(metric, math.nan))]
-    return max(done, key=lambda r: r.data.metrics[metric]) if done else None
+def model_family(cfg: RunConfig) -> str:
+    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
+    control (towers with the zero-pull control of l2: shrinkage without sharing)."""
+    if cfg.model.family == "motif_gbm":
+        return "motif_gbm"
+    s = cfg.model.sharing
+    n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
+    if s.shared_layers == n_layers:
+        return "hard"
+    if s.coupling == "l2_zero" and s.strength > 0:
+        return "control"
+    if s.coupling == "cross_stitch" or (s.coupling in ("l2", "trace_norm") and s.strength > 0):
+        return "soft"
+    return "single" if s.shared_layers == 0 else "branched"
 
 
 def run_config(params: dict[str, str]) -> Optional[RunConfig]:
     """A run's config back from its logged params (None when they do not make one)."""
     import yaml
 
-    from training.config import flatten
     known = set(flatten(RunConfig().model_dump(mode="json"))) - {"model.family"}
     flat = {}
     for k, v in params.items():

@@ -1,0 +1,109 @@
+"""A motif_gbm run: the fit of models.motif_gbm, evaluated and reported exactly like a CNN run.
+
+The same callbacks, metric names, metrics.json, per_task.csv and RunResult, as one "epoch".
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
+
+from mtlsweep.config.run import GbmConfig
+from mtlsweep.data.errors import DataError
+from mtlsweep.data.jaspar import Motif
+from mtlsweep.data.store import open_dataset
+from mtlsweep.models.motif_gbm import GbmFit, fit_gbm, save_models
+from mtlsweep.training.callbacks import Callback, CallbackList
+from mtlsweep.training.cost import peak_rss_mb
+from mtlsweep.training.engine import RunResult, write_outputs
+from mtlsweep.training.metrics import TaskMetrics, task_metrics
+
+
+def _undefine(m: TaskMetrics, skipped: Sequence[int]) -> TaskMetrics:
+    """A task without a model has no metric: NaN, never the 0.5 of a constant prediction."""
+    if len(skipped):
+        for arr in (m.auroc, m.auprc, m.accuracy, m.loss):
+            arr[list(skipped)] = np.nan
+    return m
+
+
+def evaluate(fit: GbmFit, store) -> dict[str, TaskMetrics]:
+    """Per split, the fit's task metrics; a task without a model (skipped) is NaN."""
+    return {s: _undefine(task_metrics(p, store.split(s).labels), fit.skipped) for s, p in fit.probs.items()}
+
+
+def _per_task(prefix: str, names: Sequence[str], values) -> dict[str, float]:
+    return {f"{prefix}/{n}": float(v) for n, v in zip(names, values)}
+
+
+def epoch_metrics(fit: GbmFit, metrics: dict[str, TaskMetrics], epoch_s: float) -> dict[str, float]:
+    """The one "epoch" of a GBM run, under the CNN engine's metric names."""
+    names = fit.task_names
+    train_m, val = metrics["train"], metrics["valid"]
+    train_loss = float(np.nanmean(train_m.loss)) if np.isfinite(train_m.loss).any() else math.nan
+    features_train = fit.timings.get("features_train_s", 0.0)
+    train_s = features_train + fit.timings["fit_s"]
+    n_train = len(fit.probs["train"])
+    m: dict[str, float] = {"epoch": 1.0, "train/loss": train_loss, "train/objective": train_loss,
+                           "cost/train_s": train_s,
+                           "cost/samples_per_s": n_train / train_s if train_s > 0 else math.nan}
+    m.update(_per_task("schedule/weight", names, np.ones(len(names))))
+    m.update({f"val/{k}": v for k, v in val.summary().items()})
+    m.update(_per_task("val/auroc", names, val.auroc))
+    m.update(_per_task("val/auprc", names, val.auprc))
+    m.update({"cost/features_s": sum(v for k, v in fit.timings.items() if k.startswith("features_")),
+              "cost/fit_s": fit.timings["fit_s"], "cost/features_cached": float(fit.features_cached),
+              "gbm/n_features": float(len(fit.feature_names)), "gbm/n_motifs": float(fit.n_motifs),
+              "gbm/tasks_skipped": float(len(fit.skipped)),
+              "gbm/rounds_mean": float(np.mean(list(fit.rounds.values()))) if fit.rounds else math.nan})
+    m["cost/epoch_s"] = epoch_s
+    m["cost/peak_mem_mb"] = peak_rss_mb()
+    m["best"] = 1.0
+    m["last"] = 1.0
+    return m
+
+
+def run_gbm(cfg, run_dir, callbacks: Iterable[Callback] = (), store=None, *,
+            gbm_cfg: Optional[GbmConfig] = None, motifs: Optional[Sequence[Motif]] = None,
+            progress: bool = False):
+    """One motif_gbm run of a RunConfig: same callbacks and outputs as a CNN run.
+
+    The gbm settings come from ``gbm_cfg`` or else ``cfg.gbm``; data, task subset, seed and
+    tracking from the rest of cfg. on_train_start is called after the fit, because the model
+    size (tree nodes, logged as model.n_params) is only known then.
+    """
+    gbm = gbm_cfg if gbm_cfg is not None else cfg.gbm
+    cbs = CallbackList(callbacks)
+    run_dir = Path(run_dir)
+    full = store if store is not None else open_dataset(cfg.data.path)
+    data = full.select_tasks(cfg.data.tasks)
+    t0 = time.perf_counter()
+    fit = fit_gbm(gbm, data, seed=cfg.train.seed, motifs=motifs, data_path=cfg.data.path, progress=progress)
+    metrics = evaluate(fit, data)
+    val = metrics["valid"]
+    if not np.isfinite(val.auroc).any():
+        raise DataError(f"{cfg.data.path}: validation AUROC was undefined for every task "
+                        "(no task has both positives and negatives in the valid split)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_models(fit, gbm, run_dir)
+    info = {"run_dir": str(run_dir), "task_names": fit.task_names, "n_tasks": len(fit.task_names),
+            "n_params": fit.n_nodes, "flops_per_sample": fit.flops_per_sample, "n_train": data.n("train"),
+            "steps_per_epoch": 1, "start_epoch": 1, "data_fingerprint": data.fingerprint, "device": "cpu",
+            "backend": fit.backend, "n_features": len(fit.feature_names), "n_motifs": fit.n_motifs,
+            "skipped_tasks": [fit.task_names[i] for i in fit.skipped]}
+    cbs.on_train_start(info)
+    m = epoch_metrics(fit, metrics, time.perf_counter() - t0)
+    history = [m]
+    cbs.on_epoch_end(1, m)
+    test = metrics.get("test")
+    test_summary: dict[str, float] = {}
+    if test is not None:
+        test_summary = {f"test/{k}": v for k, v in test.summary().items()}
+        test_summary.update(_per_task("test/auroc", fit.task_names, test.auroc))
+    result = RunResult(run_dir, fit.task_names, 1, m["val/auroc_mean"], 1, history, val, test, test_summary, info)
+    write_outputs(result, cfg)
+    cbs.on_train_end(result)
+    return result
