@@ -34,7 +34,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -218,11 +218,11 @@ def run_study(tasks: Sequence[int], families: Sequence[str], *, isolate: bool = 
 
 
 def plot_study(points: Sequence[CostPoint], exps: dict, path: Path, title: str) -> Path:
-    from mtlsweep.analysis.plots import _save, plt
+    from mtlsweep.plots import save_figure, subplots
     panels = [("time_per_step_s", "time per step (s)"), ("samples_per_s", "samples / s"),
               ("epoch_s", "epoch time estimate (s)"), ("mem_mb", "peak memory above baseline (MiB)"),
               ("n_params", "parameters"), ("flops_per_sample", "FLOPs / sample (forward)")]
-    fig, axes = plt.subplots(2, 3, figsize=(12, 6.5))
+    fig, axes = subplots(2, 3, figsize=(12, 6.5))
     for ax, (key, label) in zip(axes.ravel(), panels):
         for fam, e in exps.items():
             pts = sorted((p for p in points if p.family == fam), key=lambda p: p.n_tasks)
@@ -234,7 +234,7 @@ def plot_study(points: Sequence[CostPoint], exps: dict, path: Path, title: str) 
         ax.set_title(label, fontsize=9)
         ax.legend(fontsize=7)
     fig.suptitle(title, fontsize=10)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def write_study(study: CostStudy, out_dir: Path) -> list[Path]:
@@ -259,7 +259,7 @@ def cost_scaling(tasks: Sequence[int], families: Sequence[str], *, arch: str = "
                  warmup: int = 2, batch: int = 128, seq_len: int = 600, device: str = "cpu",
                  epoch_seqs: int = 100_000, width: float = 1.0, soft_coupling: str = "l2", isolate: bool = True,
                  threads: Optional[int] = None, out: str | Path = "workspace/analysis/cost",
-                 tracking_uri: Optional[str] = None, experiment: str = "mtlsweep") -> CostStudy:
+                 publish: Optional[Callable[..., str]] = None) -> CostStudy:
     if arch not in ARCHS:
         raise DataError(f"--arch: unknown arch {arch!r}; allowed: {', '.join(ARCHS)}")
     if not tasks or any(t < 1 for t in tasks):
@@ -279,13 +279,11 @@ def cost_scaling(tasks: Sequence[int], families: Sequence[str], *, arch: str = "
         raise DataError("nothing to measure (soft needs T >= 2)")
     study = CostStudy(points, exponents_of(points), settings, [])
     study.files = write_study(study, Path(out))
-    if tracking_uri:
-        from mtlsweep.analysis.similarity import log_analysis_run
+    if publish is not None:
         metrics = [(f"cost/{p.family}/{m}", float(getattr(p, m)), p.n_tasks) for p in points for m in METRICS]
         metrics += [(f"cost/{fam}/exponent/{m}", v, 0) for fam, e in study.exponents.items() for m, v in e.items()]
-        study.mlflow_run_id = log_analysis_run(tracking_uri, experiment, f"cost scaling {arch}", kind="cost",
-                                               tags={"arch": arch}, params=settings, metrics=metrics,
-                                               artifacts=study.files)
+        study.mlflow_run_id = publish(f"cost scaling {arch}", kind="cost", tags={"arch": arch}, params=settings,
+                                      metrics=metrics, artifacts=study.files)
     return study
 
 
@@ -307,55 +305,6 @@ def time_to_target(history: Sequence[dict], target: float, metric: str = "val/au
         if v is not None and math.isfinite(float(v)) and float(v) >= target:
             return TimeToTarget(float(h.get("epoch", i + 1)), seconds)
     return TimeToTarget(math.nan, math.nan)
-
-
-# ---- the command ----------------------------------------------------------------------------
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise DataError(f"--tasks: expected comma-separated integers like 1,2,4,8, got {text!r}") from None
-
-
-def add_arguments(p) -> None:
-    from mtlsweep.analysis.similarity import add_tracking_arguments
-    p.add_argument("--tasks", default="1,2,4,8,16,32", help="task counts T, comma-separated")
-    p.add_argument("--families", default="single,hard,soft", help=f"comma-separated, from {', '.join(FAMILIES)}")
-    p.add_argument("--arch", default="small", choices=sorted(ARCHS))
-    p.add_argument("--width", type=float, default=1.0, help="tower width scale of single/soft (hard: 1)")
-    p.add_argument("--soft-coupling", default="l2", choices=["l2", "trace_norm", "cross_stitch"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, help="torch threads per measurement (default: torch's own choice)")
-    p.add_argument("--steps", type=int, default=10, help="timed training steps per configuration")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
-    p.add_argument("--batch", type=int, default=128)
-    p.add_argument("--seq-len", type=int, default=600)
-    p.add_argument("--epoch-seqs", type=int, default=100_000, help="training sequences in the epoch estimate")
-    p.add_argument("--in-process", action="store_true",
-                   help="measure in this process (faster; peak memory less exact) instead of one subprocess each")
-    p.add_argument("--out", default="workspace/analysis/cost")
-    add_tracking_arguments(p)
-
-
-def run(args) -> int:
-    fams = [f.strip() for f in args.families.split(",") if f.strip()]
-    study = cost_scaling(_ints(args.tasks), fams, arch=args.arch, steps=args.steps, warmup=args.warmup,
-                         batch=args.batch, seq_len=args.seq_len, device=args.device, epoch_seqs=args.epoch_seqs,
-                         width=args.width, soft_coupling=args.soft_coupling, isolate=not args.in_process,
-                         threads=args.threads,
-                         out=args.out, tracking_uri=args.tracking_uri, experiment=args.experiment)
-    print(f"{'family':<7} {'T':>4} {'s/step':>9} {'seq/s':>9} {'epoch s':>9} {'mem MiB':>8} {'params':>11} {'MFLOPs':>9}")
-    for p in study.points:
-        print(f"{p.family:<7} {p.n_tasks:>4} {p.time_per_step_s:9.4f} {p.samples_per_s:9.0f} {p.epoch_s:9.1f} "
-              f"{p.mem_mb:8.0f} {p.n_params:11,d} {p.flops_per_sample / 1e6:9.2f}")
-    for fam, e in study.exponents.items():
-        print(f"growth exponent in T, {fam}: time {e['time_per_step_s']:.2f}, memory {e['mem_mb']:.2f}, "
-              f"params {e['n_params']:.2f}, FLOPs {e['flops_per_sample']:.2f}")
-    for f in study.files:
-        print(f"written: {f}")
-    if study.mlflow_run_id:
-        print(f"MLflow analysis run {study.mlflow_run_id} in experiment {args.experiment!r}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -54,7 +54,7 @@ def first_layer_activation(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def filter_names(model) -> list[str]:
-    from mtlsweep.mlflow_server.names import sanitize_names
+    from mtlsweep.data.task_keys import sanitize_names
     layer = model.layers[model.layer_names[0]]
     s, c = layer.weight.shape[:2]
     if s == 1:
@@ -350,10 +350,10 @@ def draw_logo(ax, pfm: np.ndarray, x0: float = 0.0) -> None:
 
 def plot_logos(results: Sequence[FilterResult], db: MotifDB, path: Path, n: int = 12) -> Path:
     """For the top filters: the filter's logo and, under it, its best JASPAR match aligned."""
-    from mtlsweep.analysis.plots import _save, plt
+    from mtlsweep.plots import save_figure, subplots
     shown = [r for r in results if r.pfm is not None and r.pfm.shape[1] > 0][:n]
     rows = max(1, len(shown))
-    fig, axes = plt.subplots(2 * rows, 1, figsize=(7, 2.2 * rows), squeeze=False)
+    fig, axes = subplots(2 * rows, 1, figsize=(7, 2.2 * rows), squeeze=False)
     for k in range(rows):
         top, bottom = axes[2 * k, 0], axes[2 * k + 1, 0]
         if k >= len(shown):
@@ -376,7 +376,7 @@ def plot_logos(results: Sequence[FilterResult], db: MotifDB, path: Path, n: int 
         for ax in (top, bottom):
             ax.set_xlim(lo, hi)
             ax.tick_params(labelsize=6)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- one run --------------------------------------------------------------------------------
@@ -386,6 +386,7 @@ class MotifReport:
     alpha: float
     recall: Optional[dict]
     files: list[Path] = field(default_factory=list)
+    mlflow_run_id: Optional[str] = None          # the analysis run ``publish`` recorded, if any
 
     @property
     def n_tested(self) -> int:
@@ -437,42 +438,20 @@ def write_report(rep: MotifReport, db: MotifDB, out_dir: Path, n_logos: int = 12
     return [table, summary, logos]
 
 
-def add_arguments(p) -> None:
-    from mtlsweep.analysis.similarity import add_tracking_arguments
-    p.add_argument("run", help="run directory (best.pt, config.yaml) or MLflow run id")
-    p.add_argument("--probe", type=int, default=2000, help="probe sequences (Basset used the test set)")
-    p.add_argument("--split", default="valid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data", help="data file for the probe (default: the run's data.path)")
-    p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threshold", type=float, default=0.5, help="site cut-off, fraction of each filter's maximum")
-    p.add_argument("--shuffles", type=int, default=200, help="column shuffles per filter for the null")
-    p.add_argument("--alpha", type=float, default=0.01, help="a filter matches a known motif at p below this")
-    p.add_argument("--min-overlap", type=int, default=5)
-    p.add_argument("--top-k", type=int, default=3, help="matches kept per filter (and counted for recall)")
-    p.add_argument("--truth", help="synthetic benchmark truth.json: report recall of the planted motifs")
-    p.add_argument("--collection", default="CORE")
-    p.add_argument("--tax-group", default="vertebrates")
-    p.add_argument("--release", help="JASPAR release (default: the newest offline one)")
-    p.add_argument("--logos", type=int, default=12, help="filters drawn as sequence logos")
-    p.add_argument("--out", default="workspace/analysis/motifs")
-    add_tracking_arguments(p)
-
-
 def analyze(run_ref: str, *, probe: int = 2000, split: str = "valid", seed: int = 0, data: Optional[str] = None,
             batch: int = 256, device: str = "cpu", threshold: float = 0.5, shuffles: int = 200,
             alpha: float = 0.01, min_overlap: int = 5, top_k: int = 3, truth: Optional[str] = None,
             collection: str = "CORE", tax_group: str = "vertebrates", release: Optional[str] = None,
-            logos: int = 12, out: str | Path = "workspace/analysis/motifs", tracking_uri: Optional[str] = None,
-            experiment: str = "mtlsweep") -> MotifReport:
-    from mtlsweep.analysis.similarity import load_probe, load_run, log_analysis_run
+            logos: int = 12, out: str | Path = "workspace/analysis/motifs", locate=None,
+            publish: Optional[Callable[..., str]] = None) -> MotifReport:
+    """First-layer filters of a run matched to JASPAR, written to ``out``; ``publish`` records it."""
+    from mtlsweep.analysis.similarity import load_probe, load_run
     if not 0.0 < alpha < 1.0:
         raise DataError(f"--alpha must be between 0 and 1, got {alpha}")
     if shuffles + 1 < 1.0 / alpha:
         raise DataError(f"--shuffles {shuffles} cannot reach p < {alpha}; use at least {math.ceil(1 / alpha)}")
     t = read_truth(truth) if truth else None
-    r = load_run(run_ref, tracking_uri, device)
+    r = load_run(run_ref, device, locate)
     if r.in_channels < 4:
         raise DataError(f"{r.name}: the first layer reads {r.in_channels} channels; motifs need the 4 one-hot bases")
     pr = load_probe(data or r.cfg.data.path, probe, seed, split)
@@ -481,36 +460,16 @@ def analyze(run_ref: str, *, probe: int = 2000, split: str = "valid", seed: int 
     results = match_filters(pfms, db, n_shuffles=shuffles, min_overlap=min_overlap, top_k=top_k, seed=seed)
     rep = MotifReport(results, alpha, planted_recall(results, t, alpha, top_k) if t else None)
     rep.files = write_report(rep, db, Path(out), logos)
-    if tracking_uri:
+    if publish is not None:
         metrics = [("motifs/fraction_matched", rep.fraction_matched, 0), ("motifs/matched", rep.n_matched, 0),
                    ("motifs/filters", len(results), 0)]
         if rep.recall:
             metrics.append(("motifs/planted_recall", rep.recall["recall"], 0))
         tags = {"run": str(r.run_dir), **({"run_id": r.mlflow_run_id} if r.mlflow_run_id else {})}
-        log_analysis_run(tracking_uri, experiment, f"motifs {r.name}", kind="motifs", tags=tags,
+        rep.mlflow_run_id = publish(f"motifs {r.name}", kind="motifs", tags=tags,
                          params={"probe": pr.n, "split": split, "threshold": threshold, "shuffles": shuffles,
                                  "alpha": alpha, "min_overlap": min_overlap, "motifs": len(db)},
                          metrics=metrics, artifacts=rep.files)
     return rep
 
 
-def run(args) -> int:
-    rep = analyze(args.run, probe=args.probe, split=args.split, seed=args.seed, data=args.data, batch=args.batch,
-                  device=args.device, threshold=args.threshold, shuffles=args.shuffles, alpha=args.alpha,
-                  min_overlap=args.min_overlap, top_k=args.top_k, truth=args.truth, collection=args.collection,
-                  tax_group=args.tax_group, release=args.release, logos=args.logos, out=args.out,
-                  tracking_uri=args.tracking_uri, experiment=args.experiment)
-    print(f"{len(rep.results)} first-layer filters, {rep.n_tested} informative; {rep.n_matched} match a JASPAR "
-          f"motif at database-wide p < {rep.alpha} ({rep.fraction_matched:.1%}; "
-          f"{rep.n_tested * rep.alpha:.1f} expected by chance)")
-    for r in [r for r in ranked(rep.results) if r.significant(rep.alpha)][:10]:
-        m = r.matches[0]
-        print(f"  {r.name:>10}  {m.matrix_id:<10} {m.name:<14} score {m.score:6.2f}  p {m.p:.3g}  "
-              f"database p {r.p_db:.3g}  ({r.n_sites} sites, {r.ic:.1f} bits)")
-    if rep.recall:
-        rc = rep.recall
-        print(f"planted motifs recovered: {len(rc['recovered'])}/{len(rc['planted'])} (recall {rc['recall']:.2f}); "
-              f"missed: {', '.join(rc['missed']) or 'none'}; decoys matched: {', '.join(rc['decoys_matched']) or 'none'}")
-    for p in rep.files:
-        print(f"written: {p}")
-    return 0

@@ -472,7 +472,7 @@ class GradFlowCallback(Callback):
         return list(self._written)
 
     def write(self, out_dir: Path) -> list[Path]:
-        from mtlsweep.analysis import plots
+        from mtlsweep import plots
         rec = self.recorder
         out_dir.mkdir(parents=True, exist_ok=True)
         payload = rec.to_json()
@@ -499,14 +499,14 @@ class GradFlowCallback(Callback):
 
 def norm_heatmap(rec: GradFlowRecorder, layer: str, path: Path) -> Path:
     """Tasks × steps, log10 gradient norm; a red × where a task died (its final dead run began)."""
-    from mtlsweep.analysis.plots import _save, plt
+    from mtlsweep.plots import save_figure, subplots
     with np.errstate(divide="ignore", invalid="ignore"):
         logn = np.log10(rec.matrix(layer).T)
     logn[~np.isfinite(logn)] = np.nan
     steps = np.asarray(rec.steps, dtype=float)
     half = (steps[1] - steps[0]) / 2 if len(steps) > 1 else 0.5
     n_t = len(rec.tasks)
-    fig, ax = plt.subplots(figsize=(min(14.0, 4.5 + 0.06 * len(steps)), max(2.6, 0.22 * n_t + 1.4)))
+    fig, ax = subplots(figsize=(min(14.0, 4.5 + 0.06 * len(steps)), max(2.6, 0.22 * n_t + 1.4)))
     im = ax.imshow(logn, aspect="auto", cmap="viridis", interpolation="nearest",
                    extent=(steps[0] - half, steps[-1] + half, n_t - 0.5, -0.5))
     for t, step in enumerate(rec.death_steps(layer)):
@@ -523,7 +523,7 @@ def norm_heatmap(rec: GradFlowRecorder, layer: str, path: Path) -> Path:
     ax.set_title(f"log10 gradient norm at {layer} ({rec.scope}); dead at the end: {dead}/{n_t} "
                  f"(< {rec.threshold:g} × early level)", fontsize=9)
     fig.colorbar(im, ax=ax, label="log10 norm")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def maybe_grad_flow(cfg, publish: Optional[Callable[[list[Path]], None]] = None) -> Optional[GradFlowCallback]:

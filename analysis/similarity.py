@@ -1,8 +1,8 @@
-"""`mtlsweep similarity RUN_A RUN_B`: linear CKA between the hidden layers of two runs.
+"""Hidden-layer similarity (`mtlsweep similarity RUN_A RUN_B`): linear CKA between the layers of two runs.
 
-Also the pieces the other analyses share: loading a finished run's model (``load_run``), a
-fixed, seeded probe set from its data (``load_probe``) and logging an analysis as its own
-MLflow run (``log_analysis_run``, tagged role=analysis so that `mtlsweep compare` skips it).
+Also the pieces the other analyses share: loading a finished run's model (``load_run``) and a
+fixed, seeded probe set from its data (``load_probe``). Recording an analysis as an MLflow run
+is the caller's (``publish``; mtlsweep.mlflow_server.analysis_runs).
 
 Representations are layer outputs on the probe in eval mode: a shared layer is one
 representation; a tower layer gives one per task ("<layer>/<task>"). Towers are compared task by
@@ -16,13 +16,12 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
 from mtlsweep.data.errors import DataError
 
-ANALYSIS_ROLE = "analysis"
 DEFAULT_TOWER_TASKS = 4
 
 
@@ -41,25 +40,10 @@ class LoadedRun:
     mlflow_run_id: Optional[str] = None
 
 
-def _run_dir_from_mlflow(ref: str, tracking_uri: Optional[str]) -> tuple[Path, str]:
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
-    uri = resolve_tracking_uri(None, tracking_uri)
-    check_reachable(uri)
-    try:
-        run = MlflowClient(uri).get_run(ref)
-    except MlflowException:
-        raise DataError(f"{ref}: neither a run directory (with best.pt) nor an MLflow run id at {uri}") from None
-    run_dir = run.data.tags.get("run_dir")
-    if not run_dir:
-        raise DataError(f"MLflow run {ref}: has no run_dir tag pointing to its run directory")
-    return Path(run_dir), ref
-
-
-def load_run(ref: str, tracking_uri: Optional[str] = None, device: str = "cpu") -> LoadedRun:
+def load_run(ref: str, device: str = "cpu", locate: Optional[Callable[[str], tuple[Path, str]]] = None) -> LoadedRun:
     """A run directory (best.pt + config.yaml as training/engine.py writes them), a checkpoint
-    file, or an MLflow run id whose ``run_dir`` tag names such a directory."""
+    file, or a run id that ``locate`` turns into (run directory, run id) (the app passes an
+    MLflow lookup: mtlsweep.mlflow_server.analysis_runs.locator)."""
     from mtlsweep.models import build_model
     from mtlsweep.training.checkpoint import load_checkpoint
     from mtlsweep.config.run import ModelConfig, RunConfig, load_config
@@ -70,10 +54,10 @@ def load_run(ref: str, tracking_uri: Optional[str] = None, device: str = "cpu") 
     else:
         if path.is_dir():
             run_dir = path
-        elif "/" in ref or path.suffix:
+        elif "/" in ref or path.suffix or locate is None:
             raise DataError(f"{ref}: no such run directory or checkpoint")
         else:
-            run_dir, run_id = _run_dir_from_mlflow(ref, tracking_uri)
+            run_dir, run_id = locate(ref)
         ck_path = run_dir / "best.pt"
         if not ck_path.is_file():
             raise DataError(f"{run_dir}: no best.pt; is it a finished run directory?")
@@ -156,7 +140,7 @@ class Rep:
 
 
 def representations(model, layers: Sequence[str], tasks: Sequence[str]) -> list[Rep]:
-    from mtlsweep.mlflow_server.names import sanitize_names
+    from mtlsweep.data.task_keys import sanitize_names
     keys = sanitize_names(model.tasks)
     reps = []
     for layer in layers:
@@ -241,7 +225,7 @@ def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[S
 
 
 def write_similarity(res: SimilarityResult, out_dir: Path, title: str) -> list[Path]:
-    from mtlsweep.analysis import plots
+    from mtlsweep import plots
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "cka.csv"
     with open(table, "w", newline="") as fh:
@@ -259,69 +243,14 @@ def cka_metrics(res: SimilarityResult) -> dict[str, float]:
             for i, r in enumerate(res.rows) for j, c in enumerate(res.cols) if np.isfinite(res.matrix[i, j])}
 
 
-# ---- MLflow ---------------------------------------------------------------------------------
-def log_analysis_run(tracking_uri: str, experiment: str, run_name: str, *, kind: str,
-                     tags: dict[str, str], params: dict[str, object],
-                     metrics: Sequence[tuple[str, float, int]], artifacts: Sequence[Path]) -> str:
-    """One finished MLflow run holding an analysis (role=analysis); returns its id.
-    ``metrics`` are (key, value, step) triples."""
-    import time
-
-    from mlflow.entities import Metric, Param
-    from mlflow.tracking import MlflowClient
-    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment, param_value
-    from mtlsweep.mlflow_server.server import check_reachable
-    check_reachable(tracking_uri)
-    client = MlflowClient(tracking_uri)
-    exp_id = get_or_create_experiment(client, experiment)
-    all_tags = {"role": ANALYSIS_ROLE, "analysis": kind, **{k: str(v) for k, v in tags.items()}}
-    run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
-    rid = run.info.run_id
-    try:
-        now = int(time.time() * 1000)
-        ps = [Param(k, param_value(v)) for k, v in params.items()]
-        ms = [Metric(k, float(v), now, int(s)) for k, v, s in metrics if math.isfinite(float(v))]
-        for i in range(0, len(ps), 100):
-            client.log_batch(rid, params=ps[i:i + 100])
-        for i in range(0, len(ms), 1000):
-            client.log_batch(rid, metrics=ms[i:i + 1000])
-        for p in artifacts:
-            client.log_artifact(rid, str(p))
-    except BaseException:
-        client.set_terminated(rid, "FAILED")
-        raise
-    client.set_terminated(rid, "FINISHED")
-    return rid
-
-
-# ---- the command ----------------------------------------------------------------------------
-def add_tracking_arguments(p) -> None:
-    p.add_argument("--tracking-uri", help="also log the analysis as an MLflow run (role=analysis) here")
-    p.add_argument("--experiment", default="mtlsweep", help="MLflow experiment of the analysis run")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("run_a", help="run directory (best.pt, config.yaml) or MLflow run id")
-    p.add_argument("run_b", help="run directory or MLflow run id")
-    p.add_argument("--layers", help="comma-separated trunk layers (default: all, e.g. conv1,conv2,...,fc2)")
-    p.add_argument("--tasks", help="comma-separated tasks (names or indices) whose tower layers are compared "
-                                   f"(default: the first {DEFAULT_TOWER_TASKS} tasks of both runs)")
-    p.add_argument("--probe", type=int, default=2000, help="probe sequences drawn from the split")
-    p.add_argument("--batch", type=int, default=256, help="minibatch size of the unbiased CKA estimate")
-    p.add_argument("--split", default="valid", help="split the probe comes from")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probe draw")
-    p.add_argument("--data", help="data file for the probe (default: run A's data.path)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--out", default="workspace/analysis/similarity", help="output directory (cka.csv, cka.png)")
-    add_tracking_arguments(p)
-
-
 def similarity(run_a: str, run_b: str, *, layers=None, tasks=None, probe: int = 2000, batch: int = 256,
                split: str = "valid", seed: int = 0, data: Optional[str] = None, device: str = "cpu",
-               out: str | Path = "workspace/analysis/similarity", tracking_uri: Optional[str] = None,
-               experiment: str = "mtlsweep") -> SimilarityResult:
-    a = load_run(run_a, tracking_uri, device)
-    b = load_run(run_b, tracking_uri, device)
+               out: str | Path = "workspace/analysis/similarity", locate=None,
+               publish: Optional[Callable[..., str]] = None) -> SimilarityResult:
+    """CKA between every pair of layers of two runs, written to ``out``; ``publish`` (the app
+    passes mtlsweep.mlflow_server.analysis_runs.publisher) records it as an analysis run."""
+    a = load_run(run_a, device, locate)
+    b = load_run(run_b, device, locate)
     p = load_probe(data or a.cfg.data.path, probe, seed, split)
     res = compare_runs(a, b, p, layers=layers, tasks=tasks, batch=batch, device=device)
     out_dir = Path(out)
@@ -335,34 +264,15 @@ def similarity(run_a: str, run_b: str, *, layers=None, tasks=None, probe: int = 
         "rows": res.rows, "cols": res.cols,
         "matrix": [[None if not np.isfinite(v) else float(v) for v in row] for row in res.matrix]}, indent=1))
     res.files.append(meta)
-    if tracking_uri:
+    if publish is not None:
         tags = {"run_a": str(a.run_dir), "run_b": str(b.run_dir)}
         if a.mlflow_run_id:
             tags["run_a_id"] = a.mlflow_run_id
         if b.mlflow_run_id:
             tags["run_b_id"] = b.mlflow_run_id
-        res.mlflow_run_id = log_analysis_run(
-            tracking_uri, experiment, f"cka {a.name} vs {b.name}", kind="cka", tags=tags,
+        res.mlflow_run_id = publish(
+            f"cka {a.name} vs {b.name}", kind="cka", tags=tags,
             params={"probe": res.probe_n, "batch": batch, "split": split, "seed": seed, "data": p.source,
                     "layers": layers or "all", "tasks": ",".join(tasks) if tasks else "default"},
             metrics=[(k, v, 0) for k, v in cka_metrics(res).items()], artifacts=res.files)
     return res
-
-
-def run(args) -> int:
-    res = similarity(args.run_a, args.run_b, layers=_parse_list(args.layers), tasks=_parse_list(args.tasks),
-                     probe=args.probe, batch=args.batch, split=args.split, seed=args.seed, data=args.data,
-                     device=args.device, out=args.out, tracking_uri=args.tracking_uri, experiment=args.experiment)
-    width = max(len(r) for r in res.rows)
-    shared_cols = [j for j, c in enumerate(res.cols) if "/" not in c] or list(range(len(res.cols)))
-    print(f"linear CKA on {res.probe_n} probe sequences (rows: run A, columns: run B)")
-    cw = max(8, *(len(res.cols[j]) for j in shared_cols))
-    print(" " * width + "  " + "  ".join(f"{res.cols[j]:>{cw}}" for j in shared_cols))
-    for name, row in zip(res.rows, res.matrix):
-        print(f"{name:<{width}}  " + "  ".join(f"{'n/a':>{cw}}" if not np.isfinite(row[j]) else f"{row[j]:{cw}.3f}"
-                                              for j in shared_cols))
-    for p in res.files:
-        print(f"written: {p}")
-    if res.mlflow_run_id:
-        print(f"MLflow analysis run {res.mlflow_run_id} in experiment {args.experiment!r}")
-    return 0

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mtlsweep.mlflow_server import server  # noqa: E402
 from mtlsweep.mlflow_server.fast_logger import FastLogger  # noqa: E402
-from mtlsweep.mlflow_server.names import sanitize_names  # noqa: E402
+from mtlsweep.data.task_keys import sanitize_names  # noqa: E402
 
 
 def epoch_report(keys: list[str], step: int) -> dict[str, float]:

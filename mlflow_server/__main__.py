@@ -1,4 +1,4 @@
-"""`python -m mlflow_server start|stop|status` (also `mtlsweep server ...`)."""
+"""`python -m mtlsweep.mlflow_server start|stop|status`, the same as `mtlsweep server ...`."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlflow_server",
+    parser = argparse.ArgumentParser(prog="mtlsweep server",
                                      description="Start, stop or inspect the MLflow server.")
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -279,17 +279,13 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 def _png_b64(fig) -> str:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    import matplotlib.pyplot as plt
-    plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
 def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from mtlsweep.plots import subplots
     out = {}
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = subplots(figsize=(6, 4.2))
     colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple")))
     for fam in FAMILIES:
         pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
@@ -316,7 +312,7 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
         row = r["_row"]
         base = np.array([row.baseline.per_task[k] for k in c.keys])
         run = np.array([row.per_task[k] for k in c.keys])
-        fig, ax = plt.subplots(figsize=(4.2, 4))
+        fig, ax = subplots(figsize=(4.2, 4))
         better = run > base
         ax.scatter(base[~better], run[~better], c="tab:red", s=14)
         ax.scatter(base[better], run[better], c="tab:green", s=14)

@@ -78,7 +78,7 @@ def _check_key(kind: str, key) -> str:
         raise DataError(
             f"{kind} key {key!r}: MLflow allows at most {MAX_KEY_LEN} of letters, digits, "
             "'_', '-', '.', ' ', ':' and '/' with no empty, '.' or '..' path parts "
-            "(use mlflow_server.names.sanitize_names for task names)"
+            "(use mtlsweep.data.task_keys.sanitize_names for task names)"
         )
     return key
 

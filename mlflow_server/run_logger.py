@@ -11,9 +11,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 from mlflow.tracking import MlflowClient
 
-from mtlsweep.analysis import plots
+from mtlsweep import plots
 from mtlsweep.mlflow_server.fast_logger import FastLogger
-from mtlsweep.mlflow_server.names import sanitize_names
+from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.mlflow_server.server import check_reachable
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.config.run import RunConfig

@@ -241,7 +241,7 @@ def start(
         if _group_alive(int(old["pgid"])):
             raise TrackingError(
                 f"{project_dir}: an MLflow server already runs at {old['url']} "
-                f"(pid {old['pid']}); stop it first (python -m mlflow_server stop --dir {project_dir})"
+                f"(pid {old['pid']}); stop it first (mtlsweep server stop --dir {project_dir})"
             )
         _clear_state(project_dir)
 
@@ -397,5 +397,5 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
         reason = str(getattr(e, "reason", e))
     raise TrackingError(
         f"MLflow tracking server {redact_uri(uri)} does not answer ({reason}); start it with "
-        f"`python -m mlflow_server start` or set another tracking URI"
+        f"`mtlsweep server start` or set another tracking URI"
     )

@@ -1,6 +1,6 @@
 """`python -m mtlsweep` is the `mtlsweep` command."""
 import sys
 
-from mtlsweep.search.cli import main
+from mtlsweep.app.cli import main
 
 sys.exit(main())

@@ -1,8 +1,8 @@
 """The sweep's entry script. The same arguments work with
 
     ray submit search/clusters/aws-gpu.yaml search/sweep.py -- --base B.yaml --space S.yaml
-    ray job submit --working-dir . -- python -m search.sweep --base B.yaml --space S.yaml
-    python -m search.sweep --base B.yaml --space S.yaml      (embedded Ray on this machine)
+    ray job submit --working-dir . -- python -m mtlsweep.search.sweep --base B.yaml --space S.yaml
+    python -m mtlsweep.search.sweep --base B.yaml --space S.yaml      (embedded Ray on this machine)
 
 Under `ray submit` this file runs alone as ~/sweep.py, so it only imports the installed
 project (the cluster YAML installs it on every node).
@@ -62,7 +62,7 @@ def run(ns) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="search.sweep", description="Run an mtlsweep sweep on Ray Tune.")
+    p = argparse.ArgumentParser(prog="mtlsweep.search.sweep", description="Run an mtlsweep sweep on Ray Tune.")
     add_arguments(p)
     ns = p.parse_args(argv)
     from mtlsweep.config.errors import guarded

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from mtlsweep.analysis.cka import MinibatchCKA, gram_linear, hsic_unbiased, linear_cka
-from mtlsweep.analysis.similarity import add_arguments, load_run, run, similarity
+from mtlsweep.analysis.similarity import load_run, similarity
+from mtlsweep.app.analyses import add_similarity_arguments as add_arguments
+from mtlsweep.app.analyses import run_similarity as run
+from mtlsweep.mlflow_server.analysis_runs import locator
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.store import SplitArrays, Store
 from mtlsweep.models import build_model
@@ -180,8 +183,8 @@ def test_similarity_command_logs_an_analysis_run(two_runs, tmp_path, mlflow_serv
     # A training run's MLflow id stands for its run directory (its run_dir tag).
     exp_id = client.get_experiment_by_name("cka-test").experiment_id
     train_run = client.create_run(exp_id, tags={"run_dir": str(branched)}).info.run_id
-    loaded = load_run(train_run, mlflow_server.url)
+    loaded = load_run(train_run, locate=locator(mlflow_server.url))
     assert loaded.run_dir == branched.resolve() and loaded.mlflow_run_id == train_run
     with pytest.raises(DataError, match="neither a run directory"):
-        load_run("0123456789abcdef0123456789abcdef", mlflow_server.url)
+        load_run("0123456789abcdef0123456789abcdef", locate=locator(mlflow_server.url))
 

@@ -119,11 +119,11 @@ def test_oracle_gap_closed_and_train_valid_gap_by_hand(tmp_path):
 
 def test_cli_compare_and_unknown_experiment(experiment):
     uri, tmp = experiment
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "cmp", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "compare", "--experiment", "cmp", "--tracking-uri", uri,
                         "--out", str(tmp / "cli")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "best hard" in r.stdout and (tmp / "cli" / "comparison.html").is_file()
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "nope", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "compare", "--experiment", "nope", "--tracking-uri", uri,
                         "--out", str(tmp / "cli2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "experiment 'nope' does not exist" in r.stderr
     assert "Traceback" not in r.stderr
@@ -167,11 +167,11 @@ def test_group_by_variant_over_seeds_by_hand(tmp_path):
     assert sorted(r.name for r in tuned.runs) == ["s/h0-wd", "s/h1"]
     assert tuned.delta == pytest.approx([0.80 - np.mean(b0), d1.mean()], abs=1e-9)
 
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "variant", "--out", str(tmp_path / "g")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "hard" in r.stdout and (tmp_path / "g" / "comparison_groups.csv").is_file()
     assert "| hard | hard | 2 |" in (tmp_path / "g" / "comparison_groups.md").read_text()
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "nosuchtag", "--out", str(tmp_path / "g2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "no finished runs tagged 'nosuchtag'" in r.stderr

@@ -3,7 +3,7 @@ import csv
 
 from mlflow.tracking import MlflowClient
 
-from mtlsweep.search.demo import DemoSettings, run_demo
+from mtlsweep.app.demo import DemoSettings, run_demo
 
 
 def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):

@@ -19,7 +19,7 @@ from mtlsweep.mlflow_server.fast_logger import (
     _chunks,
     sync,
 )
-from mtlsweep.mlflow_server.names import sanitize_names
+from mtlsweep.data.task_keys import sanitize_names
 
 TASKS = [f"cell type {i}/rep:{i % 3}" for i in range(164)]
 KEYS = sanitize_names(TASKS)

@@ -7,8 +7,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mtlsweep.analysis.filter_motifs import (FilterResult, Match, MotifDB, add_arguments, compare, filter_pfms,
-                                    first_layer_activation, match_filters, planted_recall, run)
+from mtlsweep.analysis.filter_motifs import (FilterResult, Match, MotifDB, compare, filter_pfms, first_layer_activation,
+                                             match_filters, planted_recall)
+from mtlsweep.app.analyses import add_motif_arguments as add_arguments
+from mtlsweep.app.analyses import run_motifs as run
 from mtlsweep.analysis.similarity import Probe
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import load_motifs, log_odds

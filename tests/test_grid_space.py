@@ -69,7 +69,7 @@ def test_the_ground_truth_study_design_is_valid():
         c = base.with_overrides(space.overrides({"variant": name}))
         fams.add(c.model.sharing.coupling if c.model.sharing.shared_layers < 5 else "hard")
     assert {"hard", "l2", "l2_zero"} <= fams                  # sharing, and its no-sharing control
-    from mtlsweep.analysis.ground_truth import load_regimes
+    from mtlsweep.studies.ground_truth import load_regimes
     regimes, seeds = load_regimes(study / "regimes.yaml")
     assert len(seeds) >= 3                                   # data seeds, not only training seeds
     assert {r["shared_fraction"] for r in regimes.values()} == {0.67, 0.0}

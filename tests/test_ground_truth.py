@@ -4,7 +4,7 @@ from pathlib import Path
 import yaml
 from mlflow.tracking import MlflowClient
 
-from mtlsweep.analysis.ground_truth import main
+from mtlsweep.studies.ground_truth import main
 
 REPO = Path(__file__).resolve().parents[1]
 

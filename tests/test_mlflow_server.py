@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from mtlsweep.data.errors import DataError
-from mtlsweep.mlflow_server import names, server
+from mtlsweep.data import task_keys as names
+from mtlsweep.mlflow_server import server
 from mtlsweep.mlflow_server.__main__ import main
 
 

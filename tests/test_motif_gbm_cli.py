@@ -19,7 +19,7 @@ def test_train_motif_gbm_with_tracking(signal_store_path, tmp_path):
            "tracking": {"enabled": True, "experiment": "gbm"}}
     (tmp_path / "gbm.yaml").write_text(yaml.safe_dump(cfg))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "train", "--config", str(tmp_path / "gbm.yaml"),
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "train", "--config", str(tmp_path / "gbm.yaml"),
                         "--name", "g", "--no-progress", "--tracking-uri", uri], cwd=REPO, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -31,6 +31,6 @@ def test_train_motif_gbm_with_tracking(signal_store_path, tmp_path):
     assert "best/val/auroc_mean" in run.data.metrics and "test/auroc_mean" in run.data.metrics
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({**cfg, "gbm": {"max_depth": 0}}))
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "train", "--config", str(bad)], cwd=REPO,
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "train", "--config", str(bad)], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 2 and "gbm.max_depth" in r.stderr and "Traceback" not in r.stderr

@@ -1,7 +1,7 @@
 """The README's generated sections are what the code generates: never stale, never hand-edited."""
 from pathlib import Path
 
-from mtlsweep.search.readme import MARK, config_reference
+from mtlsweep.app.readme import MARK, config_reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -22,10 +22,10 @@ def test_readme_names_the_two_setup_commands_and_ci_calls_make_test():
 
 
 def test_ground_truth_table_is_what_the_study_wrote():
-    from mtlsweep.search.readme import STUDY_RESULTS
+    from mtlsweep.app.readme import STUDY_RESULTS
     text = README.read_text()
     start, end = MARK.format(name="ground-truth", edge="start"), MARK.format(name="ground-truth", edge="end")
     block = text.split(start, 1)[1].split(end, 1)[0].strip()
     written = (README.parent / STUDY_RESULTS).read_text().strip()
-    assert block == written, "run `python -m analysis.ground_truth --readme README.md` (or `mtlsweep readme`)"
+    assert block == written, "run `python -m mtlsweep.studies.ground_truth --readme README.md` (or `mtlsweep readme`)"
     assert "| related | hard |" in block and "| unrelated | hard |" in block

@@ -101,20 +101,20 @@ def test_sweep_trains_baseline_first_logs_nested_deltas_and_exports_a_reproducib
 
     # Export the best trial and rerun it with `mtlsweep train`: same validation AUROC.
     out = d / "best"
-    subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "export-best", "--experiment", "sweep-test",
+    subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "export-best", "--experiment", "sweep-test",
                     "--sweep", result.parent_run_id, "--top", "1", "--out", str(out),
                     "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"], check=True, cwd=REPO)
     best = max(kids, key=lambda k: k.data.metrics["best/val/auroc_mean"])
     cfg = yaml.safe_load((out / "1.yaml").read_text())
     assert cfg["train"]["seed"] == 0 and "@baseline" not in str(cfg)
-    r = subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "train", "--config", str(out / "1.yaml"),
+    r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "train", "--config", str(out / "1.yaml"),
                         "--name", "rerun", "--no-progress"], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     import json
     rerun = json.loads((Path(cfg["train"]["out_dir"]) / "rerun" / "metrics.json").read_text())
     assert abs(rerun["best_val_auroc"] - best.data.metrics["best/val/auroc_mean"]) <= 0.005
     with pytest.raises(subprocess.CalledProcessError):
-        subprocess.run([sys.executable, "-m", "mtlsweep.search.cli", "export-best", "--experiment", "sweep-test",
+        subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "export-best", "--experiment", "sweep-test",
                         "--out", str(out), "--tracking-uri", f"sqlite:///{d / 'ws' / 'mlflow.db'}"],
                        check=True, cwd=REPO, capture_output=True)
 

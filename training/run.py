@@ -11,7 +11,7 @@ state; nothing here knows Ray or MLflow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable
 
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import RunConfig

@@ -1,6 +1,6 @@
 """A hard model under different schedules, against single-task towers, same budget and seeds.
 
-    python -m analysis.schedule_study --base search/configs/demo.yaml --data workspace/synth/store.h5 \
+    python -m mtlsweep.studies.schedule_study --base search/configs/demo.yaml --data workspace/synth/store.h5 \
         --seeds 0 1 --out workspace/schedule_study
 
 Prints a markdown table: mean validation AUROC (best epoch) and ΔAUROC against the towers

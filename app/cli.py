@@ -168,22 +168,22 @@ def _spool_dirs(root: Path):
 
 
 def cmd_similarity(args) -> int:
-    from mtlsweep.analysis.similarity import run
-    return run(args)
+    from mtlsweep.app.analyses import run_similarity
+    return run_similarity(args)
 
 
 def cmd_motifs(args) -> int:
-    from mtlsweep.analysis.filter_motifs import run
-    return run(args)
+    from mtlsweep.app.analyses import run_motifs
+    return run_motifs(args)
 
 
 def cmd_cost(args) -> int:
-    from mtlsweep.analysis.cost_scaling import run
-    return run(args)
+    from mtlsweep.app.analyses import run_cost
+    return run_cost(args)
 
 
 def cmd_readme(args) -> int:
-    from mtlsweep.search.readme import update_readme
+    from mtlsweep.app.readme import update_readme
     done = update_readme(Path(args.readme), Path(args.demo_workspace) if args.demo_workspace else None)
     print(f"{args.readme}: regenerated {', '.join(done)}")
     return 0
@@ -191,7 +191,7 @@ def cmd_readme(args) -> int:
 
 # ---- demo ----------------------------------------------------------------------------
 def cmd_demo(args) -> int:
-    from mtlsweep.search.demo import run_demo
+    from mtlsweep.app.demo import run_demo
     return run_demo(workspace=Path(args.workspace))
 
 
@@ -304,15 +304,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
 
-    from mtlsweep.analysis.similarity import add_arguments as add_similarity_arguments
+    from mtlsweep.app.analyses import add_cost_arguments, add_motif_arguments, add_similarity_arguments
     q = sub.add_parser("similarity", help="linear CKA between the layers of two runs (hidden-layer similarity)")
     add_similarity_arguments(q)
     q.set_defaults(func=cmd_similarity)
-    from mtlsweep.analysis.filter_motifs import add_arguments as add_motif_arguments
     q = sub.add_parser("motifs", help="first-layer filters matched to JASPAR motifs (and planted-motif recall)")
     add_motif_arguments(q)
     q.set_defaults(func=cmd_motifs)
-    from mtlsweep.analysis.cost_scaling import add_arguments as add_cost_arguments
     q = sub.add_parser("cost", help="training time, memory, parameters and FLOPs as the number of tasks grows")
     add_cost_arguments(q)
     q.set_defaults(func=cmd_cost)

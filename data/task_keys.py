@@ -1,4 +1,4 @@
-"""Task names as MLflow metric-key segments (`val/auroc/<key>`), reversibly.
+"""Task names as MLflow metric-key segments (`val/auroc/<key>`), reversibly: the data layer names tasks for every tracker.
 
 MLflow 3.17 (mlflow/utils/validation.py) accepts keys matching `^[/\\w.\\- :]*$` (no colon on
 Windows) whose `posixpath.normpath` is the key itself, of at most 250 characters. A key

@@ -1,0 +1,1 @@
+"""The application: the `mtlsweep` command line, the demo (`make demo`) and the README generator."""
