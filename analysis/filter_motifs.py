@@ -17,6 +17,14 @@
 On the synthetic benchmark (data/synthetic.py, truth.json) the planted activating motifs are
 "recovered" when one of them is among the top ``top_k`` significant matches of a significant
 filter.
+
+Why not memelite's Tomtom (exact p-values): measured by ``python bench/filter_matching.py``
+(memelite 0.5.0) on a filter seeded with GATA1 (MA0035.5) and seven Kaiming-random filters
+against JASPAR 2026 CORE vertebrates: both put MA0035.5 first for the seeded filter, but Tomtom
+calls six of the seven random filters significant (E 1.7e-6 to 4e-3, matching long CTCF-family
+matrices, whose many alignments its per-target p-values do not account for), where this
+column-shuffled null gives them database-wide p 0.31-0.90 (and the seeded filter 0.005). Its
+numba kernels also cost ~42 s of compilation on a machine's first call (cached afterwards).
 """
 from __future__ import annotations
 
@@ -31,6 +39,7 @@ import numpy as np
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import ALPHABET, Motif, information_content
+from mtlsweep.data.onehot import reverse_complement
 
 COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
 
@@ -116,10 +125,6 @@ def trim(pfm: np.ndarray, min_ic: float) -> tuple[np.ndarray, int]:
     if not keep.size:
         return pfm[:, :0], 0
     return pfm[:, keep[0]:keep[-1] + 1], int(keep[0])
-
-
-def reverse_complement(pfm: np.ndarray) -> np.ndarray:
-    return pfm[::-1, ::-1]
 
 
 # ---- the database and the comparison --------------------------------------------------------

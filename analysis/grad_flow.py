@@ -63,26 +63,6 @@ def dropout_generators(model, device: torch.device) -> dict[str, torch.Generator
     return gens
 
 
-def traced_forward(model, x: Tensor, gens: dict[str, torch.Generator]):
-    """(outputs, logits): ``outputs[name]`` is a shared layer's output tensor or, for a tower
-    layer, the list of its T per-task outputs, all still in the graph (the model's own
-    ``layer_outputs`` stacks tower outputs into a new tensor that the logits do not depend on)."""
-    outs: dict[str, object] = {}
-    h = x
-    for name in model.shared_layer_names:
-        h = outs[name] = model.layers[name].forward_batched(h, True, [gens[SHARED]])
-    if model.hard:
-        return outs, model.out.forward_batched(h, True)
-    tower = [gens[stream_name(t)] for t in model.tasks]
-    hs = h
-    for name in model.tower_layer_names:
-        hs = model.layers[name].forward_loop(hs, tower)
-        if model.cross_stitch is not None:
-            hs = model.cross_stitch.mix_loop(name, hs)
-        outs[name] = hs
-    return outs, model.out.forward_loop(hs)
-
-
 # ---- one measurement ------------------------------------------------------------------------
 @dataclass
 class Measurement:
@@ -175,7 +155,7 @@ def measure(model, x: Tensor, y: Tensor, mask: Tensor, *, param_layers: Sequence
     try:
         gens = dropout_generators(model, x.device)
         with torch.enable_grad():
-            outs, logits = traced_forward(model, x, gens)
+            outs, logits = model.trace(x, gens)
             losses, known = masked_bce_per_task(logits.float(), y, mask)
             if model.shared_layer_names:
                 m = _shared_grads(model, outs, losses, param_layers, chunk, budget_mb, sketch)

@@ -1,4 +1,11 @@
-"""JASPAR motifs as probability matrices: the offline pyjaspar databases and JASPAR/MEME text files."""
+"""JASPAR motifs as probability matrices: the offline pyjaspar databases and JASPAR/MEME text files.
+
+The file parsers are this module's own, not Bio.motifs (which pyjaspar brings in): tried on the
+tests' files, Bio.motifs returns no motif and no error for a JASPAR matrix with three rows,
+cuts a tab-separated name ("My factor") at its first space, refuses MEME files without an
+ALPHABET line, and its errors name neither the file nor the line; a user's bad file must get
+one line naming both.
+"""
 from __future__ import annotations
 
 import functools
@@ -10,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mtlsweep.data.errors import DataError
+from mtlsweep.data.onehot import reverse_complement
 
 ALPHABET = "ACGT"
 
@@ -90,7 +98,7 @@ def pfm_similarity_many(pfm: np.ndarray, others: list[np.ndarray]) -> np.ndarray
     for k, o in enumerate(others):
         cb = np.asarray(o, dtype=np.float64) - 0.25
         stacked[0, k, :, : cb.shape[1]] = cb
-        stacked[1, k, :, : cb.shape[1]] = cb[::-1, ::-1]
+        stacked[1, k, :, : cb.shape[1]] = reverse_complement(cb)
         norms[k] = np.sqrt(np.sum(cb * cb))
     wa = ca.shape[1]
     best = np.full(len(others), -np.inf)
@@ -320,7 +328,7 @@ def scan_max(codes: np.ndarray, lo: np.ndarray) -> np.ndarray:
         raise DataError(f"sequences of length {codes.shape[1]} are shorter than the motif ({w})")
     best = None
     # The reverse complement of the matrix scans the minus strand of the same positions.
-    for mat in (lo, lo[::-1, ::-1]):
+    for mat in (lo, reverse_complement(lo)):
         table = np.vstack([mat, np.zeros((1, w), dtype=mat.dtype)])
         score = np.zeros((codes.shape[0], n_pos), dtype=np.result_type(mat.dtype, np.int64))
         for j in range(w):

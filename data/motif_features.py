@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from mtlsweep.config.run import GBM_CACHE_DIR, GBM_FEATURES
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, log_odds
-from mtlsweep.data.onehot import ALPHABET, N_CODE, codes_to_onehot_np
+from mtlsweep.data.onehot import ALPHABET, N_CODE, codes_to_onehot_np, reverse_complement
 
 FEATURES = GBM_FEATURES
 MOTIF_FEATURES = ("max", "count", "bins")
@@ -157,7 +157,7 @@ class _Group:
         for k, x in enumerate(lo):
             # Both strands left-aligned, so a window's start p is the same site on both strands.
             w[0, k, :, : x.shape[1]] = x
-            w[1, k, :, : x.shape[1]] = x[::-1, ::-1]
+            w[1, k, :, : x.shape[1]] = reverse_complement(x)
         self.weight = torch.from_numpy(w.reshape(2 * M, 4, W))
         # gather: row j * 6 + code holds column j of every filter for that base. N scores the
         # column mean (the one-hot's 0.25s); past the end a real column scores -inf (the window

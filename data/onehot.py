@@ -43,6 +43,12 @@ def codes_to_onehot(codes: torch.Tensor, dtype: torch.dtype = torch.float32) -> 
     return lut[codes.long()].transpose(1, 2)
 
 
+def reverse_complement(matrix: np.ndarray) -> np.ndarray:
+    """A [4, W] matrix over A,C,G,T (counts, PFM, log-odds, filter) as the other strand sees it:
+    rows complemented (the A,C,G,T order makes that a reversal) and columns reversed."""
+    return matrix[::-1, ::-1]
+
+
 def reverse_complement_codes(codes: np.ndarray) -> np.ndarray:
     """A<->T, C<->G, N stays N; reversed along the last axis."""
     comp = np.array([3, 2, 1, 0, 4], dtype=np.uint8)

@@ -27,15 +27,18 @@ Same spec (seed included) -> identical arrays and byte-identical files.
 """
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mtlsweep.config.errors import describe
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file, scan_max
@@ -56,43 +59,86 @@ LABEL_RULE = ("positive iff one of the task's activating motifs has a planted si
               "task's min_score_bits for it (before label_noise flips and unknown_rate)")
 
 
-@dataclass(frozen=True)
-class SynthSpec:
-    n_tasks: int = 16
-    n_groups: int = 4
-    motifs_per_task: int = 3
-    shared_fraction: float = 0.67          # share of a task's motifs common to its group; 0 = unrelated tasks
-    n_seqs: int = 20000
+_NUMBER = {"int": "an integer", "float": "a number"}
+
+
+class SynthSpec(BaseModel):
+    """The knobs of a benchmark. Same spec (seed included) -> identical arrays and files."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    n_tasks: int = Field(16, ge=1)
+    n_groups: int = Field(4, ge=1)
+    motifs_per_task: int = Field(3, ge=1)
+    shared_fraction: float = Field(0.67, ge=0.0, le=1.0)    # share of a task's motifs common to its group; 0 = unrelated
+    n_seqs: int = Field(20000, ge=100)
     seq_len: int = 600
-    gc: float = 0.41                       # human genome average
-    prevalence_min: float = 0.04           # targets spaced log-linearly min..median..max (Basset: 4-19%, median 8%)
-    prevalence_median: float = 0.08
-    prevalence_max: float = 0.19
-    label_noise: float = 0.02              # probability that a label is flipped
-    unknown_rate: float = 0.0              # probability that a label is set to -1 (unknown)
-    valid_fraction: float = 0.1
-    test_fraction: float = 0.1
-    seed: int = 0
+    gc: float = Field(0.41, gt=0.0, lt=1.0)                  # human genome average
+    prevalence_min: float = Field(0.04, gt=0.0, lt=1.0)      # targets spaced log-linearly min..median..max
+    prevalence_median: float = 0.08                          # (Basset: 4-19%, median 8%)
+    prevalence_max: float = Field(0.19, lt=1.0)
+    label_noise: float = Field(0.02, ge=0.0)                 # probability that a label is flipped
+    unknown_rate: float = Field(0.0, ge=0.0, lt=1.0)         # probability that a label is set to -1 (unknown)
+    valid_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    seed: int = Field(0, ge=0)
     motif_collection: str = "CORE"
     motif_tax_group: str = "vertebrates"
-    motif_release: str | None = "JASPAR2026"  # pinned so that a seed means the same data next year
-    motif_file: str | None = None          # JASPAR or MEME file used as the motif pool instead of pyjaspar
-    min_ic: float = 10.0                   # bits over the whole motif
-    min_width: int = 6
-    max_width: int = 19                    # Basset's first-layer filters are 19 wide
-    max_similarity: float = 0.6            # no two chosen motifs align better (jaspar.pfm_similarity); 1 = no limit
-    chance_matches: float = 0.001          # background matches per sequence at a motif's weakest planted score
-    n_decoys: int = 4                      # motifs planted like the others but tied to no task
+    motif_release: Optional[str] = "JASPAR2026"              # pinned so that a seed means the same data next year
+    motif_file: Optional[str] = None                         # JASPAR or MEME file used as the motif pool instead
+    min_ic: float = Field(10.0, ge=0.0)                      # bits over the whole motif
+    min_width: int = Field(6, ge=1)
+    max_width: int = 19                                      # Basset's first-layer filters are 19 wide
+    max_similarity: float = Field(0.6, gt=0.0, le=1.0)       # no two chosen motifs align better; 1 = no limit
+    chance_matches: float = Field(0.001, gt=0.0, le=0.1)     # background matches per sequence at the weakest site
+    n_decoys: int = Field(4, ge=0)                           # motifs planted like the others but tied to no task
 
-    def __post_init__(self) -> None:
-        # gc=1 and gc=1.0 must be the same spec, down to the bytes of truth.json and the fingerprint.
-        for name, (typ, _) in _FIELD_TYPES.items():
-            v = getattr(self, name)
-            if typ is float and isinstance(v, (int, np.integer, np.floating)) and not isinstance(v, bool):
-                object.__setattr__(self, name, float(v))
-            elif typ is int and isinstance(v, np.integer):
-                object.__setattr__(self, name, int(v))
-        validate_spec(self)
+    def __init__(self, **knobs):
+        try:
+            super().__init__(**knobs)
+        except ValidationError as exc:
+            raise DataError(_spec_error(exc)) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bools(cls, v, info):
+        if isinstance(v, bool):                              # True is not 1 here
+            raise ValueError("expected a number")
+        if isinstance(v, str) and v.lower() in ("none", "null") and info.field_name in ("motif_release", "motif_file"):
+            return None
+        if isinstance(v, np.generic):
+            return v.item()
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.n_groups > self.n_tasks:
+            raise _Bad("n_groups", self.n_groups, f"allowed: 1..n_tasks ({self.n_tasks})")
+        if self.min_width > self.max_width:
+            raise _Bad("min_width", self.min_width, f"allowed: 1..max_width ({self.max_width})")
+        if self.seq_len < self.max_width:
+            raise _Bad("seq_len", self.seq_len, f"it must be >= max_width ({self.max_width}), the widest motif allowed")
+        if not self.prevalence_min <= self.prevalence_median <= self.prevalence_max:
+            raise _Bad("prevalence_median", self.prevalence_median,
+                       f"allowed: prevalence_min ({self.prevalence_min})..prevalence_max ({self.prevalence_max})")
+        cap = min(0.5, self.prevalence_min, 1.0 - self.prevalence_max)
+        if not self.label_noise < cap:
+            raise _Bad("label_noise", self.label_noise,
+                       f"allowed: 0..below {cap:g} (flips alone would exceed the smallest prevalence)")
+        for name in ("valid_fraction", "test_fraction"):
+            if round(getattr(self, name) * self.n_seqs) < 1:
+                raise _Bad(name, getattr(self, name), f"allowed: at least one of n_seqs ({self.n_seqs}) sequences")
+        left = self.n_seqs - round(self.valid_fraction * self.n_seqs) - round(self.test_fraction * self.n_seqs)
+        if self.valid_fraction + self.test_fraction >= 1.0 or left < 1:
+            raise _Bad("test_fraction", self.test_fraction,
+                       "valid_fraction + test_fraction must leave training sequences (sum < 1)")
+        if self.motif_release is not None:
+            from pyjaspar import jaspar_releases
+            if self.motif_release not in jaspar_releases:
+                raise _Bad("motif_release", self.motif_release,
+                           f"allowed: {', '.join(sorted(jaspar_releases))} or null (newest)")
+        if self.motif_file is not None and not Path(self.motif_file).is_file():
+            raise _Bad("motif_file", self.motif_file, "the file does not exist")
+        return self
 
     @property
     def n_shared(self) -> int:
@@ -108,123 +154,36 @@ class SynthSpec:
         return self.n_groups * self.n_shared + self.n_tasks * self.n_private
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump()
+
+    def replace(self, **changes) -> "SynthSpec":
+        return spec_from_dict({**self.to_dict(), **changes})
 
 
-# ---------------------------------------------------------------- spec validation
-
-_FIELD_TYPES: dict[str, tuple[type, bool]] = {}  # name -> (int|float|str, optional)
-for _f in dataclasses.fields(SynthSpec):
-    _t = str(_f.type)
-    _FIELD_TYPES[_f.name] = (int if _t.startswith("int") else float if _t.startswith("float") else str, "None" in _t)
-
-
-def _bad(field: str, value, allowed: str) -> DataError:
-    return DataError(f"synthetic spec: {field}={value!r} is not allowed; {allowed}")
-
-
-def validate_spec(s: SynthSpec) -> None:
-    """Raise DataError naming the first bad field and its allowed range."""
-    for name, (typ, optional) in _FIELD_TYPES.items():
-        v = getattr(s, name)
-        if v is None and optional:
-            continue
-        if typ is int and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
-            raise _bad(name, v, "expected an integer")
-        if typ is float and (isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v)):
-            raise _bad(name, v, "expected a finite number")
-        if typ is str and not isinstance(v, str):
-            raise _bad(name, v, "expected a string")
-    if s.n_tasks < 1:
-        raise _bad("n_tasks", s.n_tasks, "allowed: >= 1")
-    if not 1 <= s.n_groups <= s.n_tasks:
-        raise _bad("n_groups", s.n_groups, f"allowed: 1..n_tasks ({s.n_tasks})")
-    if s.motifs_per_task < 1:
-        raise _bad("motifs_per_task", s.motifs_per_task, "allowed: >= 1")
-    if not 0.0 <= s.shared_fraction <= 1.0:
-        raise _bad("shared_fraction", s.shared_fraction, "allowed: 0..1")
-    if s.n_seqs < 100:
-        raise _bad("n_seqs", s.n_seqs, "allowed: >= 100")
-    if not 1 <= s.min_width <= s.max_width:
-        raise _bad("min_width", s.min_width, f"allowed: 1..max_width ({s.max_width})")
-    if s.seq_len < s.max_width:
-        raise _bad("seq_len", s.seq_len, f"it must be >= max_width ({s.max_width}), the widest motif allowed")
-    if not 0.0 < s.gc < 1.0:
-        raise _bad("gc", s.gc, "allowed: strictly between 0 and 1")
-    if not 0.0 < s.prevalence_min < 1.0:
-        raise _bad("prevalence_min", s.prevalence_min, "allowed: strictly between 0 and 1")
-    if not s.prevalence_min <= s.prevalence_median <= s.prevalence_max:
-        raise _bad("prevalence_median", s.prevalence_median,
-                   f"allowed: prevalence_min ({s.prevalence_min})..prevalence_max ({s.prevalence_max})")
-    if not s.prevalence_max < 1.0:
-        raise _bad("prevalence_max", s.prevalence_max, f"allowed: prevalence_min ({s.prevalence_min})..below 1")
-    if not 0.0 <= s.label_noise < min(0.5, s.prevalence_min, 1.0 - s.prevalence_max):
-        raise _bad("label_noise", s.label_noise,
-                   f"allowed: 0..below {min(0.5, s.prevalence_min, 1.0 - s.prevalence_max):g} "
-                   "(flips alone would exceed the smallest prevalence)")
-    if not 0.0 <= s.unknown_rate < 1.0:
-        raise _bad("unknown_rate", s.unknown_rate, "allowed: 0..below 1")
-    for name in ("valid_fraction", "test_fraction"):
-        v = getattr(s, name)
-        if not 0.0 < v < 1.0 or round(v * s.n_seqs) < 1:
-            raise _bad(name, v, f"allowed: between 0 and 1, at least one of n_seqs ({s.n_seqs}) sequences")
-    if s.valid_fraction + s.test_fraction >= 1.0 or s.n_seqs - round(s.valid_fraction * s.n_seqs) - round(s.test_fraction * s.n_seqs) < 1:
-        raise _bad("test_fraction", s.test_fraction, f"valid_fraction + test_fraction must leave training sequences (sum < 1)")
-    if s.seed < 0:
-        raise _bad("seed", s.seed, "allowed: >= 0")
-    if not 0.0 < s.chance_matches <= 0.1:
-        raise _bad("chance_matches", s.chance_matches, "allowed: above 0, up to 0.1 (matches per sequence)")
-    if s.min_ic < 0:
-        raise _bad("min_ic", s.min_ic, "allowed: >= 0 bits")
-    if not 0.0 < s.max_similarity <= 1.0:
-        raise _bad("max_similarity", s.max_similarity, "allowed: above 0, up to 1 (1 = no limit)")
-    if s.n_decoys < 0:
-        raise _bad("n_decoys", s.n_decoys, "allowed: >= 0")
-    if s.motif_release is not None:
-        from pyjaspar import jaspar_releases
-
-        if s.motif_release not in jaspar_releases:
-            raise _bad("motif_release", s.motif_release, f"allowed: {', '.join(sorted(jaspar_releases))} or null (newest)")
-    if s.motif_file is not None and not Path(s.motif_file).is_file():
-        raise _bad("motif_file", s.motif_file, "the file does not exist")
+class _Bad(ValueError):
+    def __init__(self, field: str, value, allowed: str):
+        super().__init__(f"{field}={value!r} is not allowed; {allowed}")
 
 
 def spec_from_dict(d: dict | None) -> SynthSpec:
     """SynthSpec from CLI/YAML knobs (missing keys take the defaults); DataError names a bad key."""
     if d is None:
-        return SynthSpec()
+        d = {}
     if not isinstance(d, dict):
         raise DataError(f"synthetic spec: expected a mapping of knobs, got {type(d).__name__}")
-    kwargs = {}
-    for key, value in d.items():
-        if key not in _FIELD_TYPES:
-            raise DataError(f"synthetic spec: unknown knob {key!r}; allowed: {', '.join(_FIELD_TYPES)}")
-        kwargs[key] = _coerce(key, value)
-    return SynthSpec(**kwargs)
+    return SynthSpec(**d)
 
 
-def _coerce(key: str, value):
-    typ, optional = _FIELD_TYPES[key]
-    if value is None or (optional and isinstance(value, str) and value.lower() in ("none", "null")):
-        if optional:
-            return None
-        raise _bad(key, value, "a value is required")
-    if typ is str:
-        if not isinstance(value, str):
-            raise _bad(key, value, "expected a string")
-        return value
-    if isinstance(value, bool):
-        raise _bad(key, value, f"expected {'an integer' if typ is int else 'a number'}")
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _bad(key, value, f"expected {'an integer' if typ is int else 'a number'}") from None
-    if typ is int:
-        if isinstance(value, float) and not value.is_integer():
-            raise _bad(key, value, "expected an integer")
-        return int(value)
-    return float(value)
+def _spec_error(exc: ValidationError) -> str:
+    """The first of a spec's errors as "synthetic spec: <knob>=<value> is not allowed; <what is>"."""
+    e = exc.errors()[0]
+    if e["type"] == "value_error" and isinstance(e.get("ctx", {}).get("error"), _Bad):
+        return f"synthetic spec: {e['ctx']['error']}"
+    if e["type"] == "extra_forbidden":
+        return f"synthetic spec: unknown knob {e['loc'][0]!r}; allowed: {', '.join(SynthSpec.model_fields)}"
+    field = e["loc"][0] if e["loc"] else ""
+    allowed = describe({**e, "loc": ()}).lstrip(": ").removesuffix(f", got {e.get('input')!r}")
+    return f"synthetic spec: {field}={e.get('input')!r} is not allowed; {allowed}"
 
 
 # ---------------------------------------------------------------- motifs
@@ -508,7 +467,6 @@ def _generate_chunk(n: int, spec: SynthSpec, tab: _Tables, rates: np.ndarray, rn
 
 def generate(spec: SynthSpec) -> tuple[list[str], dict[str, SplitArrays], dict]:
     """(task_names, {"train","valid","test"} -> SplitArrays, truth) for the spec; nothing is written."""
-    validate_spec(spec)
     rng = np.random.Generator(np.random.PCG64(spec.seed))
     models = _choose_motifs(spec, rng)
     tasks = _tasks(spec, models, rng)
@@ -688,7 +646,6 @@ def write_synthetic(spec: SynthSpec, out_dir, overwrite: bool = False) -> dict[s
 
     if not isinstance(spec, SynthSpec):
         raise DataError(f"write_synthetic: spec must be a SynthSpec, got {type(spec).__name__}")
-    validate_spec(spec)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise DataError(f"{out}: exists and is not a directory")

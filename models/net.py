@@ -179,26 +179,35 @@ class MultiTaskNet(nn.Module):
         logits = self.from_shared(rep)
         return (logits, rep) if return_shared else logits
 
-    def layer_outputs(self, x: Tensor) -> dict[str, Tensor]:
-        """Every layer's output: shared layers [B, C, L] / [B, D], tower layers with a task
-        axis [B, T, C, L] / [B, T, D], and "out" the logits. For representation analyses."""
-        gens = self._generators(x.device)
-        outs: dict[str, Tensor] = {}
+    def trace(self, x: Tensor, generators: Optional[dict[str, torch.Generator]] = None):
+        """(outputs, logits) of the loop-form forward, with every layer's output kept in the graph:
+        ``outputs[name]`` is a shared layer's output tensor or, for a tower layer, the list of its
+        T per-task outputs (the logits depend on these very tensors, so gradients can be taken
+        with respect to them). ``generators`` (stream name -> generator) draws the dropout masks
+        instead of the model's own streams, so an extra forward need not advance them; the
+        values are those of ``forward`` (to float tolerance on the batched backend)."""
+        gens = generators if generators is not None else self._generators(x.device)
+        outs: dict[str, object] = {}
         h = x
         for name in self.shared_layer_names:
             h = outs[name] = self.layers[name].forward_batched(h, True, [gens[SHARED]])
         if self.hard:
-            outs["out"] = self.out.forward_batched(h, True)
-            return outs
+            return outs, self.out.forward_batched(h, True)
         tower_gens = [gens[n] for n in self._tower_streams]
         hs = h
         for name in self.tower_layer_names:
             hs = self.layers[name].forward_loop(hs, tower_gens)
             if self.cross_stitch is not None:
                 hs = self.cross_stitch.mix_loop(name, hs)
-            outs[name] = torch.stack(hs, dim=1)
-        outs["out"] = self.out.forward_loop(hs)
-        return outs
+            outs[name] = hs
+        return outs, self.out.forward_loop(hs)
+
+    def layer_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """Every layer's output: shared layers [B, C, L] / [B, D], tower layers with a task
+        axis [B, T, C, L] / [B, T, D], and "out" the logits. For representation analyses."""
+        outs, logits = self.trace(x)
+        stacked = {name: torch.stack(o, dim=1) if isinstance(o, list) else o for name, o in outs.items()}
+        return {**stacked, "out": logits}
 
     # ---- couplings, constraints, optimizer ----------------------------------------------
     def _tower_mats(self) -> list[Tensor]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,8 +235,8 @@ def fit(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples:
             search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
             max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
     results = tuner.fit()
-    known = {(r.metrics or {}).get("trial_id") for r in results} | {Path(r.path).name.split("_")[2] for r in results
-                                                                    if r.path and Path(r.path).name.count("_") >= 2}
+    # Every result Tune records carries its trial's id; a trial that never reported ran no epoch.
+    known = {(r.metrics or {}).get("trial_id") for r in results} - {None}
     _close_stopped_runs(sweep.client, sweep.experiment_id, sweep.parent_id, known, ctx.role)
     return results
 

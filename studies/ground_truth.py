@@ -69,7 +69,7 @@ def ensure_data(ws: Path, regime: str, knobs: dict, seed: int) -> Path:
     truth = out / "truth.json"
     if (out / "store.h5").is_file() and truth.is_file():
         written = json.loads(truth.read_text()).get("spec", {})
-        wanted = json.loads(json.dumps(spec.__dict__))
+        wanted = json.loads(json.dumps(spec.to_dict()))
         if any(written.get(k) != v for k, v in wanted.items()):
             raise FileExistsError(f"{out}: holds data from other knobs than regime {regime!r}; "
                                   "move it away or pass another --workspace")

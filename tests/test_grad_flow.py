@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from mtlsweep.analysis.grad_flow import (GradFlowCallback, GradFlowRecorder, dropout_generators, maybe_grad_flow,
-                                measure, traced_forward)
+                                measure)
 from mtlsweep.data.store import SplitArrays, Store
 from mtlsweep.models import build_model
 from mtlsweep.config.errors import ConfigError
@@ -38,7 +38,7 @@ def reference_grads(model, x, y, mask, layer, own_tower=False):
     """T separate backward passes through the same forward as `measure` (same dropout masks)."""
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    outs, logits = traced_forward(model, x, dropout_generators(model, x.device))
+    outs, logits = model.trace(x, dropout_generators(model, x.device))
     losses, _ = masked_bce_per_task(logits, y, mask)
     grads = []
     for t in range(T):
@@ -64,7 +64,7 @@ def test_vectorized_per_task_norms_equal_separate_backward_passes(k):
             assert np.abs(m.cosine[layer] - cos.numpy()).max() < 0.1
     # Parameter gradients: task t alone against the same forward.
     model.train()
-    outs, logits = traced_forward(model, x, dropout_generators(model, x.device))
+    outs, logits = model.trace(x, dropout_generators(model, x.device))
     losses, _ = masked_bce_per_task(logits, y, mask)
     params = list(model.layers["conv1"].parameters())
     per = [torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], params, retain_graph=True)]) for t in range(T)]
@@ -92,7 +92,7 @@ def test_measurement_leaves_the_model_as_it_was():
     assert all(torch.equal(rng[k], v) for k, v in model.rng_state().items())
     # The traced forward is the model's forward.
     x = batch(3)[0]
-    assert torch.equal(traced_forward(model, x, dropout_generators(model, x.device))[1], model(x))
+    assert torch.equal(model.trace(x, dropout_generators(model, x.device))[1], model(x))
 
 
 def test_task_with_saturated_loss_is_dead_and_the_others_alive():

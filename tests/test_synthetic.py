@@ -1,4 +1,3 @@
-import dataclasses
 import json
 
 import numpy as np
@@ -47,7 +46,7 @@ def test_same_seed_same_data_other_seed_other_data(small):
         np.testing.assert_array_equal(splits2[s].codes, splits[s].codes)
         np.testing.assert_array_equal(splits2[s].labels, splits[s].labels)
         assert splits2[s].headers == splits[s].headers
-    _, other, other_truth = generate(dataclasses.replace(spec, seed=8))
+    _, other, other_truth = generate(spec.replace(seed=8))
     assert not np.array_equal(other["train"].codes, splits["train"].codes)
     assert not np.array_equal(other["train"].labels, splits["train"].labels)
     assert other_truth["fingerprint"] != truth["fingerprint"]
@@ -258,7 +257,7 @@ def test_write_synthetic_is_byte_identical_and_readable(tmp_path):
             np.testing.assert_array_equal(labels, splits[s].labels)
             assert tracks is None
 
-    other = write_synthetic(dataclasses.replace(spec, seed=99), tmp_path / "c")
+    other = write_synthetic(spec.replace(seed=99), tmp_path / "c")
     assert all(other[k].read_bytes() != a[k].read_bytes() for k in a)
 
 
@@ -266,7 +265,7 @@ def test_write_synthetic_refuses_to_overwrite(tmp_path):
     spec = SynthSpec(**{**SMALL, "n_seqs": 300})
     paths = write_synthetic(spec, tmp_path)
     before = _file_bytes(paths)
-    changed = dataclasses.replace(spec, seed=1)
+    changed = spec.replace(seed=1)
     with pytest.raises(DataError) as err:
         write_synthetic(changed, tmp_path)
     assert str(tmp_path / "basset.h5") in str(err.value) and "\n" not in str(err.value)
@@ -301,7 +300,7 @@ def test_oracle_ceiling_per_split_and_task(small):
         assert all(0.7 < r <= 1.0 for r in rocs), rocs    # 2% flips on 4-19% positives: the noise caps it
         assert oracle["mean"][s]["auroc"] == pytest.approx(np.mean(rocs), abs=1e-6)
     # Without label noise the oracle is the generator's own rule: perfect up to rare chance matches.
-    _, _, clean = generate(dataclasses.replace(spec, label_noise=0.0, n_seqs=1500))
+    _, _, clean = generate(spec.replace(label_noise=0.0, n_seqs=1500))
     assert all(v["auroc"] > 0.995 for s in SPLITS for v in clean["oracle"]["tasks"][s].values())
 
 
