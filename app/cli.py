@@ -73,28 +73,36 @@ def cmd_train(args) -> int:
     from mtlsweep.mlflow_server.attach import run_callbacks, train_tracking
     from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
     from mtlsweep.training.callbacks import ConsoleReporter
-    from mtlsweep.training.engine import prepare_run_dir
-    from mtlsweep.training.run import run
+    from mtlsweep.training.engine import check_resume, prepare_run_dir
+    from mtlsweep.training.run import check, run
     cfg = load_config(args.config, args.set)
     if args.tracking_uri:
         cfg = cfg.with_overrides({"tracking.enabled": True})
-    if args.resume:
-        run_dir = Path(args.resume).resolve()
-        if not (run_dir / "last.pt").is_file():
-            raise UserError(f"{run_dir}: nothing to resume (no last.pt)")
-    else:
-        run_dir = prepare_run_dir(cfg, args.name, force=args.force)
-    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
-    tracking = None
+    uri = None
     if cfg.tracking.enabled:
         uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
         check_reachable(uri)
-        tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, list(store.task_names))
+    # Everything a user can get wrong is checked before a directory, a checkpoint or an MLflow run exists.
+    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+        check_resume(cfg, run_dir, store.fingerprint, list(store.task_names), force=args.force)
+    else:
+        run_dir = prepare_run_dir(cfg, args.name, force=args.force)
+    check(cfg, store)
+    tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, list(store.task_names),
+                              resume=bool(args.resume)) if uri else None
     callbacks, logger = run_callbacks(cfg, tracking)
-    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store, resume=bool(args.resume),
-        progress=not args.no_progress)
+    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store,
+        resume=("force" if args.force else True) if args.resume else False, progress=not args.no_progress)
     if logger is not None:
         print(f"MLflow run {logger.run_id} in experiment {cfg.tracking.experiment!r} at {logger.uri}")
+        from mtlsweep.mlflow_server.runs_view import runs_url
+        if logger.uri.startswith(("http://", "https://")):
+            print(f"runs table: {runs_url(logger.uri, logger.experiment_id)}")
+        else:
+            print(f"runs table: `mlflow ui --backend-store-uri {logger.uri} --port 5000`, then "
+                  f"{runs_url('http://127.0.0.1:5000', logger.experiment_id)}")
     return 0
 
 
@@ -225,7 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("fasta", help="genome FASTA (indexed, or indexable with pyfaidx)")
     b.add_argument("--out", required=True, help="output directory (basset.h5, store.h5, build_report.json)")
     b.add_argument("--length", type=int, default=600, help="sequence length around each peak (bp)")
-    b.add_argument("--merge-overlap", type=int, default=200, help="merge peaks overlapping by at least this (bp)")
+    b.add_argument("--merge-overlap", type=int, default=None,
+                   help="merge peaks overlapping by at least this (bp; default --length//3, Basset's 200 at 600 bp)")
     b.add_argument("--merge-mode", choices=["basset", "span"], default="basset",
                    help="basset: Basset's weighted pairwise merge; span: one peak per overlapping group")
     b.add_argument("--valid-chroms", action="append", help="held-out chromosomes for valid (repeat or comma-separate)")
@@ -258,7 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a dotted config key, e.g. --set model.sharing.strength=0.1")
     t.add_argument("--name", help="run directory name under train.out_dir (default: timestamp)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
-    t.add_argument("--force", action="store_true", help="reuse an existing run directory")
+    t.add_argument("--force", action="store_true",
+                   help="reuse an existing run directory; with --resume, evaluate a finished run again")
     t.add_argument("--no-progress", action="store_true")
     t.add_argument("--tracking-uri", help="log to MLflow here (turns tracking on)")
     t.set_defaults(func=cmd_train)
@@ -326,9 +336,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # A user reads what to look at, not the line of mtlsweep that noticed it.
+    print(f"mtlsweep: warning: {message}", file=file or sys.stderr)
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return guarded(args.func, args)
+    import warnings
+    shown = warnings.showwarning
+    warnings.showwarning = _one_line_warning
+    try:
+        return guarded(args.func, args)
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

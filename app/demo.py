@@ -80,7 +80,6 @@ def demo_base(ws: Path, store: Path, experiment: str, overrides: list[str]) -> P
 
 
 def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSettings] = None) -> int:
-    from mtlsweep.mlflow_server.compare import compare
     from mtlsweep.mlflow_server.server import resolve_tracking_uri
     from mtlsweep.search.driver import SweepArgs, run_sweep
     from mtlsweep.search.export import export_best
@@ -89,24 +88,20 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     ws = s.workspace.resolve()
     ws.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    _step("1/5 synthetic benchmark (real JASPAR motifs, known task groups)")
+    _step("1/4 synthetic benchmark (real JASPAR motifs, known task groups)")
     store = ensure_data(ws, s.data)
     base = demo_base(ws, store, s.experiment, s.base_overrides)
     uri = resolve_tracking_uri(None, s.tracking_uri, default_dir=str(ws))
     name = s.name or time.strftime("demo-%Y%m%d-%H%M%S")
 
-    _step(f"2/5 + 3/5 single-task baselines (their own search), then sweep {name}: {s.num_samples} trials, "
-          "Optuna on Ray")
+    _step(f"2/4 + 3/4 single-task baselines (their own search), then sweep {name}: {s.num_samples} trials, "
+          "Optuna on Ray, ending in its comparison against the baseline")
     result = run_sweep(SweepArgs(base=str(base), space=str(DEMO_SPACE), num_samples=s.num_samples,
                                  max_concurrent=max(1, os.cpu_count() or 1), cpus_per_trial=1, name=name,
                                  tracking_uri=uri, workspace=str(ws), scheduler="none"))
 
-    _step("4/5 comparison against the single-task baseline")
-    text, _ = compare(uri, s.experiment, sweep=result.parent_run_id, out_dir=ws / "compare" / name)
-    print(text)
-    print(f"table and plots: {ws / 'compare' / name / 'comparison.csv'}, {ws / 'compare' / name / 'comparison.html'}")
 
-    _step("5/5 best configurations, exported for `mtlsweep train`")
+    _step("4/4 best configurations, exported for `mtlsweep train`")
     for p in export_best(uri, s.experiment, ws / "export" / name, sweep=result.parent_run_id, top=s.top):
         print(f"  {p}")
 
@@ -117,5 +112,7 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     print("Open the results in the MLflow UI:")
     print(f"  {shlex.quote(str(venv_bin / 'mlflow'))} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
           if uri.startswith("sqlite") else f"  (tracking server) {uri}")
-    print(f"  then browse http://127.0.0.1:5000/#/experiments/{exp.experiment_id}/runs")
+    from mtlsweep.mlflow_server.runs_view import runs_url
+    ui = "http://127.0.0.1:5000" if uri.startswith("sqlite") else uri
+    print(f"  then browse {runs_url(ui, exp.experiment_id)}")
     return 0 if result.n_errors == 0 else 1

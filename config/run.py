@@ -17,12 +17,21 @@ from mtlsweep.config.errors import ConfigError, describe_all
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, v, info):
+        # YAML's true/false must not pass for 1/0 in a numeric field (pydantic's lax mode allows it).
+        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, Optional[int],
+                                                                                    Optional[float]):
+            raise ValueError(f"expected a number, got {str(v).lower()}")
+        return v
+
 
 class DataConfig(_Section):
     path: str = Field("workspace/synth/store.h5", description="Compact store (.h5) or Basset HDF5 file.")
     tasks: Optional[list[Union[str, int]]] = Field(
         None, description="Task subset by name or index; null = all tasks.")
-    batch_size: int = Field(128, ge=1, le=65536, description="Sequences per batch.")
+    batch_size: int = Field(128, ge=2, le=65536, description="Sequences per batch (BatchNorm needs at least 2).")
     use_tracks: bool = Field(True, description="Concatenate the store's extra tracks as input channels.")
 
 
@@ -311,8 +320,14 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> RunC
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
+    raw = path.read_bytes()
+    if raw.startswith(b"\x89HDF"):
+        raise ConfigError(f"{path}: an HDF5 data file, not a YAML config; name it in a config as data.path "
+                          f"(or --set data.path={path})")
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = yaml.safe_load(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a text file; a config is YAML (see search/configs/*.yaml)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

@@ -60,7 +60,7 @@ def check_writable(path, overwrite: bool) -> str:
     if os.path.isdir(path):
         raise DataError(f"{path}: is a directory; give a file path for the output")
     if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path}: already exists; pass overwrite=True (--overwrite) to replace it")
+        raise DataError(f"{path}: already exists; pass --force to replace it")
     parent = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(parent):
         raise DataError(f"{path}: folder {parent} does not exist")
@@ -86,7 +86,7 @@ def atomic_h5_file(path, overwrite: bool = False) -> Iterator[h5py.File]:
         with h5py.File(tmp, "w", libver="earliest") as f:
             yield f
         if os.path.exists(path) and not overwrite:
-            raise DataError(f"{path}: appeared while writing; pass overwrite=True to replace it")
+            raise DataError(f"{path}: appeared while writing; pass --force to replace it")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode

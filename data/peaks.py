@@ -22,7 +22,7 @@ import tempfile
 from array import array
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import pyfaidx
@@ -194,8 +194,8 @@ def read_peaks(path: str | os.PathLike, chrom_lengths: Mapping[str, int], seq_le
 
     def skip(reason: str, lineno: int, why: str) -> None:
         if (on_error if reason == "malformed" else on_outside) == "fail":
-            hint = ("on_error='skip'" if reason == "malformed" else "on_outside='skip'")
-            raise DataError(f"{path}:{lineno}: {why} (use {hint} to skip and count such lines)")
+            hint = "--on-error skip" if reason == "malformed" else "--on-outside skip"
+            raise DataError(f"{path}:{lineno}: {why} (pass {hint} to skip and count such lines)")
         skipped[reason] += 1
         if len(rep.examples) < _MAX_EXAMPLES:
             rep.examples.append(f"{path.name}:{lineno}: {reason}: {why}")
@@ -459,13 +459,29 @@ def assign_splits(peaks: MergedPeaks, plan: SplitPlan) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- sequences
 
+def fasta_index_path(path: Path) -> Path:
+    """Where the FASTA's .fai is read from: the user's own index beside it when one is there and
+    current, else one in mtlsweep's cache (``$MTLSWEEP_CACHE``, default ``~/.cache/mtlsweep``), so
+    that a build writes nothing next to a user's genome."""
+    own = path.with_name(path.name + ".fai")
+    if own.is_file() and own.stat().st_mtime >= path.stat().st_mtime:
+        return own
+    cache = Path(os.environ.get("MTLSWEEP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache")
+                 / "mtlsweep").expanduser()
+    key = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:16]
+    return cache / "fai" / f"{key}-{path.name}.fai"
+
+
 def open_fasta(path: str | os.PathLike):
-    """pyfaidx.Fasta (builds the .fai next to the FASTA when missing); errors become DataError."""
+    """pyfaidx.Fasta over ``path``, its index at `fasta_index_path`; errors become DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"FASTA {path}: file not found")
+    index = fasta_index_path(path)
     try:
-        return pyfaidx.Fasta(str(path), as_raw=True, sequence_always_upper=True)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        return pyfaidx.Fasta(str(path), indexname=str(index), gzi_indexname=str(index.with_suffix(".gzi")),
+                             as_raw=True, sequence_always_upper=True)
     except Exception as e:  # pyfaidx raises plain Exception subclasses for bad files
         msg = " ".join(str(e).split())
         raise DataError(f"FASTA {path}: cannot index ({type(e).__name__}: {msg})") from None
@@ -505,16 +521,16 @@ class BuildResult:
 
 def _check_choice(name: str, value, allowed: Sequence) -> None:
     if value not in allowed:
-        raise DataError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
+        raise DataError(f"--{name.replace('_', '-')} {value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
 
 
 def _check_args(seq_len, merge_overlap, merge_mode, on_error, on_outside, layout, plan: SplitPlan):
     if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
-        raise DataError(f"seq_len={seq_len!r} is not allowed; it must be a positive integer")
+        raise DataError(f"--length {seq_len!r} is not allowed; it must be a positive integer")
     if isinstance(merge_overlap, bool) or not isinstance(merge_overlap, (int, np.integer)) \
             or not 0 <= merge_overlap <= seq_len:
-        raise DataError(f"merge_overlap={merge_overlap!r} is not allowed; it must be an integer in "
-                        f"0..seq_len ({seq_len}); seq_len itself disables merging")
+        raise DataError(f"--merge-overlap {merge_overlap!r} is not allowed with --length {seq_len}; it must be an "
+                        f"integer in 0..{seq_len} ({seq_len} itself disables merging; unset, it is {seq_len // 3})")
     _check_choice("merge_mode", merge_mode, MERGE_MODES)
     _check_choice("on_error", on_error, ON_ERROR)
     _check_choice("on_outside", on_outside, ON_ERROR)
@@ -522,18 +538,18 @@ def _check_args(seq_len, merge_overlap, merge_mode, on_error, on_outside, layout
     for name in ("valid_frac", "test_frac"):
         v = getattr(plan, name)
         if not isinstance(v, (int, float)) or not 0 <= v < 1:
-            raise DataError(f"{name}={v!r} is not allowed; it must be in [0, 1)")
+            raise DataError(f"--{name.replace('_', '-')} {v!r} is not allowed; it must be in [0, 1)")
     if plan.valid_frac * (not plan.valid_chroms) + plan.test_frac * (not plan.test_chroms) >= 1:
-        raise DataError(f"valid_frac + test_frac = {plan.valid_frac + plan.test_frac:g} is not "
+        raise DataError(f"--valid-frac + --test-frac = {plan.valid_frac + plan.test_frac:g} is not "
                         f"allowed; it must be below 1 to leave training data")
     both = set(plan.valid_chroms) & set(plan.test_chroms)
     if both:
-        raise DataError(f"chromosome(s) {', '.join(sorted(both))} are in both valid_chroms and "
-                        f"test_chroms; a chromosome can be held out for one split only")
+        raise DataError(f"chromosome(s) {', '.join(sorted(both))} are in both --valid-chroms and "
+                        f"--test-chroms; a chromosome can be held out for one split only")
 
 
 def _check_chroms(plan: SplitPlan, lengths: Mapping[str, int], fasta: Path) -> None:
-    for opt, chroms in (("valid_chroms", plan.valid_chroms), ("test_chroms", plan.test_chroms)):
+    for opt, chroms in (("--valid-chroms", plan.valid_chroms), ("--test-chroms", plan.test_chroms)):
         for c in chroms:
             if c not in lengths:
                 some = ", ".join(list(lengths)[:8]) + (", ..." if len(lengths) > 8 else "")
@@ -541,7 +557,7 @@ def _check_chroms(plan: SplitPlan, lengths: Mapping[str, int], fasta: Path) -> N
 
 
 def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
-                     out_dir: str | os.PathLike, *, seq_len: int = 600, merge_overlap: int = 200,
+                     out_dir: str | os.PathLike, *, seq_len: int = 600, merge_overlap: Optional[int] = None,
                      merge_mode: str = "basset", valid_chroms: Sequence[str] = (),
                      test_chroms: Sequence[str] = (), valid_frac: float = 0.1,
                      test_frac: float = 0.1, seed: int = 0, on_error: str = "fail",
@@ -553,6 +569,8 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
     temporary names in out_dir and renamed together at the end.
     """
     plan = SplitPlan(tuple(valid_chroms), tuple(test_chroms), valid_frac, test_frac, seed)
+    if merge_overlap is None and isinstance(seq_len, (int, np.integer)) and not isinstance(seq_len, bool):
+        merge_overlap = seq_len // 3        # Basset's 200 bp at 600 bp, scaled with the length
     _check_args(seq_len, merge_overlap, merge_mode, on_error, on_outside, layout, plan)
     out_dir = Path(out_dir)
     targets = {k: out_dir / v for k, v in OUTPUT_NAMES.items()}
@@ -561,7 +579,7 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
     if not overwrite:
         for p in targets.values():
             if p.exists():
-                raise DataError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+                raise DataError(f"{p} exists; pass --force to replace it")
 
     entries = read_sample_sheet(sample_sheet)
     fasta = Path(fasta)
@@ -598,6 +616,10 @@ def _skip_text(skipped: Mapping[str, int]) -> str:
     return ", ".join(parts) if parts else "none skipped"
 
 
+# Past this many peak windows per merged sequence, a build warns: most peaks lost their own sequence.
+MERGE_WARN_RATIO = 2.0
+
+
 def _make_report(sheet, fasta, seq_len, merge_overlap, merge_mode, plan, files, windows, merged,
                  split_idx, task_names, targets) -> dict:
     skipped = dict.fromkeys(SKIP_REASONS, 0)
@@ -608,6 +630,12 @@ def _make_report(sheet, fasta, seq_len, merge_overlap, merge_mode, plan, files, 
         for k, v in f.unknown_chroms.items():
             unknown[k] = unknown.get(k, 0) + v
     warnings = []
+    kept = sum(len(w) for w in windows)
+    ratio = kept / max(len(merged), 1)
+    if ratio > MERGE_WARN_RATIO:
+        warnings.append(f"merging joined {kept} windows into {len(merged)} sequences ({ratio:.1f} per sequence): "
+                        f"the peaks lie denser than --length {seq_len}; a smaller --length or a larger "
+                        f"--merge-overlap (at most {seq_len}, which disables merging) keeps more of them apart")
     splits = {}
     for split, idx in split_idx.items():
         pos = merged.activity[idx].sum(axis=0).astype(int).tolist()
@@ -619,6 +647,7 @@ def _make_report(sheet, fasta, seq_len, merge_overlap, merge_mode, plan, files, 
     return {
         "sample_sheet": str(sheet),
         "fasta": str(fasta),
+        "fasta_index": str(fasta_index_path(fasta)),
         "seq_len": seq_len,
         "merge_overlap": merge_overlap,
         "merge_mode": merge_mode,
@@ -626,7 +655,8 @@ def _make_report(sheet, fasta, seq_len, merge_overlap, merge_mode, plan, files, 
         "tasks": task_names,
         "files": [asdict(f) for f in files],
         "peaks_read": sum(f.peaks_read for f in files),
-        "windows_kept": sum(len(w) for w in windows),
+        "windows_kept": kept,
+        "merge_ratio": round(ratio, 3),
         "skipped": skipped,
         "unknown_chroms": dict(sorted(unknown.items())),
         "merged": len(merged),
@@ -655,7 +685,7 @@ def _write_outputs(out_dir, targets, task_names, merged, codes, split_idx, seq_l
         tmp["report"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
         for k in ("basset", "store", "report"):
             if not overwrite and targets[k].exists():
-                raise DataError(f"{targets[k]} appeared while building; pass overwrite=True to replace it")
+                raise DataError(f"{targets[k]} appeared while building; pass --force to replace it")
         for k in ("basset", "store", "report"):
             os.replace(tmp[k], targets[k])
         ok = True
@@ -679,8 +709,8 @@ def format_report(report: Mapping) -> str:
     if report["unknown_chroms"]:
         lines.append("  unknown chromosomes: " + ", ".join(
             f"{k} ({v})" for k, v in list(report["unknown_chroms"].items())[:10]))
-    lines.append(f"merged into {report['merged']} sequences (overlap > {report['merge_overlap']} bp, "
-                 f"{report['merge_mode']} merge)")
+    lines.append(f"merged into {report['merged']} sequences ({report.get('merge_ratio', 0):.2f} windows each; "
+                 f"overlap >= {report['merge_overlap']} bp, {report['merge_mode']} merge)")
     lines.append("splits: " + ", ".join(f"{s} {v['n']} ({v['method']})" for s, v in report["splits"].items()))
     lines.append("active per task: " + ", ".join(f"{t} {n}" for t, n in report["activity"].items()))
     lines.extend(f"warning: {w}" for w in report["warnings"])

@@ -653,7 +653,7 @@ def write_synthetic(spec: SynthSpec, out_dir, overwrite: bool = False) -> dict[s
     if not overwrite:
         for p in paths.values():
             if p.exists():
-                raise DataError(f"{p}: already exists; pass overwrite=True (--overwrite) to replace it")
+                raise DataError(f"{p}: already exists; pass --force to replace it")
     names, splits, truth = generate(spec)
     out.mkdir(parents=True, exist_ok=True)
     write_basset(paths["basset"], names, {s: (splits[s].codes, splits[s].labels) for s in SPLITS},

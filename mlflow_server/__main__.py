@@ -44,42 +44,39 @@ def _print_info(info: server.ServerInfo) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.action == "start":
-            allowed = [h.strip() for h in args.allowed_hosts.split(",")] if args.allowed_hosts else None
-            info = server.start(
-                args.dir, backend_uri=args.backend_uri, artifact_root=args.artifacts,
-                host=args.host, port=args.port, auth=args.auth, workers=args.workers,
-                wait_s=args.wait, allowed_hosts=allowed,
-            )
-            print(f"MLflow server running at {info.url}")
-            _print_info(info)
-            print(f"use it:     export MLFLOW_TRACKING_URI={info.url}")
-            return 0
-        if args.action == "stop":
-            if server.stop(args.dir):
-                print(f"stopped the MLflow server of {args.dir}")
-            else:
-                print(f"no MLflow server running for {args.dir}")
-            return 0
-        info = server.status(args.dir)
-        if info is None:
-            print(f"no MLflow server recorded for {args.dir}")
-            return 1
-        state = "answering" if info.healthy else ("running, not answering" if info.alive else "dead")
-        print(f"status:     {state}")
+    if args.action == "start":
+        allowed = [h.strip() for h in args.allowed_hosts.split(",")] if args.allowed_hosts else None
+        info = server.start(
+            args.dir, backend_uri=args.backend_uri, artifact_root=args.artifacts,
+            host=args.host, port=args.port, auth=args.auth, workers=args.workers,
+            wait_s=args.wait, allowed_hosts=allowed,
+        )
+        print(f"MLflow server running at {info.url}")
         _print_info(info)
-        return 0 if info.healthy else 1
-    except server.TrackingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"use it:     export MLFLOW_TRACKING_URI={info.url}")
+        return 0
+    if args.action == "stop":
+        if server.stop(args.dir):
+            print(f"stopped the MLflow server of {args.dir}")
+        else:
+            print(f"no MLflow server running for {args.dir}")
+        return 0
+    info = server.status(args.dir)
+    if info is None:
+        print(f"no MLflow server recorded for {args.dir}")
+        return 1
+    state = "answering" if info.healthy else ("running, not answering" if info.alive else "dead")
+    print(f"status:     {state}")
+    _print_info(info)
+    return 0 if info.healthy else 1
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtlsweep server",
                                      description="Start, stop or inspect the MLflow server.")
     add_arguments(parser)
-    return run(parser.parse_args(argv))
+    from mtlsweep.config.errors import guarded
+    return guarded(run, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

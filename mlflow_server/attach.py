@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 from mtlsweep.analysis.grad_flow import maybe_grad_flow
 from mtlsweep.config.run import RunConfig
-from mtlsweep.mlflow_server.run_logger import PLOTS, MlflowRunLogger
+from mtlsweep.mlflow_server.run_logger import PLOTS, RUN_ID_FILE, MlflowRunLogger
 from mtlsweep.training.callbacks import Callback
 
 
@@ -48,10 +48,12 @@ def run_callbacks(cfg: RunConfig, tracking: Optional[Tracking] = None) -> tuple[
     return [c for c in (grad, logger) if c is not None], logger
 
 
-def train_tracking(cfg: RunConfig, uri: str, run_dir: Path, data_fingerprint: str, tasks: Sequence[str]) -> Tracking:
+def train_tracking(cfg: RunConfig, uri: str, run_dir: Path, data_fingerprint: str, tasks: Sequence[str],
+                   resume: bool = False) -> Tracking:
     """Tracking of a `mtlsweep train` run: a single-task towers config is itself a baseline
     (others with its identity compare to it); any other run is compared with a finished baseline
-    of exactly its counterpart's identity, when the experiment has one."""
+    of exactly its counterpart's identity, when the experiment has one. A resumed run continues
+    its own MLflow run (its id is kept in the run directory), so its curves stay in one run."""
     from mlflow.tracking import MlflowClient
 
     from mtlsweep.config.identity import FP_TAG, RUN_TAG, baseline_config, baseline_fingerprint, run_identity
@@ -68,4 +70,8 @@ def train_tracking(cfg: RunConfig, uri: str, run_dir: Path, data_fingerprint: st
         if run is not None:
             baseline = load_baseline(client, run).auroc
             tags[RUN_TAG] = run.info.run_id
-    return Tracking(uri, cfg.tracking.experiment, run_name=Path(run_dir).name, tags=tags, baseline=baseline)
+    run_id = None
+    if resume and (Path(run_dir) / RUN_ID_FILE).is_file():
+        run_id = (Path(run_dir) / RUN_ID_FILE).read_text().strip()
+    return Tracking(uri, cfg.tracking.experiment, run_name=Path(run_dir).name, tags=tags, baseline=baseline,
+                    run_id=run_id)

@@ -11,12 +11,14 @@ import csv
 import html
 import io
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import yaml
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 FAMILIES = ("single", "hard", "soft", "branched", "control", "motif_gbm")
@@ -40,6 +42,16 @@ class RunRow:
 
     def m(self, key: str) -> float:
         return float(self.metrics.get(key, math.nan))
+
+    @property
+    def task_names(self) -> dict[str, str]:
+        """Metric key -> task name (keys are sanitized names; they differ only where a name had to)."""
+        try:
+            tasks = yaml.safe_load(self.params.get("data.task_names", "null")) or []
+            from mtlsweep.data.task_keys import sanitize_names
+            return {v: k for k, v in sanitize_names(tasks).items()}
+        except Exception:  # noqa: BLE001 - an old or odd run: show the keys themselves
+            return {}
 
     @property
     def pruned(self) -> bool:
@@ -234,8 +246,9 @@ def caption(rows: list[dict]) -> str:
     if protocols:
         lines.append("Baseline: " + "; ".join(protocols) + ".")
     if any(r["role"] != "baseline" and math.isfinite(r.get("oracle_auroc", math.nan)) for r in rows):
-        lines.append("oracle_auroc: the data's ceiling (true motifs and label rule); gap_closed: share of the "
-                     "baseline's gap to it that a run closes; train_val_gap: train minus valid AUROC (overfitting).")
+        lines.append("oracle (oracle_auroc): the data's ceiling (true motifs and label rule); gap closed (gap_closed): "
+                     "share of the baseline's gap to it that a run closes; train-val (train_val_gap): train minus "
+                     "valid AUROC (overfitting).")
     return "\n".join(lines)
 
 
@@ -247,25 +260,54 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tuple[str, ...], width: int) -> str:
-    """A rich table rendered to text (left-justified columns ``left``, the rest right)."""
+def terminal_width() -> int:
+    """The width tables are fitted to: ``COLUMNS`` when set (as shells export it), else 100."""
+    try:
+        return max(40, int(os.environ.get("COLUMNS") or 100))
+    except ValueError:
+        return 100
+
+
+def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tuple[str, ...],
+               width: Optional[int] = None, optional: Sequence[str] = (), labels: Optional[dict] = None) -> str:
+    """A rich table rendered to text (left-justified columns ``left``, the rest right), fitted to
+    ``width`` (default: the terminal's) by leaving out ``optional`` columns, first named first."""
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=title)
-    for c in columns:
-        t.add_column(c, justify="left" if c in left else "right")
-    for row in cells:
-        t.add_row(*row)
+    width = width or terminal_width()
+    keep = list(columns)
+    empty = [c for i, c in enumerate(columns) if c in optional and all(row[i] in ("", "-") for row in cells)]
+    drop = empty + [c for c in optional if c in columns and c not in empty]     # what says nothing goes first
+    while True:
+        t = Table(title=title)
+        for c in keep:
+            t.add_column((labels or {}).get(c, c), justify="left" if c in left else "right", overflow="fold")
+        for row in cells:
+            t.add_row(*(v for c, v in zip(columns, row) if c in keep))
+        need = Console(width=10_000).measure(t).maximum       # its natural width, unconstrained
+        if need <= width or not drop:
+            break
+        keep.remove(drop.pop(0))
     console = Console(width=width)
     with console.capture() as cap:
         console.print(t)
-    return cap.get()
+    hidden = [c for c in columns if c not in keep]
+    note = (f"(left out to fit {width} columns: {', '.join(hidden)}; widen the terminal or set COLUMNS, "
+            "or read comparison.csv)\n") if hidden else ""
+    return cap.get() + note
 
 
-def render_text(rows: list[dict]) -> str:
+# Short headers for the terminal (the CSV and HTML keep the column names); the caption says what they are.
+TEXT_LABELS = {"auroc_mean": "AUROC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p", "tasks_improved": "improved",
+               "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch"}
+# Columns the text table leaves out first when the terminal is narrow (all are in comparison.csv).
+OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "baseline", "gap_closed", "oracle_auroc", "role")
+
+
+def render_text(rows: list[dict], width: Optional[int] = None) -> str:
     return rich_table("configurations vs single-task baseline (validation, best epoch)", TEXT_COLUMNS,
                       [[_fmt(r[c]) for c in TEXT_COLUMNS] for r in rows], ("run", "family", "role", "trials", "baseline"),
-                      220) + caption(rows) + "\n"
+                      width, OPTIONAL_TEXT, TEXT_LABELS) + caption(rows) + "\n"
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -282,9 +324,28 @@ def _png_b64(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
+@dataclass
+class Figure:
+    name: str           # file-like key (also the MLflow artifact name)
+    png: str            # base64
+    caption: str        # what the plot shows, in a sentence
+    detail: str = ""    # optional HTML shown under it (a per-task table)
+
+
+def _auroc_limits(*arrays: np.ndarray) -> tuple[float, float]:
+    vals = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
+    if not len(vals):
+        return 0.0, 1.0
+    return max(0.0, float(vals.min()) - 0.02), min(1.0, float(vals.max()) + 0.02)
+
+
+# Tasks named on a per-task scatter: the most improved and the most worsened.
+LABELLED_TASKS = 3
+
+
+def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
     from mtlsweep.plots import subplots
-    out = {}
+    out = []
     fig, ax = subplots(figsize=(6, 4.2))
     colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple")))
     for fam in FAMILIES:
@@ -302,9 +363,13 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
             best = y
     if front:
         ax.step(*zip(*front), where="post", c="k", lw=1, label="Pareto front")
+    ax.set_ylim(*_auroc_limits(np.array([p[1] for p in pts], dtype=float)))
     ax.set_xlabel("epoch time (s)"); ax.set_ylabel("best validation AUROC (mean over tasks)")
-    ax.legend(fontsize=7); ax.set_title("accuracy against cost")
-    out["pareto.png"] = _png_b64(fig)
+    ax.legend(fontsize=7, loc="best"); ax.set_title("accuracy against cost")
+    out.append(Figure("pareto.png", _png_b64(fig),
+                      "Accuracy against cost: every run's best validation AUROC (mean over tasks) against its "
+                      "seconds per epoch, coloured by family; the line is the Pareto front (no run is both faster "
+                      "and better than a point on it)."))
     for r in rows:
         c = r["_cmp"]
         if c is None or r["role"] == "baseline":
@@ -312,31 +377,62 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> dict[str, str]:
         row = r["_row"]
         base = np.array([row.baseline.per_task[k] for k in c.keys])
         run = np.array([row.per_task[k] for k in c.keys])
-        fig, ax = subplots(figsize=(4.2, 4))
+        names = [row.task_names.get(k, k) for k in c.keys]
+        fig, ax = subplots(figsize=(4.6, 4.4))
         better = run > base
-        ax.scatter(base[~better], run[~better], c="tab:red", s=14)
-        ax.scatter(base[better], run[better], c="tab:green", s=14)
-        ok = np.isfinite(base) & np.isfinite(run)
-        if ok.any():
-            lo, hi = min(base[ok].min(), run[ok].min()) - 0.02, max(base[ok].max(), run[ok].max()) + 0.02
-            ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.scatter(base[~better], run[~better], c="tab:red", s=14, label="worse or equal")
+        ax.scatter(base[better], run[better], c="tab:green", s=14, label="better")
+        lo, hi = _auroc_limits(base, run)
+        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
+        ax.set_xlim(lo, hi); ax.set_ylim(lo, hi)
+        d = run - base
+        order = [i for i in np.argsort(d) if np.isfinite(d[i])]
+        for i in {*order[:LABELLED_TASKS], *order[-LABELLED_TASKS:]}:
+            ax.annotate(names[i], (base[i], run[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("single-task baseline AUROC"); ax.set_ylabel(f"{row.family} AUROC")
         ax.set_title(f"{row.name}: {c.improved}/{c.compared} tasks improved", fontsize=9)
-        out[f"scatter_{row.family}_{row.run_id[:8]}.png"] = _png_b64(fig)
+        ax.legend(fontsize=6, loc="lower right")
+        detail = ("<details><summary>per-task AUROC</summary><table><tr><th>task</th><th>baseline</th>"
+                  f"<th>{html.escape(row.family)}</th><th>delta</th></tr>" + "".join(
+                      f"<tr><td>{html.escape(names[i])}</td><td>{_fmt(float(base[i]))}</td><td>{_fmt(float(run[i]))}"
+                      f"</td><td>{_fmt(float(d[i]))}</td></tr>" for i in order[::-1]) + "</table></details>")
+        out.append(Figure(f"scatter_{row.family}_{row.run_id[:8]}.png", _png_b64(fig),
+                          f"{r['role']} ({row.name}) against its single-task baseline, one point per task (validation "
+                          f"AUROC at the best epoch): above the diagonal the task gained; the {LABELLED_TASKS} most "
+                          "improved and most worsened tasks are named.", detail))
     return out
 
 
-def write_html(rows: list[dict], figs: dict[str, str], path: Path, title: str) -> Path:
+def write_html(rows: list[dict], figs: list[Figure], path: Path, title: str) -> Path:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
-    imgs = "".join(f'<figure><img src="data:image/png;base64,{b}"><figcaption>{html.escape(n)}</figcaption></figure>'
-                   for n, b in figs.items())
+    imgs = "".join(f'<figure><img src="data:image/png;base64,{f.png}" alt="{html.escape(f.name)}">'
+                   f"<figcaption>{html.escape(f.caption)}</figcaption>{f.detail}</figure>" for f in figs)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;margin:8px}}</style></head><body>
+padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;vertical-align:top;margin:8px;
+max-width:480px}}figcaption{{font-size:12px;color:#333}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{"<br>".join(html.escape(line) for line in caption(rows).splitlines())}</p>
-<table><tr>{head}</tr>{body}</table>{imgs}</body></html>""")
+<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{imgs}</body></html>""")
     return path
+
+
+def report_title(client: MlflowClient, experiment: str, sweep: Optional[str]) -> str:
+    """The report's title: the sweep's name when it is one sweep's, else the experiment's."""
+    if sweep:
+        try:
+            return f"sweep {client.get_run(sweep).info.run_name} (experiment {experiment})"
+        except MlflowException:
+            return f"sweep {sweep} (experiment {experiment})"
+    return f"experiment {experiment}"
+
+
+def write_report(rows: list[dict], runs: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
+    """comparison.csv and comparison.html (table, captioned plots) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return (write_csv(rows, out_dir / "comparison.csv"),
+            write_html(rows, figures(rows, runs), out_dir / "comparison.html", title))
 
 
 def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, metric: str = "val/auroc_mean",
@@ -348,8 +444,5 @@ def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, met
     rows = table_rows(runs, metric, top, client)
     text = render_text(rows)
     if out_dir is not None:
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        write_csv(rows, out_dir / "comparison.csv")
-        write_html(rows, figures(rows, runs), out_dir / "comparison.html", f"mtlsweep: {experiment}")
+        write_report(rows, runs, out_dir, report_title(client, experiment, sweep))
     return text, rows

@@ -15,6 +15,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -138,9 +139,10 @@ def render_markdown(groups: list[Group], split: str = "val") -> str:
     return "\n".join(lines)
 
 
-def render_text(groups: list[Group], title: str) -> str:
+def render_text(groups: list[Group], title: str, width: Optional[int] = None) -> str:
     rows = [g.row() for g in groups]
-    return rich_table(title, COLUMNS, [[str(r[c]) for c in COLUMNS] for r in rows], ("group", "family"), 200)
+    return rich_table(title, COLUMNS, [[str(r[c]) for c in COLUMNS] for r in rows], ("group", "family"), width,
+                      ("epoch_s", "runs", "train_val_gap", "gap_closed", "oracle"))
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:

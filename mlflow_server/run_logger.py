@@ -9,17 +9,20 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mtlsweep import plots
 from mtlsweep.mlflow_server.fast_logger import FastLogger
 from mtlsweep.data.task_keys import sanitize_names
+from mtlsweep.mlflow_server.runs_view import ensure_view
 from mtlsweep.mlflow_server.server import check_reachable
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.config.run import RunConfig
 from mtlsweep.config.identity import model_family
 
 PARENT_TAG = "mlflow.parentRunId"
+RUN_ID_FILE = "mlflow_run_id.txt"      # in the run directory: the run a resumed `mtlsweep train` continues
 # Artifacts rendered at the end of a run. Sweep trials skip the learning curves: MLflow charts
 # every logged metric's history itself, and each plot costs a trial ~0.3 s.
 PLOTS = ("learning_curves", "schedule_weights", "auroc_vs_baseline")
@@ -46,13 +49,40 @@ def oracle_metrics(oracle: Optional[dict], tasks: list[str]) -> dict[str, float]
     return out
 
 
+# The experiment type MLflow 3's UI reads: model training, not its GenAI view.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def artifact_location(uri: str) -> Optional[str]:
+    """Where a new experiment on a local database keeps artifacts: beside the database (MLflow's
+    default, ``./mlruns``, is relative to whatever directory the process ran in); a server decides
+    for itself (None)."""
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):].split("?")[0])
+        return (db.parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(name)
+        if not exp.tags.get("mlflow.experimentKind"):
+            for k, v in EXPERIMENT_KIND.items():
+                client.set_experiment_tag(exp.experiment_id, k, v)
+        exp_id = exp.experiment_id
+    else:
+        try:
+            exp_id = client.create_experiment(name, artifact_location=artifact_location(client.tracking_uri),
+                                              tags=EXPERIMENT_KIND)
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)      # created meanwhile by a concurrent trial
+            if exp is None:
+                raise
+            exp_id = exp.experiment_id
+    ensure_view(client, exp_id)
+    return exp_id
 
 
 def param_value(v: Any) -> str:
@@ -95,11 +125,14 @@ class MlflowRunLogger(Callback):
         # Epochs a continued run already logged (a trial killed after logging an epoch but before
         # its checkpoint replays that epoch on resume, with the same values): not sent twice.
         self.logged_epochs: set[int] = set()
+        self.continued = run_id is not None
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
             run_id = run.info.run_id
         else:
             self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, "val/auroc_mean")}
+            if self.client.get_run(run_id).info.status != "RUNNING":      # a killed run resumed: running again
+                self.client.update_run(run_id, status="RUNNING")
         self.run_id = run_id
         self.tags = all_tags
         self.spool_dir = Path(spool_dir) if spool_dir else None
@@ -125,6 +158,13 @@ class MlflowRunLogger(Callback):
                        "model.flops_per_sample": str(info["flops_per_sample"]),
                        "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
                        "data.task_names": param_value(self.tasks)})
+        if self.logged_epochs or self.continued:
+            # A continued run keeps its params; what a resume may change (its budget) becomes a tag.
+            old = self.client.get_run(self.run_id).data.params
+            changed = {f"resumed.{k}": v for k, v in params.items() if k in old and old[k] != v}
+            params = {k: v for k, v in params.items() if k not in old}
+            if changed:
+                log.set_tags(changed)
         log.log_params(params)
         from mtlsweep.config.identity import baseline_fingerprint
         # Every run carries the fingerprint of the baseline it must be compared with.
@@ -135,6 +175,7 @@ class MlflowRunLogger(Callback):
             log.log_metrics(self._rename(ceiling), step=0)
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
+        (run_dir / RUN_ID_FILE).write_text(self.run_id)
         p = d / "task_names.json"
         p.write_text(json.dumps({"task_to_key": self.keys}, indent=1))
         c = d / "config.yaml"

@@ -234,6 +234,9 @@ def start(
         raise TrackingError(f"workers: must be >= 1, got {workers}")
     if port is not None and not (0 < port < 65536):
         raise TrackingError(f"port: must be in 1..65535, got {port}")
+    if port is not None and not _port_free(host, port):
+        raise TrackingError(f"--port {port}: already in use on {host} (another server listens there); "
+                            "choose another --port or stop that server")
     project_dir.mkdir(parents=True, exist_ok=True)
 
     old = _read_state(project_dir)
@@ -308,7 +311,9 @@ def start(
                 f"log {log_path}: {_log_tail(log_path)}"
             )
         if _health(url, timeout=1.0):
-            break
+            time.sleep(0.5)
+            if proc.poll() is None:       # the answer came from the server just started, still alive
+                break
         if time.monotonic() > deadline:
             _terminate(proc.pid)
             _clear_state(project_dir)
@@ -319,6 +324,15 @@ def start(
         time.sleep(0.25)
     info.healthy = True
     return info
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _terminate(pgid: int, timeout: float = 10.0) -> None:
@@ -374,12 +388,31 @@ def resolve_tracking_uri(config_uri: str | None = None, cli_uri: str | None = No
                          default_dir="workspace") -> str:
     """First set of: the config's tracking URI, --tracking-uri, MLFLOW_TRACKING_URI;
     else the embedded default `sqlite:///<abs default_dir>/mlflow.db` (directory created)."""
-    for uri in (config_uri, cli_uri, os.environ.get("MLFLOW_TRACKING_URI")):
+    for where, uri in (("tracking.uri", config_uri), ("--tracking-uri", cli_uri),
+                       ("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI"))):
         if uri and uri.strip():
-            return uri.strip()
+            return check_uri(uri.strip(), where)
     d = Path(default_dir).expanduser().resolve()
     d.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{d / 'mlflow.db'}"
+
+
+URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
+
+
+def check_uri(uri: str, where: str = "--tracking-uri") -> str:
+    """A tracking URI MLflow can open: a known scheme (``postgresql+psycopg`` and the like
+    included) or a local directory path; anything else is one line naming what is allowed."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*):", uri)
+    if m is None or (len(m.group(1)) == 1 and os.name == "nt"):       # a path (C: on Windows)
+        return uri
+    scheme = m.group(1).lower().split("+")[0]
+    if scheme not in URI_SCHEMES:
+        raise TrackingError(f"{where} {redact_uri(uri)}: unknown scheme {m.group(1)!r}; use http(s)://host:port, "
+                            "sqlite:///path/mlflow.db, postgresql://user@host/db or a local directory")
+    if scheme in ("http", "https") and not re.match(r"^https?://[^/]+", uri, re.I):
+        raise TrackingError(f"{where} {redact_uri(uri)}: expected http(s)://host[:port]")
+    return uri
 
 
 def check_reachable(uri: str, timeout: float = 5) -> None:

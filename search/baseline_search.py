@@ -193,7 +193,8 @@ def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol:
               f"{protocol.trials} trial(s)")
     ctx = SweepContext(base=bcfg.flatten(), tracking_uri=sweep.tracking_uri, experiment=bcfg.tracking.experiment,
                        parent_run_id=sweep.parent_id, sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
-                       role=CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks))
+                       role=CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
+                       ray_logs=sweep.args.verbose >= 2)
     fit(sweep, ctx, space, protocol.trials, name)
     runs = sweep.client.search_runs(
         [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' "

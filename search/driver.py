@@ -175,11 +175,12 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
                        parent_run_id=parent_id, sweep_name=name, references=references,
                        extra_callbacks=tuple(args.extra_callbacks), cpus_per_trial=args.cpus_per_trial,
                        variants=space.variants if grid else {}, families={} if grid else space.families,
-                       baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.keys)
+                       baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.keys,
+                       ray_logs=args.verbose >= 2)
     results = fit(sweep, ctx, space, num_samples, name)
     n_errors = sum(1 for r in results if r.error is not None)
     from mtlsweep.search.summary import summarize_sweep
-    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, log=log)
+    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, workspace / "compare" / name, log=log)
     client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
     return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),
                        n_errors=n_errors, baselines=baselines, protocol=protocol)

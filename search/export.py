@@ -17,6 +17,8 @@ from mtlsweep.config.run import validate
 def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,
                 metric: str = "val/auroc_mean", top: int = 3, force: bool = False) -> list[Path]:
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file; export-best writes a directory of YAML configs, give a directory")
     if out.exists() and any(out.iterdir()) and not force:
         raise ConfigError(f"{out}: exists and is not empty; choose another --out or pass --force")
     client = MlflowClient(tracking_uri)
@@ -32,8 +34,12 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     runs = [r for r in client.search_runs([exp.experiment_id], filter_string=filt, max_results=5000)
             if math.isfinite(r.data.metrics.get(key, math.nan)) and is_completed(r)]
     if not runs:
-        raise ConfigError(f"no trial run with metric {key} in experiment {experiment!r}"
-                          + (f" under sweep {sweep}" if sweep else ""))
+        where = f"experiment {experiment!r}" + (f" under sweep {sweep}" if sweep else "")
+        trains = client.search_runs([exp.experiment_id], filter_string="tags.role = 'train'", max_results=1)
+        hint = (f"; export-best exports sweep trials, and a `mtlsweep train` run's config is already "
+                f"in its run directory (config.yaml) and MLflow artifacts "
+                f"(mlflow artifacts download -r {trains[0].info.run_id} -a config.yaml)") if trains else ""
+        raise ConfigError(f"no completed sweep trial with metric {key} in {where}{hint}")
     runs.sort(key=lambda r: -r.data.metrics[key])
     out.mkdir(parents=True, exist_ok=True)
     written, lines = [], [f"# Best {len(runs[:top])} configurations by {key}", "",

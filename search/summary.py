@@ -3,15 +3,16 @@ sweep's parent run."""
 from __future__ import annotations
 
 import math
-import tempfile
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from mtlsweep.mlflow_server.compare import (collect, figures, render_text, table_rows, write_csv, write_html)
+from mtlsweep.mlflow_server.compare import collect, render_text, report_title, table_rows, write_report
 
 
-def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, log=print) -> list[dict]:
+def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, out_dir: Path, log=print) -> list[dict]:
+    """Print the sweep's table, write its report to ``out_dir`` (the README's
+    ``workspace/compare/<sweep>/``) and log the report and summary metrics to the parent run."""
     client = MlflowClient(tracking_uri)
     runs = collect(client, experiment, sweep=parent_run_id)
     rows = table_rows(runs, client=client)
@@ -26,8 +27,14 @@ def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, log=
                     metrics[f"summary/{fam}/{k}"] = float(v)
     for k, v in metrics.items():
         client.log_metric(parent_run_id, k, v)
-    with tempfile.TemporaryDirectory() as tmp:
-        write_csv(rows, Path(tmp) / "comparison.csv")
-        write_html(rows, figures(rows, runs), Path(tmp) / "comparison.html", f"sweep {parent_run_id}")
-        client.log_artifacts(parent_run_id, tmp)
+    for path in write_report(rows, runs, out_dir, report_title(client, experiment, parent_run_id)):
+        client.log_artifact(parent_run_id, str(path))
+    log(f"report: {out_dir / 'comparison.html'} (table: comparison.csv)")
+    from mtlsweep.mlflow_server.runs_view import runs_url
+    exp_id = client.get_experiment_by_name(experiment).experiment_id
+    if tracking_uri.startswith(("http://", "https://")):
+        log(f"runs table: {runs_url(tracking_uri, exp_id)}")
+    else:
+        log(f"runs table: `mlflow ui --backend-store-uri {tracking_uri} --port 5000`, then "
+            f"{runs_url('http://127.0.0.1:5000', exp_id)}")
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-trials", type=int, help="trials of the tuned baseline's search (default: as each family)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its checkpoint")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
+    p.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], default=1,
+                   help="Ray Tune's verbosity; 2 and up also shows Ray's per-checkpoint log lines")
 
 
 def args_from_namespace(ns):
@@ -50,7 +52,7 @@ def args_from_namespace(ns):
                      resume=ns.resume, address=ns.address, tracking_uri=ns.tracking_uri, workspace=ns.workspace,
                      seed=ns.seed, baseline_seeds=ns.baseline_seeds, baseline=ns.baseline,
                      baseline_trials=ns.baseline_trials, max_failures=ns.max_failures,
-                     overrides=ns.set)
+                     overrides=ns.set, verbose=ns.verbose)
 
 
 def run(ns) -> int:

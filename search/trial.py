@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 from mtlsweep.config.run import RunConfig
+from mtlsweep.mlflow_server.run_logger import RUN_ID_FILE
 from mtlsweep.training.callbacks import Callback
 
-RUN_ID_FILE = "mlflow_run_id.txt"
+
 TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
              "val/delta_auroc_mean", "val/tasks_improved", "cost/epoch_s", "cost/train_s",
              "cost/samples_per_s", "cost/peak_mem_mb", "train/auroc_mean", "gap/auroc", "schedule/tasks_entered")
@@ -39,6 +40,7 @@ class SweepContext:
     baselines: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
     tuned_keys: tuple[str, ...] = ()               # what the baselines were tuned over
     role: str = "trial"                            # "baseline_candidate" in a tuned baseline's search
+    ray_logs: bool = False                         # Ray Train's per-checkpoint INFO lines (Tune verbose >= 2)
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +175,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     from mtlsweep.training.run import run
 
     torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))   # concurrent trials must not oversubscribe cores
+    if not ctx.ray_logs:
+        # "Checkpoint successfully created at ..." once per epoch and trial: most of a sweep's terminal.
+        import logging
+        logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cfg = trial_config(config, ctx)
     if cfg.model.family == "motif_gbm" and cfg.gbm.n_jobs is None:
         cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
@@ -185,4 +191,4 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     tracking = _tracking(cfg, config, ctx, store, tune_ctx.get_trial_id(), trial_dir, run_id) if ctx.tracking_uri else None
     callbacks, logger = run_callbacks(cfg, tracking)
     run(cfg, run_dir, callbacks=[*callbacks, *ctx.extra_callbacks, TuneReporter(run_dir, logger)], store=store,
-        resume=resume, progress=False)
+        resume="force" if resume else False, progress=False)

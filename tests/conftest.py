@@ -1,4 +1,12 @@
+import os
+import tempfile
+
 import pytest
+
+
+def pytest_configure(config):
+    # FASTA indexes and other caches go to a throwaway directory, never the user's ~/.cache.
+    os.environ["MTLSWEEP_CACHE"] = tempfile.mkdtemp(prefix="mtlsweep-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from scipy.stats import wilcoxon
 
-from mtlsweep.mlflow_server.compare import compare
+from mtlsweep.mlflow_server.compare import compare, render_text
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ["t0", "t1", "t2", "t3", "t4"]
@@ -69,6 +69,11 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     orphan = by["orphan"]
     assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])
     assert "hard1" in text and "no matching baseline" in text
+    # The terminal table fits the terminal (COLUMNS, default 100), naming what it left out.
+    assert max(len(line) for line in text.splitlines() if line.startswith(("┃", "│"))) <= 100
+    narrow = render_text(rows, width=60)
+    assert max(len(line) for line in narrow.splitlines() if line.startswith(("┃", "│"))) <= 60
+    assert "left out to fit 60 columns" in narrow and "hard1" in narrow
     csv_text = (tmp / "out" / "comparison.csv").read_text()
     assert csv_text.splitlines()[0].startswith("run,family,role,trials,auroc_mean")
     html = (tmp / "out" / "comparison.html").read_text()
@@ -114,7 +119,7 @@ def test_oracle_gap_closed_and_train_valid_gap_by_hand(tmp_path):
     assert soft["oracle_auroc"] == pytest.approx(0.97)
     assert soft["gap_closed"] == pytest.approx((0.79 - 0.70) / (0.97 - 0.70))
     assert soft["train_val_gap"] == pytest.approx(0.02)
-    assert "oracle_auroc: the data's ceiling" in text
+    assert "oracle (oracle_auroc): the data's ceiling" in text
 
 
 def test_cli_compare_and_unknown_experiment(experiment):

@@ -92,3 +92,18 @@ def test_yaml_dump_reloads(tmp_path):
     p = tmp_path / "x.yaml"
     p.write_text(cfg.to_yaml())
     assert load_config(p) == cfg
+
+
+def test_shipped_configs_pair_with_their_baseline():
+    """`mtlsweep compare` matches hard.yaml and soft.yaml runs with a single.yaml run out of the box."""
+    from mtlsweep.config.identity import baseline_fingerprint
+    from mtlsweep.config.run import load_config
+    from mtlsweep.models.net import build_model
+    cfgs = {n: load_config(f"search/configs/{n}.yaml") for n in ("single", "hard", "soft", "motif_gbm")}
+    fp = {n: baseline_fingerprint(c, "data", ["a", "b"]) for n, c in cfgs.items() if n != "motif_gbm"}
+    assert fp["single"] == fp["hard"] == fp["soft"]
+    assert cfgs["motif_gbm"].model.family == "motif_gbm"
+    # hard.yaml's width only names its counterpart: every layer of it is shared.
+    one = cfgs["hard"].with_overrides({"model.width": 1.0})
+    n = [sum(p.numel() for p in build_model(c.model, 3, 4, 600, None, 0).parameters()) for c in (cfgs["hard"], one)]
+    assert n[0] == n[1]

@@ -17,7 +17,9 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
                         "train.steps_per_epoch=4", "data.batch_size=32"])
     assert run_demo(settings=settings) == 0
     out = capsys.readouterr().out
-    assert "1/5 synthetic benchmark" in out and "5/5 best configurations" in out
+    assert "1/4 synthetic benchmark" in out and "4/4 best configurations" in out
+    assert out.count("configurations vs single-task baseline") == 1        # the table, printed once
+    assert "Checkpoint successfully created" not in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "#/experiments/" in out
 
     with open(ws / "compare" / "tiny-demo" / "comparison.csv", newline="") as fh:
@@ -26,6 +28,8 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
                               "tasks_improved", "tasks_total", "epoch_s", "n_params", "baseline"}
     assert any(r["role"] == "baseline" for r in rows)
     assert any(r["role"].startswith("best ") for r in rows)
+    report = (ws / "compare" / "tiny-demo" / "comparison.html").read_text()
+    assert "<h1>sweep tiny-demo" in report and "one point per task" in report
 
     client = MlflowClient(f"sqlite:///{ws / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mtlsweep-demo")

@@ -93,6 +93,8 @@ def test_unknown_task_and_run_dir_errors(tiny_config, tmp_path):
         Trainer(tiny_config(**{"data.tasks": ["task0", "nope"]}), tmp_path / "r", progress=False)
     cfg = tiny_config()
     d = prepare_run_dir(cfg, "x")
+    assert not d.exists()                       # a refused run must not leave an empty directory
+    d.mkdir(parents=True)
     (d / "metrics.json").write_text("{}")
     with pytest.raises(ConfigError, match="run directory exists"):
         prepare_run_dir(cfg, "x")

@@ -337,11 +337,11 @@ def test_build_random_split_strand_and_determinism(tmp_path, fasta):
 
 def test_build_errors_write_nothing(tmp_path, sheet, fasta):
     out = tmp_path / "out"
-    with pytest.raises(DataError, match=r"test_chroms: chromosome 'chr9' is not in FASTA"):
+    with pytest.raises(DataError, match=r"--test-chroms: chromosome 'chr9' is not in FASTA"):
         _build(sheet, fasta, out, test_chroms=["chr9"])
-    with pytest.raises(DataError, match=r"chr2 are in both valid_chroms and test_chroms"):
+    with pytest.raises(DataError, match=r"chr2 are in both --valid-chroms and --test-chroms"):
         _build(sheet, fasta, out, valid_chroms=["chr2"], test_chroms=["chr2"])
-    with pytest.raises(DataError, match=r"merge_overlap=300 is not allowed"):
+    with pytest.raises(DataError, match=r"--merge-overlap 300 is not allowed with --length 200"):
         _build(sheet, fasta, out, merge_overlap=300)
     with pytest.raises(DataError, match=r"FASTA .*nope\.fa: file not found"):
         _build(sheet, tmp_path / "nope.fa", out)
@@ -362,7 +362,7 @@ def test_build_skip_mode_and_overwrite(tmp_path, sheet, fasta):
     assert res.report["skipped"]["malformed"] == 1
     assert res.report["files"][0]["examples"][-1].startswith("a.bed:7: malformed: expected at least 3")
     before = res.basset_path.read_bytes()
-    with pytest.raises(DataError, match=r"basset\.h5 exists; pass overwrite=True"):
+    with pytest.raises(DataError, match=r"basset\.h5 exists; pass --force"):
         _build(sheet, fasta, out, on_error="skip")
     res = _build(sheet, fasta, out, on_error="skip", overwrite=True, seq_len=100, merge_overlap=20)
     from mtlsweep.data.basset_hdf5 import BassetReader

@@ -8,6 +8,7 @@ import csv
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional
@@ -128,6 +129,17 @@ class Trainer:
         # Tasks that have had a nonzero loss weight so far: a scheduler judges a trial only after
         # every task entered (warm starts and curricula keep tasks out at first).
         self.entered = np.zeros(len(self.tasks), dtype=bool)
+        # A task needs both classes among its known train and valid labels to be learned and judged;
+        # any other is left out of every split's means alike (its per-task metrics are NaN).
+        self.judged = np.ones(len(self.tasks), dtype=bool)
+        for split in ("train", "valid"):
+            lab = self.store.splits[split].labels
+            self.judged &= ((lab == 1).sum(0) > 0) & ((lab == 0).sum(0) > 0)
+        if not self.judged.all():
+            left = [t for t, ok in zip(self.tasks, self.judged) if not ok]
+            warnings.warn(f"{cfg.data.path}: {len(left)} task(s) lack positives or negatives among their known "
+                          f"train/valid labels and are left out of every mean: {', '.join(left[:5])}"
+                          + (", ..." if len(left) > 5 else ""), stacklevel=2)
         oracle = load_oracle(cfg.data.path, self.store.fingerprint)
         self.oracle = ({split: {t: per[t] for t in self.tasks if t in per} for split, per in oracle.items()}
                        if oracle else None)
@@ -159,10 +171,9 @@ class Trainer:
             "data_fingerprint": self.store.fingerprint,
         }
 
-    def resume(self, path: str | Path) -> None:
+    def resume(self, path: str | Path, force: bool = False) -> None:
+        check_resume(self.cfg, Path(path).parent, self.store.fingerprint, self.tasks, force=force)
         ck = load_checkpoint(path, map_location=self.device)
-        if ck.get("task_names") != self.tasks:
-            raise ConfigError(f"{path}: checkpoint tasks differ from the config's data.tasks")
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.weighting.load_state_dict(ck["weighting"])
@@ -259,7 +270,10 @@ class Trainer:
 
     def evaluate(self, split_name: str, rows: Optional[np.ndarray] = None) -> TaskMetrics:
         labels = self.store.splits[split_name].labels
-        return task_metrics(self.predict(split_name, rows), labels if rows is None else labels[rows])
+        m = task_metrics(self.predict(split_name, rows), labels if rows is None else labels[rows])
+        for arr in (m.auroc, m.auprc):
+            arr[~self.judged] = np.nan
+        return m
 
     def info(self) -> dict[str, Any]:
         return {
@@ -351,16 +365,47 @@ def write_outputs(result: RunResult, cfg: RunConfig) -> None:
                         result.val.loss[i], int(result.val.n_pos[i]), int(result.val.n_neg[i]), t_roc, t_pr])
 
 
-def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, resume: bool = False,
-                    force: bool = False) -> Path:
-    """The run's output directory; refuses to reuse one unless resuming or forced."""
+def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, force: bool = False) -> Path:
+    """The run's output directory (not created: a refused run leaves nothing behind); refuses
+    to reuse a non-empty one unless forced."""
     if name is None:
         name = time.strftime("%Y%m%d-%H%M%S") + f"-s{cfg.train.seed}"
     run_dir = Path(cfg.train.out_dir) / name
-    if resume:
-        if not (run_dir / LAST).is_file():
-            raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
-    elif run_dir.exists() and any(run_dir.iterdir()) and not force:
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: exists and is not a directory; choose another --name or train.out_dir")
+    if run_dir.is_dir() and any(run_dir.iterdir()) and not force:
         raise ConfigError(f"{run_dir}: run directory exists; choose another --name, --resume it, or --force")
-    run_dir.mkdir(parents=True, exist_ok=True)
     return run_dir.resolve()
+
+
+# What a resumed run may change: its budget and its stopping rule (to train it longer).
+RESUMABLE_CHANGES = ("train.epochs", "train.patience")
+
+
+def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: list[str], *, force: bool = False) -> None:
+    """Refuse to resume ``run_dir`` with a config or data that is not the run's own (naming the
+    first key that differs), or a run that already finished (unless ``force``)."""
+    from mtlsweep.config.identity import run_identity
+    last = Path(run_dir) / LAST
+    if not last.is_file():
+        raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
+    ck = load_checkpoint(last, map_location="cpu")
+    if ck.get("data_fingerprint") not in (None, data_fingerprint):
+        raise ConfigError(f"{run_dir}: --resume with other data: the run was trained on data "
+                          f"{str(ck['data_fingerprint'])[:12]}…, data.path={cfg.data.path} is {data_fingerprint[:12]}…")
+    if list(ck.get("task_names", tasks)) != list(tasks):
+        raise ConfigError(f"{run_dir}: --resume with other tasks: the run has {len(ck['task_names'])} "
+                          f"({', '.join(ck['task_names'][:4])}…), data.tasks selects {len(tasks)}")
+    if "config" in ck:
+        was = run_identity(RunConfig.model_validate(ck["config"]), data_fingerprint, tasks)["config"]
+        now = run_identity(cfg, data_fingerprint, tasks)["config"]
+        for key in sorted(set(was) | set(now)):
+            if key not in RESUMABLE_CHANGES and was.get(key) != now.get(key):
+                raise ConfigError(f"{run_dir}: --resume with another config: {key} was {was.get(key)!r}, "
+                                  f"is {now.get(key)!r}; only {' and '.join(RESUMABLE_CHANGES)} may change")
+    if (Path(run_dir) / "metrics.json").is_file() and not force:
+        epochs = int(ck.get("epoch", 0))
+        stopped = ck.get("bad_epochs", 0) >= cfg.train.patience
+        if epochs >= cfg.train.epochs or stopped:
+            raise ConfigError(f"{run_dir}: already complete ({epochs} epochs, metrics.json written); raise "
+                              "train.epochs (or train.patience) to train it longer, or pass --force to evaluate it again")

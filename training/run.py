@@ -20,14 +20,14 @@ from mtlsweep.training.engine import LAST, RunResult, Trainer
 from mtlsweep.training.gbm_runner import run_gbm
 
 
-def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume: bool, progress: bool) -> RunResult:
+def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume, progress: bool) -> RunResult:
     trainer = Trainer(cfg, run_dir, store=store, callbacks=[callbacks], progress=progress)
     if resume:
-        trainer.resume(run_dir / LAST)
+        trainer.resume(run_dir / LAST, force=resume == "force")
     return trainer.fit()
 
 
-def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume: bool,
+def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume,
                    progress: bool) -> RunResult:
     if resume:
         raise ConfigError(f"{run_dir}: a motif_gbm run is one fit with early stopping; there is nothing to resume")
@@ -37,10 +37,22 @@ def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store
 FAMILIES: dict[str, Callable[..., RunResult]] = {"cnn": _run_cnn, "motif_gbm": _run_motif_gbm}
 
 
+def check(cfg: RunConfig, store) -> None:
+    """Build what a run of ``cfg`` on ``store`` needs (model, schedule, optimizer) without
+    training or writing anything, so that a user's mistake is refused before any work."""
+    if cfg.model.family == "cnn":
+        Trainer(cfg, Path(cfg.train.out_dir) / "unused", store=store, progress=False)
+    else:
+        for split in ("train", "valid"):
+            if split not in store.splits or store.n(split) == 0:
+                raise ConfigError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
+
+
 def run(cfg: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (), store=None,
-        resume: bool = False, progress: bool = True) -> RunResult:
-    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint if ``resume``) and test
-    the best model; ``store`` is the data already loaded (else cfg.data.path is opened)."""
+        resume: bool | str = False, progress: bool = True) -> RunResult:
+    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint if ``resume``; a run that
+    already finished only with ``resume="force"``) and test the best model; ``store`` is the
+    data already loaded (else cfg.data.path is opened)."""
     cbs = CallbackList(callbacks)
     try:
         return FAMILIES[cfg.model.family](cfg, Path(run_dir), cbs, store, resume, progress)
