@@ -163,16 +163,21 @@ def cmd_server(args) -> int:
 
 def cmd_sync(args) -> int:
     from mtlsweep.mlflow_server.fast_logger import sync
-    n = sum(sync(d, args.tracking_uri) for d in _spool_dirs(Path(args.path)))
-    print(f"sent {n} values")
+    root = Path(args.path)
+    if not root.exists():
+        raise UserError(f"{root}: no such spool directory or tree")
+    n = sum(sync(d, args.tracking_uri) for d in _spool_dirs(root))
+    print(f"sent {n} items (metric, param and tag values, artifacts, run ends)")
     return 0
 
 
 def _spool_dirs(root: Path):
-    if (root / "spool.jsonl").exists():
+    from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, SPOOL_FILE
+    names = (SPOOL_FILE, PENDING_ARTIFACTS, PENDING_STATUS)
+    if any((root / n).exists() for n in names):
         yield root
     else:
-        yield from sorted({p.parent for p in root.rglob("spool.jsonl")})
+        yield from sorted({p.parent for n in names for p in root.rglob(n)})
 
 
 def cmd_similarity(args) -> int:
@@ -309,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_arguments(sv)
     sv.set_defaults(func=cmd_server)
 
-    sy = sub.add_parser("sync", help="send metrics spooled while the tracking server was away")
+    sy = sub.add_parser("sync", help="send what runs spooled while the tracking server was away: metrics, artifacts, their end")
     sy.add_argument("path", nargs="?", default="workspace", help="a spool directory or a tree containing them")
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "search" / "spaces" / "demo.yaml"

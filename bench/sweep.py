@@ -1,6 +1,6 @@
 """Sweep overheads on this machine, measured in one run against in-run baselines.
 
-    python bench/sweep.py
+    python bench/sweep.py            (from any directory; needs the bench extra: pip install -e '.[bench]')
 
 1. Per-trial overhead (trial wall time - its training time) with and without reuse_actors,
    on an embedded Ray with 2 CPUs. Target: <= 1 s per trial with reuse_actors.
@@ -47,7 +47,8 @@ def trial_overhead(tmp: Path, reuse: bool, n_trials: int) -> tuple[float, float]
     base = {"data": {"path": str(tmp / "small.h5"), "batch_size": 64},
             "model": {"arch": {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2, 2],
                                "dense": [16, 16]}, "sharing": {"shared_layers": 5}},
-            "optim": {"name": "adam"}, "train": {"epochs": 2, "steps_per_epoch": 5, "num_threads": 1},
+            "optim": {"name": "adam"}, "train": {"epochs": 2, "steps_per_epoch": 5, "num_threads": 1,
+                                                 "out_dir": str(tmp / "runs")},     # nothing in the caller's cwd
             "tracking": {"experiment": "bench"}}
     (tmp / "base.yaml").write_text(yaml.safe_dump(base))
     (tmp / "space.yaml").write_text(yaml.safe_dump({"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}))
@@ -96,6 +97,10 @@ def shared_memory(store) -> tuple[float, float, float]:
 
 
 def main() -> None:
+    try:
+        import psutil  # noqa: F401 - the memory measurement reads USS through it
+    except ImportError:
+        sys.exit("bench/sweep.py: needs psutil: pip install -e '.[bench]'")
     import ray
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)

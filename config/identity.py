@@ -68,6 +68,14 @@ def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+CONFIG_FP_TAG = "config_fp"
+
+
+def config_fingerprint(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str]) -> str:
+    """The identity of ``cfg`` itself: two runs with it compute the same result."""
+    return _digest(run_identity(cfg, data_fingerprint, tasks))
+
+
 def baseline_fingerprint(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str]) -> str:
     """The identity of ``cfg``'s single-task counterpart, as it would be trained."""
     return _digest(run_identity(baseline_config(cfg), data_fingerprint, tasks))

@@ -55,6 +55,9 @@ MAX_KEY_LEN = 250
 SPOOL_FILE = "spool.jsonl"
 REJECTED_FILE = "rejected.jsonl"
 LOCK_FILE = "spool.lock"
+# What a run's end left for `mtlsweep sync` when the server was away (written by the run logger).
+PENDING_ARTIFACTS = "pending_artifacts.jsonl"
+PENDING_STATUS = "pending_status.jsonl"
 
 FAIL_FAST_ENV = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
@@ -83,7 +86,7 @@ def _check_key(kind: str, key) -> str:
     return key
 
 
-def _strip_userinfo(uri: str) -> str:
+def strip_userinfo(uri: str) -> str:
     # Credentials come from MLFLOW_TRACKING_USERNAME/PASSWORD, never from a spool file.
     parts = urlsplit(uri)
     if parts.username is None and parts.password is None:
@@ -212,7 +215,7 @@ class Spool:
 
     def append(self, uri: str, run_id: str, chunks) -> int:
         entries = [
-            {"id": uuid.uuid4().hex, "uri": _strip_userinfo(uri), "run_id": run_id,
+            {"id": uuid.uuid4().hex, "uri": strip_userinfo(uri), "run_id": run_id,
              "t_logged": time.time(), "m": m, "p": p, "t": t}
             for m, p, t in chunks
         ]
@@ -468,7 +471,7 @@ class FastLogger:
                 except Exception as exc:  # noqa: BLE001 - classified below
                     if not _is_transient(exc):
                         # The other chunks still go out; this one is kept for inspection.
-                        entry = {"id": uuid.uuid4().hex, "uri": _strip_userinfo(self.tracking_uri),
+                        entry = {"id": uuid.uuid4().hex, "uri": strip_userinfo(self.tracking_uri),
                                  "run_id": self.run_id, "t_logged": time.time(),
                                  "m": m, "p": p, "t": t}
                         self.spool.mark(entry, _one_line(exc))
@@ -489,17 +492,21 @@ class FastLogger:
 
 
 def sync(spool_dir, tracking_uri: str | None = None) -> int:
-    """Send everything spooled in `spool_dir` (to `tracking_uri` or each entry's own URI).
+    """Bring the runs spooled in `spool_dir` to the state an uninterrupted run has: send the
+    spooled metrics, params and tags, then the artifacts and the end status the run could not
+    deliver (to `tracking_uri` or each entry's own URI).
 
-    Returns the number of values (metrics + params + tags) sent. Raises TrackingError if a
-    server does not answer (what was sent stays sent, the rest stays spooled) or if the
-    server refused some entries (moved to rejected.jsonl).
+    Returns the number of items sent (metric, param and tag values, artifacts, statuses).
+    Raises TrackingError if a server does not answer (what was sent stays sent, the rest stays
+    spooled) or if the server refused some entries (moved to rejected.jsonl).
     """
     fail_fast_http()
     spool = Spool(spool_dir)
-    if not spool.has_pending():
+    tails = [_read_jsonl(spool.dir / name) for name in (PENDING_ARTIFACTS, PENDING_STATUS)]
+    if not spool.has_pending() and not any(tails):
         return 0
-    uris = {tracking_uri} if tracking_uri else {e["uri"] for e in spool.pending()}
+    uris = {tracking_uri} if tracking_uri else {e["uri"] for e in spool.pending()} | {
+        e["uri"] for e in tails[1] if "uri" in e}
     for uri in sorted(uris):
         check_reachable(uri)
     sent, rejected, err = spool.drain(_Clients(), uri_override=tracking_uri)
@@ -511,4 +518,55 @@ def sync(spool_dir, tracking_uri: str | None = None) -> int:
     if spool.has_pending():
         left = sum(len(e["m"]) + len(e["p"]) + len(e["t"]) for e in spool.pending())
         raise TrackingError(f"{spool.dir}: sent {sent} values, {left} still spooled: {err}")
-    return sent
+    return sent + _sync_run_ends(spool.dir, tracking_uri)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue                     # a torn last line: the writer died mid-write
+    return out
+
+
+def _sync_run_ends(spool_dir: Path, tracking_uri: str | None) -> int:
+    """Artifacts, then statuses (a run is FINISHED only once everything of it arrived); each
+    file is rewritten with what is left, so a second sync sends nothing twice."""
+    clients = _Clients()
+    n = 0
+    for name, send in ((PENDING_ARTIFACTS, lambda c, e: c.log_artifact(e["run_id"], e["path"])),
+                       (PENDING_STATUS, lambda c, e: c.set_terminated(e["run_id"], e["status"],
+                                                                       end_time=e.get("end_time")))):
+        path = spool_dir / name
+        entries = _read_jsonl(path)
+        left = []
+        for i, e in enumerate(entries):
+            if name == PENDING_ARTIFACTS and not Path(e["path"]).exists():
+                raise TrackingError(f"{path}: artifact {e['path']} of run {e['run_id']} no longer exists")
+            uri = tracking_uri or e.get("uri")
+            if uri is None:
+                raise TrackingError(f"{path}: entry for run {e['run_id']} names no tracking URI; pass --tracking-uri")
+            try:
+                send(clients.get(uri), e)
+            except Exception as exc:  # noqa: BLE001 - keep the rest for the next sync
+                left = entries[i:]
+                _rewrite(path, left)
+                raise TrackingError(f"{path}: sent {n}, {len(left)} left: {_one_line(exc)}") from None
+            n += 1
+        _rewrite(path, left)
+    return n
+
+
+def _rewrite(path: Path, entries: list[dict]) -> None:
+    if not entries:
+        path.unlink(missing_ok=True)
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
+    os.replace(tmp, path)

@@ -13,7 +13,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mtlsweep import plots
-from mtlsweep.mlflow_server.fast_logger import FastLogger
+from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
 from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.mlflow_server.runs_view import ensure_view
 from mtlsweep.mlflow_server.server import check_reachable
@@ -225,11 +225,37 @@ class MlflowRunLogger(Callback):
         base = self._baseline_array()
         if base is not None and result.test is not None:
             final.update(delta_metrics(result.test.auroc, base, self.tasks, prefix="test"))
-        log.log_metrics(self._rename(final), step=result.best_epoch)
+        if not self._already_tested():
+            log.log_metrics(self._rename(final), step=result.best_epoch)
         log.flush()
         self.log_artifacts(self._result_files(result, base))
         log.close()
-        self.client.set_terminated(self.run_id, "FINISHED")
+        try:
+            self.client.set_terminated(self.run_id, "FINISHED")
+        except Exception as exc:  # noqa: BLE001 - any transport failure: the run finished here all the same
+            self._spool_status("FINISHED", exc)
+
+    def _already_tested(self) -> bool:
+        """A continued run whose end was logged before (a restart after its last epoch): its test
+        metrics are not sent a second time."""
+        if not self.continued:
+            return False
+        try:
+            return bool(self.client.get_metric_history(self.run_id, "test/auroc_mean"))
+        except Exception:  # noqa: BLE001 - server away: the spool's sync has its own guard
+            return False
+
+    def _spool_status(self, status: str, exc: BaseException) -> None:
+        """The server is away at the run's end: keep the status for `mtlsweep sync` and say so."""
+        import time
+        import warnings
+        spool = Path(self.logger.spool.dir) if self.logger is not None else Path(".")
+        with open(spool / PENDING_STATUS, "a") as fh:
+            fh.write(json.dumps({"run_id": self.run_id, "uri": strip_userinfo(self.uri), "status": status,
+                                 "end_time": int(time.time() * 1000)}) + "\n")
+        warnings.warn(f"tracking server {self.uri} unreachable at the end of the run "
+                      f"({type(exc).__name__}); the run finished here and its end is spooled in {spool}: "
+                      f"run `mtlsweep sync {spool}` when the server is back", stacklevel=2)
 
     def _result_files(self, result, base: Optional[np.ndarray]) -> list[Path]:
         d = Path(result.run_dir) / "mlflow_artifacts"
@@ -267,10 +293,10 @@ class MlflowRunLogger(Callback):
             except Exception:  # noqa: BLE001 - any transport failure: keep it for sync
                 pending.append(str(Path(p).resolve()))
         if pending and self.logger is not None:
-            f = Path(self.logger.spool.dir) / "pending_artifacts.jsonl"
+            f = Path(self.logger.spool.dir) / PENDING_ARTIFACTS
             with open(f, "a") as fh:
                 for p in pending:
-                    fh.write(json.dumps({"run_id": self.run_id, "path": p}) + "\n")
+                    fh.write(json.dumps({"run_id": self.run_id, "uri": strip_userinfo(self.uri), "path": p}) + "\n")
 
     def on_train_abort(self, exc: BaseException) -> None:
         """A scheduler's stop (SystemExit inside Tune's report) leaves the run FINISHED and tagged;

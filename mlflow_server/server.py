@@ -22,6 +22,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 from mtlsweep.config.errors import UserError
 
@@ -67,8 +68,9 @@ class ServerInfo:
 
 
 def redact_uri(uri: str) -> str:
-    """`scheme://user:secret@host` -> `scheme://user:***@host`."""
-    return re.sub(r"(://[^/:@]*):[^/]*@", r"\1:***@", uri)
+    """`scheme://user:secret@host` -> `scheme://user:***@host`, also when the secret holds a
+    '/' (not URL-encoded, as people write passwords): the userinfo ends at the last '@'."""
+    return re.sub(r"^([A-Za-z][\w+.-]*://[^/:@?#]*):.*@(?=[^@]*$)", r"\1:***@", uri)
 
 
 def _free_port(host: str) -> int:
@@ -272,9 +274,14 @@ def start(
     if auth:
         _auth_files(project_dir, env)
 
+    # The backend URI (a database password, perhaps) goes by the environment, not the command
+    # line that `ps` shows every user; a SQLite database is created private to its owner.
+    env["MLFLOW_BACKEND_STORE_URI"] = backend
+    for db in [_sqlite_path(backend)] + ([project_dir / "basic_auth.db"] if auth else []):
+        if db is not None:
+            _private_file(db)
     cmd = [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", backend,
         "--serve-artifacts", "--artifacts-destination", artifacts,
         "--host", host, "--port", str(port), "--workers", str(workers),
     ]
@@ -326,8 +333,22 @@ def start(
     return info
 
 
+def _sqlite_path(uri: str) -> Optional[Path]:
+    return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
+
+
+def _private_file(path: Path) -> None:
+    """Create ``path`` (if missing) readable and writable by its owner only; SQLite keeps the
+    mode for the database and gives its journal the same."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+    os.chmod(path, 0o600)
+
+
 def _port_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the server binds: a port whose old connections linger in TIME_WAIT is free to it.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

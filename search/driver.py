@@ -14,6 +14,9 @@ from typing import Optional, Sequence
 
 # The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Tune snapshots the experiment at most every second (its "auto" waits >= 10 s): a killed
+# driver then loses at most a second of what trials reported, not whole finished trials.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 from mtlsweep.config.identity import PROTOCOL_TAG, RUN_TAG, Protocol
 
@@ -85,6 +88,34 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
     return cfg, space
 
 
+# Config keys whose value names one task, by index or by name.
+TASK_KEYS = ("schedule.warm_start.task", "init.task")
+
+
+def _check_task_choices(space: "SearchSpace | GridSpace", stores: dict) -> None:
+    """Every task a space may choose (a warm-start task, an init task) exists in every data set
+    of the sweep: refused here, before any trial, not as failed trials."""
+    if isinstance(space, GridSpace):
+        choices = {k: list(v) for k, v in space.grid.items() if k in TASK_KEYS}
+        for over in space.variants.values():
+            for k in TASK_KEYS:
+                if k in over:
+                    choices.setdefault(k, []).append(over[k])
+    else:
+        choices = {d.key: d.values if d.type == "categorical" else list(range(int(d.low), int(d.high) + 1))
+                   for d in space.dims if d.key in TASK_KEYS}
+    for key, values in choices.items():
+        for path, store in stores.items():
+            names = list(store.task_names)
+            for v in values:
+                if v is None:
+                    continue
+                ok = (0 <= v < len(names)) if isinstance(v, int) and not isinstance(v, bool) else v in names
+                if not ok:
+                    raise ConfigError(f"{space.source}: {key}: task {v!r} is not in {path} ({len(names)} tasks: "
+                                      f"indices 0..{len(names) - 1} or names such as {', '.join(names[:3])})")
+
+
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
     """Connect to a running cluster when there is one (address, RAY_ADDRESS or 'auto'), else
     start an embedded one on this machine's cores."""
@@ -99,6 +130,16 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
         return
     except (ConnectionError, RuntimeError, ValueError):
         pass
+    start_embedded(num_cpus)
+
+
+def start_embedded(num_cpus: Optional[int] = None) -> None:
+    """A Ray cluster of this process, on this machine's cores."""
+    import ray
+    from mtlsweep.search.ray_leftovers import end_orphaned_agents
+    ended = end_orphaned_agents()          # left by an earlier embedded cluster's killed driver
+    if ended:
+        print(f"ended {len(ended)} Ray agent(s) an earlier killed sweep left behind (pids {', '.join(map(str, ended))})")
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              object_store_memory=min(2 * 1024**3, 512 * 1024**2 * max(1, (num_cpus or os.cpu_count() or 1))),
              log_to_driver=True)
@@ -136,6 +177,7 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         space.resolve_paths()
     paths = [cfg.data.path] + (space.data_paths() if grid else [])
     stores = {p: open_dataset(p).select_tasks(cfg.data.tasks) for p in dict.fromkeys(paths)}
+    _check_task_choices(space, stores)
     if args.gpus_per_trial > 0 and cfg.train.device == "cpu":
         cfg = cfg.with_overrides({"train.device": "auto"})
     protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
@@ -245,17 +287,14 @@ def fit(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples:
 def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, role: str = "trial") -> None:
     """Close the child runs still RUNNING after the sweep. A trial Tune knows was stopped by
     its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
-    driver had started after its last experiment snapshot is unknown to the restored sweep,
-    which ran a fresh trial instead: its run is KILLED and tagged, never counted as a result."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.role = '{role}'",
-                              max_results=5000)
+    driver had started after its last experiment snapshot is unknown to the restored sweep:
+    its run is KILLED and tagged, never counted as a result. A FINISHED run is never touched:
+    finished work stays finished (a restored trial of its configuration adopts it)."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.role = '{role}' "
+                              "and attributes.status = 'RUNNING'", max_results=5000)
     from mlflow.exceptions import MlflowException
     for r in runs:
         stopped = r.data.tags.get("trial_id") in known_trials
-        if r.info.status != "RUNNING" and (stopped or r.info.status != "FINISHED" or "orphaned" in r.data.tags):
-            continue
-        # A FINISHED run of a trial the restored sweep does not know finished after the killed
-        # driver's last snapshot; the sweep ran a fresh trial in its place: not a result either.
         tag = ("stopped_early", "scheduler") if stopped else ("orphaned", "driver killed before the trial was recorded")
         try:
             client.set_tag(r.info.run_id, *tag)

@@ -137,18 +137,57 @@ def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
     return True, run_id
 
 
-def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, trial_dir: Path,
-              run_id: Optional[str]):
+def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp: str):
+    """The MLflow run this trial continues, if any: the one its checkpoint names, else the one
+    tagged with its trial id, else a FINISHED run of the same configuration under this sweep
+    that no trial of the restored sweep owns (a killed driver finished it after its last
+    experiment snapshot; the searcher, restored from that snapshot, proposed it again). That
+    run is adopted, so finished work is counted once and not trained again."""
     from mlflow.tracking import MlflowClient
 
-    from mtlsweep.config.identity import KEY_TAG, RUN_TAG, comparison_key
+    from mtlsweep.config.identity import CONFIG_FP_TAG
+    client = MlflowClient(ctx.tracking_uri)
+    if run_id is not None:
+        return client.get_run(run_id)
+    exp = client.get_experiment_by_name(ctx.experiment)
+    if exp is None:
+        return None
+    own = _find_trial_run(client, exp.experiment_id, ctx.parent_run_id, trial_id)
+    if own is not None:
+        return client.get_run(own)
+    if not ctx.parent_run_id:
+        return None
+    for r in client.search_runs([exp.experiment_id], max_results=50, filter_string=(
+            f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.{CONFIG_FP_TAG} = '{config_fp}' "
+            f"and tags.role = '{ctx.role}' and attributes.status = 'FINISHED'")):
+        if "orphaned" in r.data.tags or "adopted_by" in r.data.tags:
+            continue
+        client.set_tag(r.info.run_id, "adopted_by", trial_id)
+        client.set_tag(r.info.run_id, "first_trial_id", r.data.tags.get("trial_id", ""))
+        client.set_tag(r.info.run_id, "trial_id", trial_id)
+        return client.get_run(r.info.run_id)
+    return None
+
+
+def _report_finished(run, tracking_uri: str) -> None:
+    """Give Tune a finished run's last epoch again, without training or logging anything."""
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+    m = run.data.metrics
+    last = {k: float(m[k]) for k in TUNE_KEYS if k in m}
+    last["epoch"] = float(len(MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val/auroc_mean")))
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / RUN_ID_FILE).write_text(run.info.run_id)
+        tune.report(last, checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
+def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, trial_dir: Path,
+              run_id: Optional[str], config_fp: Optional[str] = None):
+    from mtlsweep.config.identity import CONFIG_FP_TAG, KEY_TAG, RUN_TAG, comparison_key
     from mtlsweep.mlflow_server.attach import Tracking
     from mtlsweep.mlflow_server.run_logger import TRIAL_PLOTS
-    if run_id is None:      # a trial restarted without its checkpoint continues its own run, if it has one
-        exp = MlflowClient(ctx.tracking_uri).get_experiment_by_name(ctx.experiment)
-        if exp is not None:
-            run_id = _find_trial_run(MlflowClient(ctx.tracking_uri), exp.experiment_id, ctx.parent_run_id, trial_id)
     tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
+            **({CONFIG_FP_TAG: config_fp} if config_fp else {}),
             **({"variant": str(config["variant"])} if "variant" in config else {}),
             **({"arm": str(config["family"])} if "family" in config else {})}  # the space's family name
     baseline = None
@@ -188,7 +227,18 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     run_dir = trial_dir / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
     resume, run_id = _restore(run_dir)
-    tracking = _tracking(cfg, config, ctx, store, tune_ctx.get_trial_id(), trial_dir, run_id) if ctx.tracking_uri else None
+    tracking = None
+    if ctx.tracking_uri:
+        from mtlsweep.config.identity import config_fingerprint
+        trial_id = tune_ctx.get_trial_id()
+        fp = config_fingerprint(cfg, store.fingerprint, list(store.task_names)) if store is not None else None
+        own = _own_run(ctx, trial_id, run_id, fp) if fp else None
+        if own is not None and own.info.status == "FINISHED":
+            # Finished (to its end, or stopped by the scheduler) before a driver was killed: its
+            # result stands as logged; training it again would log its test metrics twice.
+            _report_finished(own, ctx.tracking_uri)
+            return
+        tracking = _tracking(cfg, config, ctx, store, trial_id, trial_dir, own.info.run_id if own else None, fp)
     callbacks, logger = run_callbacks(cfg, tracking)
     run(cfg, run_dir, callbacks=[*callbacks, *ctx.extra_callbacks, TuneReporter(run_dir, logger)], store=store,
         resume="force" if resume else False, progress=False)

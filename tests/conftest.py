@@ -20,6 +20,30 @@ def mlflow_server(tmp_path_factory):
     server.stop(project_dir)
 
 
+@pytest.fixture
+def killable_server(tmp_path):
+    """A real MLflow server of this test alone, so that the test may SIGKILL and restart it."""
+    from mtlsweep.mlflow_server import server
+
+    d = tmp_path / "killable_server"
+    info = server.start(d)
+    yield d, info
+    server.stop(d)
+
+
+def write_sweep_files(d, store_path, space: dict, experiment: str, epochs: int, steps: int) -> None:
+    """base.yaml (a tiny model on ``store_path``, tracking on) and space.yaml in ``d``."""
+    import yaml
+    base = {"data": {"path": str(store_path), "batch_size": 64},
+            "model": {"arch": TINY_ARCH, "sharing": {"shared_layers": 5}},
+            "optim": {"name": "adam", "lr": 0.01},
+            "train": {"epochs": epochs, "patience": epochs, "steps_per_epoch": steps, "num_threads": 1,
+                      "out_dir": str(d / "runs")},
+            "tracking": {"enabled": True, "experiment": experiment}}
+    (d / "base.yaml").write_text(yaml.safe_dump(base))
+    (d / "space.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
+
+
 def make_signal_store(n=3000, length=60, n_tasks=3, seed=0, unknown=0.1):
     """A store where task t is positive when its k-mer occurs: learnable in seconds, no JASPAR."""
     import numpy as np

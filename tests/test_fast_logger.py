@@ -147,16 +147,8 @@ def test_dead_server_spools_then_sync_sends_exactly_once(mlflow_server, tmp_path
     assert client.get_run(run_id).data.tags["status"] == "new"
 
 
-@pytest.fixture
-def second_server(tmp_path):
-    d = tmp_path / "server_b"
-    info = server.start(d)
-    yield d, info
-    server.stop(d)
-
-
-def test_server_killed_mid_run_loses_nothing(second_server, tmp_path):
-    d, info = second_server
+def test_server_killed_mid_run_loses_nothing(killable_server, tmp_path):
+    d, info = killable_server
     client = MlflowClient(info.url)
     run_id = new_run(client, "study-kill")
     log = FastLogger(info.url, run_id, tmp_path / "spool", retry_interval_s=0)

@@ -65,6 +65,17 @@ def test_resolve_tracking_uri_order(tmp_path, monkeypatch):
 def test_redact_uri():
     assert server.redact_uri("postgresql://bob:s3cr@t@db:5432/x") == "postgresql://bob:***@db:5432/x"
     assert server.redact_uri("sqlite:////a/b.db") == "sqlite:////a/b.db"
+    assert server.redact_uri("postgresql://bob:a/b@db/x") == "postgresql://bob:***@db/x"     # '/' in it
+    assert server.redact_uri("http://host:5000/x") == "http://host:5000/x"
+
+
+def test_server_keeps_its_database_private_and_its_backend_off_the_command_line(mlflow_server):
+    import stat
+    from pathlib import Path
+    db = Path(mlflow_server.project_dir) / "mlflow.db"
+    assert stat.S_IMODE(db.stat().st_mode) == 0o600
+    cmdline = Path(f"/proc/{mlflow_server.pid}/cmdline").read_bytes().decode()
+    assert "mlflow.db" not in cmdline and "--backend-store-uri" not in cmdline
 
 
 def test_sanitize_names_is_unique_valid_and_reversible():

@@ -32,15 +32,8 @@ SPACE = {
 
 @pytest.fixture
 def sweep_files(tmp_path, signal_store_path):
-    from conftest import TINY_ARCH
-    base = {"data": {"path": str(signal_store_path), "batch_size": 64},
-            "model": {"arch": TINY_ARCH, "sharing": {"shared_layers": 5}},
-            "optim": {"name": "adam", "lr": 0.01},
-            "train": {"epochs": 3, "patience": 3, "steps_per_epoch": 12, "num_threads": 1,
-                      "out_dir": str(tmp_path / "runs")},
-            "tracking": {"enabled": True, "experiment": "sweep-test"}}
-    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE, sort_keys=False))
+    from conftest import write_sweep_files
+    write_sweep_files(tmp_path, signal_store_path, SPACE, "sweep-test", epochs=3, steps=12)
     return tmp_path
 
 
