@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import time
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -16,7 +18,7 @@ from mtlsweep import plots
 from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
 from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.mlflow_server.runs_view import ensure_view
-from mtlsweep.mlflow_server.server import check_reachable
+from mtlsweep.mlflow_server.server import check_reachable, redact_uri
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.config.run import RunConfig
 from mtlsweep.config.identity import model_family
@@ -247,13 +249,11 @@ class MlflowRunLogger(Callback):
 
     def _spool_status(self, status: str, exc: BaseException) -> None:
         """The server is away at the run's end: keep the status for `mtlsweep sync` and say so."""
-        import time
-        import warnings
         spool = Path(self.logger.spool.dir) if self.logger is not None else Path(".")
         with open(spool / PENDING_STATUS, "a") as fh:
             fh.write(json.dumps({"run_id": self.run_id, "uri": strip_userinfo(self.uri), "status": status,
                                  "end_time": int(time.time() * 1000)}) + "\n")
-        warnings.warn(f"tracking server {self.uri} unreachable at the end of the run "
+        warnings.warn(f"tracking server {redact_uri(self.uri)} unreachable at the end of the run "
                       f"({type(exc).__name__}); the run finished here and its end is spooled in {spool}: "
                       f"run `mtlsweep sync {spool}` when the server is back", stacklevel=2)
 

@@ -137,7 +137,7 @@ def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
     return True, run_id
 
 
-def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp: str):
+def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp: Optional[str]):
     """The MLflow run this trial continues, if any: the one its checkpoint names, else the one
     tagged with its trial id, else a FINISHED run of the same configuration under this sweep
     that no trial of the restored sweep owns (a killed driver finished it after its last
@@ -155,7 +155,7 @@ def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp:
     own = _find_trial_run(client, exp.experiment_id, ctx.parent_run_id, trial_id)
     if own is not None:
         return client.get_run(own)
-    if not ctx.parent_run_id:
+    if not ctx.parent_run_id or not config_fp:
         return None
     for r in client.search_runs([exp.experiment_id], max_results=50, filter_string=(
             f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.{CONFIG_FP_TAG} = '{config_fp}' "
@@ -232,7 +232,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
         from mtlsweep.config.identity import config_fingerprint
         trial_id = tune_ctx.get_trial_id()
         fp = config_fingerprint(cfg, store.fingerprint, list(store.task_names)) if store is not None else None
-        own = _own_run(ctx, trial_id, run_id, fp) if fp else None
+        own = _own_run(ctx, trial_id, run_id, fp)
         if own is not None and own.info.status == "FINISHED":
             # Finished (to its end, or stopped by the scheduler) before a driver was killed: its
             # result stands as logged; training it again would log its test metrics twice.
