@@ -380,8 +380,8 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
         names = [row.task_names.get(k, k) for k in c.keys]
         fig, ax = subplots(figsize=(4.6, 4.4))
         better = run > base
-        ax.scatter(base[~better], run[~better], c="tab:red", s=14, label="worse or equal")
-        ax.scatter(base[better], run[better], c="tab:green", s=14, label="better")
+        ax.scatter(base[~better], run[~better], c="tab:red", s=14)
+        ax.scatter(base[better], run[better], c="tab:green", s=14)
         lo, hi = _auroc_limits(base, run)
         ax.plot([lo, hi], [lo, hi], "k--", lw=1)
         ax.set_xlim(lo, hi); ax.set_ylim(lo, hi)
@@ -391,15 +391,14 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
             ax.annotate(names[i], (base[i], run[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("single-task baseline AUROC"); ax.set_ylabel(f"{row.family} AUROC")
         ax.set_title(f"{row.name}: {c.improved}/{c.compared} tasks improved", fontsize=9)
-        ax.legend(fontsize=6, loc="lower right")
         detail = ("<details><summary>per-task AUROC</summary><table><tr><th>task</th><th>baseline</th>"
                   f"<th>{html.escape(row.family)}</th><th>delta</th></tr>" + "".join(
                       f"<tr><td>{html.escape(names[i])}</td><td>{_fmt(float(base[i]))}</td><td>{_fmt(float(run[i]))}"
                       f"</td><td>{_fmt(float(d[i]))}</td></tr>" for i in order[::-1]) + "</table></details>")
         out.append(Figure(f"scatter_{row.family}_{row.run_id[:8]}.png", _png_b64(fig),
                           f"{r['role']} ({row.name}) against its single-task baseline, one point per task (validation "
-                          f"AUROC at the best epoch): above the diagonal the task gained; the {LABELLED_TASKS} most "
-                          "improved and most worsened tasks are named.", detail))
+                          "AUROC at the best epoch): above the diagonal (green) the task gained, below it (red) it "
+                          f"did not; the {LABELLED_TASKS} most improved and most worsened tasks are named.", detail))
     return out
 
 
