@@ -548,6 +548,7 @@ def _sync_run_ends(spool_dir: Path, tracking_uri: str | None) -> int:
         left = []
         for i, e in enumerate(entries):
             if name == PENDING_ARTIFACTS and not Path(e["path"]).exists():
+                _rewrite(path, entries[i:])           # what was sent stays sent
                 raise TrackingError(f"{path}: artifact {e['path']} of run {e['run_id']} no longer exists")
             uri = tracking_uri or e.get("uri")
             if uri is None:
