@@ -74,7 +74,7 @@ def cmd_train(args) -> int:
     from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
     from mtlsweep.training.callbacks import ConsoleReporter
     from mtlsweep.training.engine import check_resume, prepare_run_dir
-    from mtlsweep.training.run import check, run
+    from mtlsweep.training.run import prepare, run
     cfg = load_config(args.config, args.set)
     if args.tracking_uri:
         cfg = cfg.with_overrides({"tracking.enabled": True})
@@ -89,20 +89,16 @@ def cmd_train(args) -> int:
         check_resume(cfg, run_dir, store.fingerprint, list(store.task_names), force=args.force)
     else:
         run_dir = prepare_run_dir(cfg, args.name, force=args.force)
-    check(cfg, store)
+    prepared = prepare(cfg, run_dir, store, progress=not args.no_progress)
     tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, list(store.task_names),
                               resume=bool(args.resume)) if uri else None
     callbacks, logger = run_callbacks(cfg, tracking)
-    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store,
+    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store, prepared=prepared,
         resume=("force" if args.force else True) if args.resume else False, progress=not args.no_progress)
     if logger is not None:
         print(f"MLflow run {logger.run_id} in experiment {cfg.tracking.experiment!r} at {logger.uri}")
-        from mtlsweep.mlflow_server.runs_view import runs_url
-        if logger.uri.startswith(("http://", "https://")):
-            print(f"runs table: {runs_url(logger.uri, logger.experiment_id)}")
-        else:
-            print(f"runs table: `mlflow ui --backend-store-uri {logger.uri} --port 5000`, then "
-                  f"{runs_url('http://127.0.0.1:5000', logger.experiment_id)}")
+        from mtlsweep.mlflow_server.runs_view import how_to_open
+        print(f"runs table: {how_to_open(logger.uri, logger.experiment_id)}")
     return 0
 
 

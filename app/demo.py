@@ -108,10 +108,6 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     exp = MlflowClient(uri).get_experiment_by_name(s.experiment)
     venv_bin = Path(sys.executable).parent
     print(f"\ndone in {time.time() - t0:.0f}s ({result.n_trials} trials, {result.n_errors} failed).")
-    print("Open the results in the MLflow UI:")
-    print(f"  {shlex.quote(str(venv_bin / 'mlflow'))} ui --backend-store-uri {shlex.quote(uri)} --port 5000"
-          if uri.startswith("sqlite") else f"  (tracking server) {uri}")
-    from mtlsweep.mlflow_server.runs_view import runs_url
-    ui = "http://127.0.0.1:5000" if uri.startswith("sqlite") else uri
-    print(f"  then browse {runs_url(ui, exp.experiment_id)}")
+    from mtlsweep.mlflow_server.runs_view import how_to_open
+    print(f"Open the results in the MLflow UI: {how_to_open(uri, exp.experiment_id, shlex.quote(str(venv_bin / 'mlflow')))}")
     return 0 if result.n_errors == 0 else 1

@@ -18,7 +18,7 @@ from mtlsweep import plots
 from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
 from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.mlflow_server.runs_view import ensure_view
-from mtlsweep.mlflow_server.server import check_reachable, redact_uri
+from mtlsweep.mlflow_server.server import check_reachable, redact_uri, sqlite_path
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.config.run import RunConfig
 from mtlsweep.config.identity import model_family
@@ -59,10 +59,8 @@ def artifact_location(uri: str) -> Optional[str]:
     """Where a new experiment on a local database keeps artifacts: beside the database (MLflow's
     default, ``./mlruns``, is relative to whatever directory the process ran in); a server decides
     for itself (None)."""
-    if uri.startswith("sqlite:///"):
-        db = Path(uri[len("sqlite:///"):].split("?")[0])
-        return (db.parent / "mlartifacts").resolve().as_uri()
-    return None
+    db = sqlite_path(uri)
+    return (db.parent / "mlartifacts").resolve().as_uri() if db is not None else None
 
 
 def get_or_create_experiment(client: MlflowClient, name: str) -> str:

@@ -5,6 +5,7 @@ the view's JSON) and opens one from ``#/experiments/<id>/runs?viewStateShareKey=
 from __future__ import annotations
 
 import json
+import shlex
 from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
@@ -39,3 +40,12 @@ def runs_url(ui: str, experiment_id: str) -> str:
     # workflowType: the UI's model-training side (its own default is the GenAI side).
     return (f"{ui.rstrip('/')}/#/experiments/{quote(str(experiment_id))}/runs"
             f"?viewStateShareKey={VIEW_KEY}&workflowType=machine_learning")
+
+
+def how_to_open(tracking_uri: str, experiment_id: str, mlflow: str = "mlflow") -> str:
+    """One line telling a user how to see the experiment's runs table: the URL on a tracking
+    server, else the `mlflow ui` command for the local store and the URL it will serve."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return runs_url(tracking_uri, experiment_id)
+    return (f"`{mlflow} ui --backend-store-uri {shlex.quote(tracking_uri)} --port 5000`, then "
+            f"{runs_url('http://127.0.0.1:5000', experiment_id)}")

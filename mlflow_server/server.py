@@ -277,7 +277,7 @@ def start(
     # The backend URI (a database password, perhaps) goes by the environment, not the command
     # line that `ps` shows every user; a SQLite database is created private to its owner.
     env["MLFLOW_BACKEND_STORE_URI"] = backend
-    for db in [_sqlite_path(backend)] + ([project_dir / "basic_auth.db"] if auth else []):
+    for db in [sqlite_path(backend)] + ([project_dir / "basic_auth.db"] if auth else []):
         if db is not None:
             _private_file(db)
     cmd = [
@@ -333,7 +333,8 @@ def start(
     return info
 
 
-def _sqlite_path(uri: str) -> Optional[Path]:
+def sqlite_path(uri: str) -> Optional[Path]:
+    """The database file of a ``sqlite:///`` URI (None for any other)."""
     return Path(uri[len("sqlite:///"):].split("?")[0]) if uri.startswith("sqlite:///") else None
 
 

@@ -30,11 +30,6 @@ def summarize_sweep(tracking_uri: str, experiment: str, parent_run_id: str, out_
     for path in write_report(rows, runs, out_dir, report_title(client, experiment, parent_run_id)):
         client.log_artifact(parent_run_id, str(path))
     log(f"report: {out_dir / 'comparison.html'} (table: comparison.csv)")
-    from mtlsweep.mlflow_server.runs_view import runs_url
-    exp_id = client.get_experiment_by_name(experiment).experiment_id
-    if tracking_uri.startswith(("http://", "https://")):
-        log(f"runs table: {runs_url(tracking_uri, exp_id)}")
-    else:
-        log(f"runs table: `mlflow ui --backend-store-uri {tracking_uri} --port 5000`, then "
-            f"{runs_url('http://127.0.0.1:5000', exp_id)}")
+    from mtlsweep.mlflow_server.runs_view import how_to_open
+    log(f"runs table: {how_to_open(tracking_uri, client.get_experiment_by_name(experiment).experiment_id)}")
     return [{k: v for k, v in r.items() if not k.startswith("_")} for r in rows]

@@ -26,9 +26,10 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path, map_location="cpu", mmap: bool = False) -> dict[str, Any]:
+    """``mmap``: tensors stay on disk until touched (reading a checkpoint's metadata is cheap)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
     # Our checkpoints hold numpy RNG states and config dicts, not just tensors.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    return torch.load(path, map_location=map_location, weights_only=False, mmap=mmap)

@@ -172,8 +172,8 @@ class Trainer:
         }
 
     def resume(self, path: str | Path, force: bool = False) -> None:
-        check_resume(self.cfg, Path(path).parent, self.store.fingerprint, self.tasks, force=force)
         ck = load_checkpoint(path, map_location=self.device)
+        check_resume(self.cfg, Path(path).parent, self.store.fingerprint, self.tasks, force=force, ck=ck)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         self.weighting.load_state_dict(ck["weighting"])
@@ -382,14 +382,17 @@ def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, force: bool =
 RESUMABLE_CHANGES = ("train.epochs", "train.patience")
 
 
-def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: list[str], *, force: bool = False) -> None:
+def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: list[str], *, force: bool = False,
+                 ck: Optional[dict] = None) -> None:
     """Refuse to resume ``run_dir`` with a config or data that is not the run's own (naming the
-    first key that differs), or a run that already finished (unless ``force``)."""
+    first key that differs), or a run that already finished (unless ``force``). ``ck``: its last
+    checkpoint, when already loaded."""
     from mtlsweep.config.identity import run_identity
     last = Path(run_dir) / LAST
-    if not last.is_file():
-        raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
-    ck = load_checkpoint(last, map_location="cpu")
+    if ck is None:
+        if not last.is_file():
+            raise ConfigError(f"{run_dir}: nothing to resume (no {LAST})")
+        ck = load_checkpoint(last, map_location="cpu", mmap=True)
     if ck.get("data_fingerprint") not in (None, data_fingerprint):
         raise ConfigError(f"{run_dir}: --resume with other data: the run was trained on data "
                           f"{str(ck['data_fingerprint'])[:12]}…, data.path={cfg.data.path} is {data_fingerprint[:12]}…")

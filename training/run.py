@@ -11,7 +11,7 @@ state; nothing here knows Ray or MLflow.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import RunConfig
@@ -20,15 +20,17 @@ from mtlsweep.training.engine import LAST, RunResult, Trainer
 from mtlsweep.training.gbm_runner import run_gbm
 
 
-def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume, progress: bool) -> RunResult:
-    trainer = Trainer(cfg, run_dir, store=store, callbacks=[callbacks], progress=progress)
+def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume, progress: bool,
+             prepared: Optional[Trainer] = None) -> RunResult:
+    trainer = prepared or Trainer(cfg, run_dir, store=store, progress=progress)
+    trainer.callbacks = CallbackList([callbacks])
     if resume:
         trainer.resume(run_dir / LAST, force=resume == "force")
     return trainer.fit()
 
 
 def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume,
-                   progress: bool) -> RunResult:
+                   progress: bool, prepared: None = None) -> RunResult:
     if resume:
         raise ConfigError(f"{run_dir}: a motif_gbm run is one fit with early stopping; there is nothing to resume")
     return run_gbm(cfg, run_dir, [callbacks], store=store, progress=progress)
@@ -37,25 +39,26 @@ def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store
 FAMILIES: dict[str, Callable[..., RunResult]] = {"cnn": _run_cnn, "motif_gbm": _run_motif_gbm}
 
 
-def check(cfg: RunConfig, store) -> None:
+def prepare(cfg: RunConfig, run_dir: str | Path, store, progress: bool = True) -> Optional[Trainer]:
     """Build what a run of ``cfg`` on ``store`` needs (model, schedule, optimizer) without
-    training or writing anything, so that a user's mistake is refused before any work."""
+    training or writing anything, so that a user's mistake is refused before any work; pass
+    the result to `run` (``prepared=``), which trains it instead of building it again."""
     if cfg.model.family == "cnn":
-        Trainer(cfg, Path(cfg.train.out_dir) / "unused", store=store, progress=False)
-    else:
-        for split in ("train", "valid"):
-            if split not in store.splits or store.n(split) == 0:
-                raise ConfigError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
+        return Trainer(cfg, run_dir, store=store, progress=progress)
+    for split in ("train", "valid"):
+        if split not in store.splits or store.n(split) == 0:
+            raise ConfigError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
+    return None
 
 
 def run(cfg: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (), store=None,
-        resume: bool | str = False, progress: bool = True) -> RunResult:
+        resume: bool | str = False, progress: bool = True, prepared: Optional[Trainer] = None) -> RunResult:
     """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint if ``resume``; a run that
     already finished only with ``resume="force"``) and test the best model; ``store`` is the
-    data already loaded (else cfg.data.path is opened)."""
+    data already loaded (else cfg.data.path is opened); ``prepared``: what `prepare` built."""
     cbs = CallbackList(callbacks)
     try:
-        return FAMILIES[cfg.model.family](cfg, Path(run_dir), cbs, store, resume, progress)
+        return FAMILIES[cfg.model.family](cfg, Path(run_dir), cbs, store, resume, progress, prepared)
     except BaseException as exc:
         cbs.on_train_abort(exc)
         raise
