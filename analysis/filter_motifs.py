@@ -85,15 +85,18 @@ class FilterPFMs:
         return (self.counts[i] + pseudocount / 4.0) / (self.n_sites[i] + pseudocount)
 
 
-def filter_pfms(model, probe, batch: int = 256, device: str = "cpu", threshold: float = 0.5) -> FilterPFMs:
-    """Two passes over the probe: each filter's maximum, then its sites above threshold × max."""
+def filter_pfms(model, probe, batch: int = 256, device: str = "cpu", threshold: float = 0.5,
+                columns: Optional[Sequence[int]] = None) -> FilterPFMs:
+    """Two passes over the probe: each filter's maximum, then its sites above threshold × max.
+    ``columns``: the probe's channels the model reads (LoadedRun.columns; default the first in_channels)."""
     import torch
     if not 0.0 < threshold < 1.0:
         raise DataError(f"--threshold must be between 0 and 1 (a fraction of each filter's maximum), got {threshold}")
     width = model.layers[model.layer_names[0]].weight.shape[-1]
+    cols = list(columns) if columns is not None else list(range(model.in_channels))
     model.eval()
     mx = None
-    for x in probe.batches(batch, model.in_channels, device):
+    for x in probe.batches(batch, cols, device):
         m = first_layer_activation(model, x).amax(dim=(0, 2))
         mx = m if mx is None else torch.maximum(mx, m)
     n_f = mx.shape[0]
@@ -102,7 +105,7 @@ def filter_pfms(model, probe, batch: int = 256, device: str = "cpu", threshold: 
     n_sites = np.zeros(n_f, dtype=np.int64)
     offsets = np.arange(width)
     start = 0
-    for x in probe.batches(batch, model.in_channels, device):
+    for x in probe.batches(batch, cols, device):
         act = first_layer_activation(model, x)
         b, f, pos = torch.nonzero(act > cut[None, :, None], as_tuple=True)
         b, f, pos = b.cpu().numpy(), f.cpu().numpy(), pos.cpu().numpy()
@@ -461,7 +464,7 @@ def analyze(run_ref: str, *, probe: int = 2000, split: str = "valid", seed: int 
         raise DataError(f"{r.name}: the first layer reads {r.in_channels} channels; motifs need the 4 one-hot bases")
     pr = load_probe(data or r.cfg.data.path, probe, seed, split)
     db = MotifDB(database_for(t, collection, tax_group, release))
-    pfms = filter_pfms(r.model, pr, batch, device, threshold)
+    pfms = filter_pfms(r.model, pr, batch, device, threshold, r.columns(pr))
     results = match_filters(pfms, db, n_shuffles=shuffles, min_overlap=min_overlap, top_k=top_k, seed=seed)
     rep = MotifReport(results, alpha, planted_recall(results, t, alpha, top_k) if t else None)
     rep.files = write_report(rep, db, Path(out), logos)

@@ -39,6 +39,19 @@ class LoadedRun:
     seq_len: int
     mlflow_run_id: Optional[str] = None
 
+    def columns(self, probe: "Probe") -> list[int]:
+        """The probe's input channels this run's model reads (its data.tracks / data.task_tracks)."""
+        from mtlsweep.config.errors import ConfigError
+        from mtlsweep.training.track_inputs import input_columns, select_tracks
+        try:
+            cols = input_columns(*select_tracks(self.cfg.data, probe.track_names, self.tasks, probe.source))
+        except ConfigError as exc:
+            raise DataError(f"{self.name}: {exc}") from None
+        if len(cols) != self.in_channels:
+            raise DataError(f"{self.name} reads {self.in_channels} input channels; {probe.source} gives it "
+                            f"{len(cols)} (tracks: {', '.join(probe.track_names) or 'none'})")
+        return cols
+
 
 def load_run(ref: str, device: str = "cpu", locate: Optional[Callable[[str], tuple[Path, str]]] = None) -> LoadedRun:
     """A run directory (best.pt + config.yaml as training/engine.py writes them), a checkpoint
@@ -73,7 +86,7 @@ def load_run(ref: str, device: str = "cpu", locate: Optional[Callable[[str], tup
         raise DataError(f"{ck_path}: holds no run config and {run_dir / 'config.yaml'} does not exist")
     tasks = [str(t) for t in ck["task_names"]]
     model = build_model(ModelConfig.model_validate(ck["model_config"]), len(tasks), int(ck["in_channels"]),
-                        int(ck["seq_len"]), tasks, seed=cfg.train.seed)
+                        int(ck["seq_len"]), tasks, seed=cfg.train.seed, task_channels=int(ck.get("task_channels", 0)))
     model.load_state_dict(ck["model"])
     model.to(device).eval()
     return LoadedRun(ref, run_dir.resolve().name, run_dir.resolve(), ck_path, cfg, model, tasks,
@@ -88,6 +101,7 @@ class Probe:
     split_name: str
     split: object                 # data.store.SplitArrays restricted to the probe
     seed: int
+    track_names: list[str] = field(default_factory=list)
 
     @property
     def n(self) -> int:
@@ -97,19 +111,15 @@ class Probe:
     def codes(self) -> np.ndarray:
         return self.split.codes
 
-    def batches(self, batch: int, in_channels: int, device: str = "cpu") -> Iterator[torch.Tensor]:
+    def batches(self, batch: int, columns: Sequence[int], device: str = "cpu") -> Iterator[torch.Tensor]:
+        """Model inputs: the one-hot and tracks, reduced to ``columns`` (LoadedRun.columns)."""
+        import torch
         from mtlsweep.data.store import to_device
+        cols = None if list(columns) == list(range(4 + len(self.track_names))) else torch.tensor(list(columns))
         for start in range(0, self.n, batch):
             idx = np.arange(start, min(self.n, start + batch))
             x, _, _ = to_device(self.split, idx, device)
-            yield _fit_channels(x, in_channels)
-
-
-def _fit_channels(x: torch.Tensor, in_channels: int) -> torch.Tensor:
-    if x.shape[1] < in_channels:
-        raise DataError(f"the probe has {x.shape[1]} input channels but the model reads {in_channels} "
-                        "(trained with tracks the probe's data lacks)")
-    return x[:, :in_channels]
+            yield x if cols is None else x.index_select(1, cols.to(x.device))
 
 
 def load_probe(data_path: str, n: int, seed: int = 0, split: str = "valid") -> Probe:
@@ -128,7 +138,7 @@ def load_probe(data_path: str, n: int, seed: int = 0, split: str = "valid") -> P
     sub = SplitArrays(codes=sp.codes[idx], labels=sp.labels[idx],
                       tracks=None if sp.tracks is None else sp.tracks[idx],
                       headers=None if sp.headers is None else [sp.headers[i] for i in idx])
-    return Probe(str(data_path), split, sub, seed)
+    return Probe(str(data_path), split, sub, seed, list(store.track_names))
 
 
 # ---- representations ------------------------------------------------------------------------
@@ -217,7 +227,7 @@ def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[S
     pairs = [(ra.name, rb.name) for ra in reps_a for rb in reps_b
              if ra.task is None or rb.task is None or ra.task == rb.task]
     acc = MinibatchCKA([r.name for r in reps_a], [r.name for r in reps_b], pairs)
-    for xa, xb in zip(probe.batches(batch, a.in_channels, device), probe.batches(batch, b.in_channels, device)):
+    for xa, xb in zip(probe.batches(batch, a.columns(probe), device), probe.batches(batch, b.columns(probe), device)):
         if xa.shape[0] < MIN_BATCH:
             continue              # a short last batch has no unbiased HSIC; it is left out
         acc.update(activations(a.model, xa, reps_a), activations(b.model, xb, reps_b))

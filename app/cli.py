@@ -27,15 +27,33 @@ def cmd_data_synth(args) -> int:
 
 
 def cmd_data_build(args) -> int:
-    from mtlsweep.data.peaks import build_from_peaks, format_report
+    from mtlsweep.data.signal import parse_track_arg
 
     def chroms(values):
         return tuple(c for v in values or () for c in v.split(",") if c)
+    want = 1 if args.labels else 2
+    if len(args.inputs) != want:
+        usage = "FASTA (with --labels)" if args.labels else "SAMPLES FASTA (or --labels FILE FASTA)"
+        raise UserError(f"data build takes {usage}; got {len(args.inputs)} argument(s): {' '.join(args.inputs)}")
+    tracks = [parse_track_arg(t) for t in args.track or ()]
+    common = dict(valid_chroms=chroms(args.valid_chroms), test_chroms=chroms(args.test_chroms),
+                  valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed, on_error=args.on_error,
+                  on_outside=args.on_outside, overwrite=args.force, tracks=tracks,
+                  track_transform=args.track_transform, track_resolution=args.track_resolution)
+    if args.labels:
+        from mtlsweep.data.labels_tsv import build_from_labels, format_labels_report
+        if args.negatives != "peaks" or args.merge_overlap is not None:
+            flag = "--negatives" if args.negatives != "peaks" else "--merge-overlap"
+            raise UserError(f"{flag} applies to peak sample sheets; a --labels file gives its own negatives")
+        report = build_from_labels(args.labels, args.inputs[0], args.out, seq_len=args.length,
+                                   label_map=_label_map(args.label_map), **common)
+        print(format_labels_report(report))
+        return 0
+    from mtlsweep.data.peaks import build_from_peaks, format_report
     result = build_from_peaks(
-        args.samples, args.fasta, args.out, seq_len=args.length, merge_overlap=args.merge_overlap,
-        merge_mode=args.merge_mode, valid_chroms=chroms(args.valid_chroms), test_chroms=chroms(args.test_chroms),
-        valid_frac=args.valid_frac, test_frac=args.test_frac, seed=args.seed, on_error=args.on_error,
-        on_outside=args.on_outside, overwrite=args.force)
+        args.inputs[0], args.inputs[1], args.out, seq_len=args.length or 600, merge_overlap=args.merge_overlap,
+        merge_mode=args.merge_mode, negatives=args.negatives, negative_ratio=args.negative_ratio,
+        max_n_fraction=args.max_n_fraction, flank_distance=args.flank_distance, **common)
     print(format_report(result.report))
     return 0
 
@@ -229,20 +247,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="overwrite existing files")
     s.set_defaults(func=cmd_data_synth)
 
-    b = dsub.add_parser("build", help="Basset preprocessing: peak BED files + genome FASTA -> HDF5 + store")
-    b.add_argument("samples", help="sample sheet TSV: task name <TAB> BED/narrowPeak path (.gz allowed)")
-    b.add_argument("fasta", help="genome FASTA (indexed, or indexable with pyfaidx)")
-    b.add_argument("--out", required=True, help="output directory (basset.h5, store.h5, build_report.json)")
-    b.add_argument("--length", type=int, default=600, help="sequence length around each peak (bp)")
+    b = dsub.add_parser("build", help="peak BED files (Basset's preprocessing) or a labels TSV, + genome FASTA "
+                        "[+ signal tracks] -> store (+ Basset HDF5 for peaks)")
+    b.add_argument("inputs", nargs="+", metavar="[SAMPLES] FASTA",
+                   help="sample sheet TSV (task name <TAB> BED/narrowPeak path, .gz allowed) and the genome FASTA; "
+                        "with --labels only the FASTA")
+    b.add_argument("--labels", metavar="FILE.tsv[.gz]",
+                   help="ENCODE-DREAM label matrix: chr start stop then one U/A/B (or 0/1/NA) column per task")
+    b.add_argument("--out", required=True, help="output directory (store.h5, build_report.json; basset.h5 for peaks)")
+    b.add_argument("--length", type=int, default=None,
+                   help="sequence length around each peak or window centre (bp; default 600 for peaks, the "
+                        "rows' own width for --labels)")
     b.add_argument("--merge-overlap", type=int, default=None,
                    help="merge peaks overlapping by at least this (bp; default --length//3, Basset's 200 at 600 bp)")
     b.add_argument("--merge-mode", choices=["basset", "span"], default="basset",
                    help="basset: Basset's weighted pairwise merge; span: one peak per overlapping group")
+    b.add_argument("--negatives", choices=["peaks", "background", "flank"], default="peaks",
+                   help="peaks: other tasks' peaks only (Basset); background: + GC-matched genomic windows "
+                        "overlapping no peak; flank: + windows --flank-distance beside each peak")
+    b.add_argument("--negative-ratio", type=float, default=1.0, help="added negatives per positive window")
+    b.add_argument("--max-n-fraction", type=float, default=0.1, help="largest fraction of N bases in a negative")
+    b.add_argument("--flank-distance", type=int, default=None,
+                   help="flank: bp from a peak window's centre to its flank's centre (default --length: the flank "
+                        "touches the window)")
+    b.add_argument("--track", action="append", metavar="NAME=FILE",
+                   help="signal track (bigWig or bedGraph) as an extra input channel; repeat for more")
+    b.add_argument("--track-transform", metavar="T1,T2",
+                   help="applied in order: log1p, clip=HI or clip=LO:HI, zscore (train-split statistics)")
+    b.add_argument("--track-resolution", type=int, default=1, help="average tracks over bins of this many bp")
+    b.add_argument("--label-map", help='JSON map of --labels values, default {"U": 0, "A": -1, "B": 1} (+ 0/1/NA)')
     b.add_argument("--valid-chroms", action="append", help="held-out chromosomes for valid (repeat or comma-separate)")
     b.add_argument("--test-chroms", action="append", help="held-out chromosomes for test")
     b.add_argument("--valid-frac", type=float, default=0.1, help="random valid fraction when no chromosomes are given")
     b.add_argument("--test-frac", type=float, default=0.1)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="random splits and negatives")
     b.add_argument("--on-error", choices=["fail", "skip"], default="fail", help="malformed lines")
     b.add_argument("--on-outside", choices=["skip", "fail"], default="skip",
                    help="peaks on unknown chromosomes or running off a chromosome end")

@@ -33,6 +33,15 @@ class DataConfig(_Section):
         None, description="Task subset by name or index; null = all tasks.")
     batch_size: int = Field(128, ge=2, le=65536, description="Sequences per batch (BatchNorm needs at least 2).")
     use_tracks: bool = Field(True, description="Concatenate the store's extra tracks as input channels.")
+    tracks: Optional[list[str]] = Field(
+        None, description="Tracks every task sees; null = all the store's tracks that task_tracks does not take.")
+    task_tracks: Union[None, Literal["by_name"], list[str]] = Field(
+        None, description="Per-task tracks, seen by that task's tower only: by_name (the track named like "
+                          "the task) or TASK=TRACK entries. Needs model.sharing.shared_layers 0.")
+    negative_fraction: float = Field(
+        1.0, gt=0.0, le=1.0, description="Per epoch, train on this fraction of the rows with no positive label "
+                                         "(redrawn each epoch; every row with a positive is kept). Metrics always "
+                                         "use the full splits.")
 
 
 class ArchConfig(_Section):
@@ -181,6 +190,8 @@ class GbmConfig(_Section):
     features: list[Literal["max", "count", "bins", "gc", "kmer"]] = Field(
         ["max"], min_length=1, description="Feature blocks: max, count, bins, gc, kmer.")
     n_bins: int = Field(3, ge=2, le=32, description="bins: position bins along the sequence.")
+    track_features: bool = Field(True, description="With a store's signal tracks (data.use_tracks): per track "
+                                                   "its mean, max and the mean in each of n_bins bins.")
     kmer_k: int = Field(3, ge=1, le=4, description="kmer: k-mer length (4^k features).")
     backend: Literal["xgboost", "sklearn"] = Field(
         "sklearn", description="Tree library: scikit-learn's HistGradientBoosting or xgboost (needed for multi_output).")

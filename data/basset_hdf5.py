@@ -11,6 +11,7 @@ nothing is guessed silently.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from typing import Iterator
@@ -232,7 +233,7 @@ def _split_parts(value, split: str):
 def write_basset(path, target_labels: list[str], splits: dict, test_headers: list[str] | None = None,
                  layout: str = "N41L", dtype=np.float16, tracks: dict | None = None,
                  track_names: list[str] | None = None, overwrite: bool = False,
-                 chunk: int = 8192) -> None:
+                 chunk: int = 8192, track_info: list[dict] | None = None) -> None:
     """Write a Basset HDF5 file (N41L float16 is exactly Basset's format).
 
     `splits` maps split names to (codes uint8 N x L, labels int8 N x T, -1 = unknown).
@@ -305,6 +306,8 @@ def write_basset(path, target_labels: list[str], splits: dict, test_headers: lis
             write_strings(f, "test_headers", test_headers)
         if checked_tracks:
             write_strings(f, "track_names", tnames)
+            if track_info:
+                f.attrs["track_info"] = np.bytes_(json.dumps(track_info, sort_keys=True).encode())
 
 
 # ----------------------------------------------------------------------------- reader
@@ -533,6 +536,13 @@ class BassetReader:
     def _check_tracks(self) -> None:
         with_tracks = [s for s in self.splits if f"{s}_tracks" in self._f]
         self.track_names: list[str] = []
+        self.track_info: list[dict] = []
+        raw = self._f.attrs.get("track_info")
+        if raw is not None:
+            try:
+                self.track_info = json.loads(raw.decode() if isinstance(raw, (bytes, np.bytes_)) else raw)
+            except ValueError:
+                raise self._err("track_info", "attribute is not JSON; the file is damaged") from None
         if not with_tracks:
             if "track_names" in self._f:
                 raise self._err("track_names", "present but no {split}_tracks dataset; allowed: "

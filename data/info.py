@@ -40,7 +40,7 @@ def _describe_basset(path: str, label_map) -> dict:
         return {"path": path, "kind": "basset", "layout": r.layout, "input_dtype": str(r.dtype),
                 "format_version": None, "fingerprint": None, "seq_len": r.seq_len,
                 "n_tasks": r.n_tasks, "task_names": list(r.task_names),
-                "track_names": list(r.track_names), "splits": splits,
+                "track_names": list(r.track_names), "track_info": list(r.track_info), "splits": splits,
                 "store_bytes": sum(r.n(s) * (r.seq_len + r.n_tasks + 2 * C * r.seq_len) for s in r.splits),
                 "onehot_float16_bytes": sum(r.n(s) * (8 * r.seq_len + r.n_tasks + 2 * C * r.seq_len)
                                             for s in r.splits)}
@@ -62,7 +62,7 @@ def _describe_store(path: str, f: h5py.File) -> dict:
     return {"path": path, "kind": "store", "layout": "store", "input_dtype": "uint8 codes",
             "format_version": meta["format_version"], "fingerprint": meta["fingerprint"],
             "seq_len": L, "n_tasks": T, "task_names": meta["task_names"],
-            "track_names": meta["track_names"], "splits": splits,
+            "track_names": meta["track_names"], "track_info": meta["track_info"], "splits": splits,
             "store_bytes": total * (L + T + 2 * C * L),
             "onehot_float16_bytes": total * (8 * L + T + 2 * C * L)}
 
@@ -110,6 +110,12 @@ def format_info(info: dict) -> str:
                  f"extra tracks: {tracks}")
     lines.append(f"RAM:       store {_mb(info['store_bytes'])} vs float16 one-hot "
                  f"{_mb(info['onehot_float16_bytes'])}")
+    for t in info.get("track_info") or ():
+        stats = ""
+        if t.get("train_mean") is not None:
+            stats = f", train mean {t['train_mean']:.4g} sd {t['train_std']:.4g} (before zscore)"
+        lines.append(f"track:     {t.get('name')}: {t.get('format', '?')} {t.get('source', '?')}, "
+                     f"transform {t.get('transform') or 'none'}, resolution {t.get('resolution', 1)} bp{stats}")
     lines.append("")
     lines.append(f"{'split':<6} {'sequences':>11} {'mean prev.':>10} {'mean unknown':>12}  headers")
     for name, s in splits.items():

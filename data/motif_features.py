@@ -521,6 +521,21 @@ def feature_table(store, split: str, motifs, options: FeatureOptions, *, cache_d
                            cache_dir=cache_dir, batch_size=batch_size, progress=progress)
 
 
+def track_summary(tracks: np.ndarray, track_names, n_bins: int) -> tuple[np.ndarray, list[str]]:
+    """Per track: mean, max and the mean of each of n_bins equal parts; tracks [N, C, L]."""
+    N, C, L = tracks.shape
+    edges = np.linspace(0, L, n_bins + 1).round().astype(int)
+    cols, names = [], []
+    for c, name in enumerate(track_names):
+        x = tracks[:, c].astype(np.float32)
+        cols += [x.mean(axis=1), x.max(axis=1)]
+        names += [f"track:{name}:mean", f"track:{name}:max"]
+        for b in range(n_bins):
+            cols.append(x[:, edges[b]:edges[b + 1]].mean(axis=1))
+            names.append(f"track:{name}:bin{b}")
+    return (np.stack(cols, axis=1) if cols else np.zeros((N, 0), np.float32)), names
+
+
 def select_motifs(motifs: Iterable[Motif], max_motifs: Optional[int] = None) -> list[Motif]:
     """The first max_motifs motifs in the given order (pyjaspar's are sorted by matrix_id)."""
     motifs = list(motifs)

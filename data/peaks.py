@@ -29,7 +29,10 @@ import pyfaidx
 
 from mtlsweep.data.basset_hdf5 import LAYOUTS, write_basset
 from mtlsweep.data.errors import DataError
+from mtlsweep.data.negatives import Blocked, gc_and_n, gc_summary, sample_background, sample_flanks
+from mtlsweep.data.negatives import check_options as check_negatives
 from mtlsweep.data.onehot import reverse_complement_codes, seq_to_codes
+from mtlsweep.data.signal import TrackSet, TrackSpec, check_tracks, extract_tracks, parse_transforms
 from mtlsweep.data.store import SplitArrays, Store
 
 SKIP_REASONS = ("malformed", "unknown_chrom", "off_chrom_end")
@@ -134,6 +137,8 @@ class PeakWindows:
     chrom: np.ndarray   # int32
     strand: np.ndarray  # int8
     start: np.ndarray   # int64
+    peak_start: np.ndarray | None = None   # int64, the peak itself (for negatives that avoid it)
+    peak_end: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.start)
@@ -190,6 +195,7 @@ def read_peaks(path: str | os.PathLike, chrom_lengths: Mapping[str, int], seq_le
     narrow = path.name.lower().removesuffix(".gz").endswith(".narrowpeak")
     format_known = narrow
     chrom_out, strand_out, start_out = array("i"), array("b"), array("q")
+    pstart_out, pend_out = array("q"), array("q")
     skipped = rep.skipped
 
     def skip(reason: str, lineno: int, why: str) -> None:
@@ -258,6 +264,8 @@ def read_peaks(path: str | os.PathLike, chrom_lengths: Mapping[str, int], seq_le
                 chrom_out.append(ci)
                 strand_out.append(1 if n_fields > 5 and fields[5].strip() == b"-" else 0)
                 start_out.append(ws)
+                pstart_out.append(start)
+                pend_out.append(end)
     except (OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read peak file ({type(e).__name__}: {e})") from None
     rep.format = "narrowPeak" if narrow else "bed"
@@ -266,7 +274,9 @@ def read_peaks(path: str | os.PathLike, chrom_lengths: Mapping[str, int], seq_le
         raise DataError(f"{path}: empty peak file (no peak lines){f' for task {task!r}' if task else ''}")
     windows = PeakWindows(np.frombuffer(chrom_out, dtype=np.int32).copy(),
                           np.frombuffer(strand_out, dtype=np.int8).copy(),
-                          np.frombuffer(start_out, dtype=np.int64).copy())
+                          np.frombuffer(start_out, dtype=np.int64).copy(),
+                          np.frombuffer(pstart_out, dtype=np.int64).copy(),
+                          np.frombuffer(pend_out, dtype=np.int64).copy())
     return windows, rep
 
 
@@ -491,21 +501,41 @@ def fasta_lengths(fa) -> dict[str, int]:
     return {name: int(fa.faidx.index[name].rlen) for name in fa.keys()}
 
 
+class ChromCodes:
+    """A chromosome's uint8 codes from the FASTA, the last one kept (builds walk the genome in order)."""
+
+    def __init__(self, fa):
+        self._fa = fa
+        self._name: str | None = None
+        self._codes: np.ndarray | None = None
+
+    def __call__(self, name: str) -> np.ndarray:
+        if name != self._name:
+            self._codes = None  # free the previous chromosome before reading the next
+            try:
+                self._codes = seq_to_codes(self._fa[name][:])
+            except UnicodeEncodeError:
+                raise DataError(f"FASTA sequence {name!r}: non-ASCII characters; allowed IUPAC letters") from None
+            self._name = name
+        return self._codes
+
+
+def cut_codes(chrom_codes: np.ndarray, starts: np.ndarray, strand: np.ndarray, seq_len: int) -> np.ndarray:
+    """uint8 codes [n, seq_len] of one chromosome's windows; '-' windows reverse-complemented."""
+    codes = chrom_codes[starts[:, None] + np.arange(seq_len, dtype=np.int64)]
+    minus = np.flatnonzero(strand == 1)
+    if len(minus):
+        codes[minus] = reverse_complement_codes(codes[minus])
+    return codes
+
+
 def extract_codes(fa, peaks: MergedPeaks, seq_len: int) -> np.ndarray:
     """uint8 codes [N, seq_len]; windows on '-' are reverse-complemented (bedtools getfasta -s)."""
     codes = np.empty((len(peaks), seq_len), dtype=np.uint8)
-    offsets = np.arange(seq_len, dtype=np.int64)
+    load = fa if isinstance(fa, ChromCodes) else ChromCodes(fa)
     for ci in np.unique(peaks.chrom).tolist():
         rows = np.flatnonzero(peaks.chrom == ci)
-        name = peaks.chrom_names[ci]
-        try:
-            chrom_codes = seq_to_codes(fa[name][:])
-        except UnicodeEncodeError:
-            raise DataError(f"FASTA sequence {name!r}: non-ASCII characters; allowed IUPAC letters") from None
-        codes[rows] = chrom_codes[peaks.start[rows][:, None] + offsets]
-    minus = np.flatnonzero(peaks.strand == 1)
-    if len(minus):
-        codes[minus] = reverse_complement_codes(codes[minus])
+        codes[rows] = cut_codes(load(peaks.chrom_names[ci]), peaks.start[rows], peaks.strand[rows], seq_len)
     return codes
 
 
@@ -562,7 +592,10 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
                      test_chroms: Sequence[str] = (), valid_frac: float = 0.1,
                      test_frac: float = 0.1, seed: int = 0, on_error: str = "fail",
                      on_outside: str = "skip", layout: str = "N41L",
-                     overwrite: bool = False) -> BuildResult:
+                     overwrite: bool = False, negatives: str = "peaks", negative_ratio: float = 1.0,
+                     max_n_fraction: float = 0.1, flank_distance: Optional[int] = None,
+                     tracks: Sequence[TrackSpec] = (), track_transform: Optional[str] = None,
+                     track_resolution: int = 1) -> BuildResult:
     """Sample sheet + FASTA -> out_dir/basset.h5, out_dir/store.h5, out_dir/build_report.json.
 
     Everything is read and checked before anything is written; the three files are written to
@@ -572,21 +605,22 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
     if merge_overlap is None and isinstance(seq_len, (int, np.integer)) and not isinstance(seq_len, bool):
         merge_overlap = seq_len // 3        # Basset's 200 bp at 600 bp, scaled with the length
     _check_args(seq_len, merge_overlap, merge_mode, on_error, on_outside, layout, plan)
+    check_negatives(negatives, negative_ratio, max_n_fraction, flank_distance, seq_len)
+    transforms = parse_transforms(track_transform)
+    check_tracks(tracks)
     out_dir = Path(out_dir)
     targets = {k: out_dir / v for k, v in OUTPUT_NAMES.items()}
-    if out_dir.exists() and not out_dir.is_dir():
-        raise DataError(f"output directory {out_dir} is a file; give a directory")
-    if not overwrite:
-        for p in targets.values():
-            if p.exists():
-                raise DataError(f"{p} exists; pass --force to replace it")
+    check_outputs(out_dir, targets.values(), overwrite)
 
     entries = read_sample_sheet(sample_sheet)
     fasta = Path(fasta)
     fa = open_fasta(fasta)
+    track_set = None
     try:
         lengths = fasta_lengths(fa)
         _check_chroms(plan, lengths, fasta)
+        if tracks:
+            track_set = TrackSet(tracks, transforms, track_resolution, seq_len, list(lengths))
         windows, files = [], []
         for entry in entries:
             w, rep = read_peaks(entry.path, lengths, seq_len, task=entry.name, on_error=on_error,
@@ -598,17 +632,72 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
             windows.append(w)
             files.append(rep)
         merged = merge_peaks(windows, lengths, seq_len, merge_overlap, merge_mode)
+        load = ChromCodes(fa)
+        neg_report = {"method": "peaks"}
+        if negatives != "peaks":
+            merged, neg_report = _add_negatives(merged, windows, lengths, load, seq_len, negatives,
+                                                negative_ratio, max_n_fraction, flank_distance, seed)
         split_idx = assign_splits(merged, plan)
-        codes = extract_codes(fa, merged, seq_len)
+        codes = extract_codes(load, merged, seq_len)
+        if negatives != "peaks":
+            neg_report.update(gc_summary(*_gc_of(codes, merged)))
+        track_values = None
+        if track_set is not None:
+            track_values = extract_tracks(track_set, merged.chrom_names, merged.chrom, merged.start,
+                                          merged.strand, split_idx["train"])
     finally:
         fa.close()
+        if track_set is not None:
+            track_set.close()
 
     task_names = [e.name for e in entries]
     report = _make_report(Path(sample_sheet), fasta, seq_len, merge_overlap, merge_mode, plan,
                           files, windows, merged, split_idx, task_names, targets)
+    report["negatives"] = neg_report
+    if neg_report.get("requested") and neg_report["obtained"] < neg_report["requested"]:
+        report["warnings"].append(f"--negatives {negatives}: {neg_report['obtained']} of {neg_report['requested']} "
+                                  f"negatives found (see negatives in {targets['report'].name})")
+    if track_set is not None:
+        report["tracks"] = track_set.report()
+        report["warnings"].extend(track_set.warnings())
     _write_outputs(out_dir, targets, task_names, merged, codes, split_idx, seq_len, layout,
-                   report, overwrite)
+                   report, overwrite, track_values, track_set)
     return BuildResult(targets["basset"], targets["store"], targets["report"], report)
+
+
+def check_outputs(out_dir: Path, targets, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise DataError(f"output directory {out_dir} is a file; give a directory")
+    if not overwrite:
+        for p in targets:
+            if p.exists():
+                raise DataError(f"{p} exists; pass --force to replace it")
+
+
+def _gc_of(codes: np.ndarray, merged: MergedPeaks) -> tuple[np.ndarray, np.ndarray]:
+    pos = merged.activity.any(axis=1)
+    gc = gc_and_n(codes)[0]
+    return gc[pos], gc[~pos]
+
+
+def _add_negatives(merged: MergedPeaks, windows, lengths, load, seq_len, kind, ratio, max_n, distance, seed):
+    """The positives plus sampled negatives (all-zero activity), in genomic order."""
+    chrom = np.concatenate([np.concatenate([w.chrom for w in windows]), merged.chrom])
+    starts = np.concatenate([np.concatenate([w.peak_start for w in windows]), merged.start])
+    ends = np.concatenate([np.concatenate([w.peak_end for w in windows]), merged.start + seq_len])
+    blocked = Blocked.from_intervals(chrom, starts, ends)
+    if kind == "background":
+        pos_gc = gc_and_n(extract_codes(load, merged, seq_len))[0]
+        nc, ns, rep = sample_background(load, lengths, blocked, pos_gc, seq_len, ratio, max_n, seed)
+    else:
+        nc, ns, rep = sample_flanks(lengths, blocked, merged.chrom, merged.start, seq_len,
+                                    distance if distance is not None else seq_len, ratio, seed, load, max_n)
+    c = np.concatenate([merged.chrom, nc])
+    s = np.concatenate([merged.start, ns])
+    st = np.concatenate([merged.strand, np.zeros(len(ns), np.int8)])
+    act = np.concatenate([merged.activity, np.zeros((len(ns), merged.activity.shape[1]), np.int8)])
+    order = np.lexsort((st, s, c))
+    return MergedPeaks(merged.chrom_names, c[order], s[order], st[order], act[order]), rep
 
 
 def _skip_text(skipped: Mapping[str, int]) -> str:
@@ -668,18 +757,23 @@ def _make_report(sheet, fasta, seq_len, merge_overlap, merge_mode, plan, files, 
 
 
 def _write_outputs(out_dir, targets, task_names, merged, codes, split_idx, seq_len, layout,
-                   report, overwrite) -> None:
+                   report, overwrite, track_values=None, track_set=None) -> None:
     headers = {s: merged.headers(seq_len, idx) for s, idx in split_idx.items()}
     arrays = {s: (codes[idx], merged.activity[idx]) for s, idx in split_idx.items()}
+    tracks = {s: track_values[idx] for s, idx in split_idx.items()} if track_values is not None else None
+    track_names = track_set.names if track_set is not None else []
+    track_info = track_set.info() if track_set is not None else []
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     ok = False
     try:
         tmp = {k: tmp_dir / v.name for k, v in targets.items()}
-        write_basset(tmp["basset"], task_names, arrays, test_headers=headers["test"], layout=layout)
-        store = Store.from_arrays(task_names, {s: SplitArrays(c, y, None, headers[s])
-                                               for s, (c, y) in arrays.items()})
+        write_basset(tmp["basset"], task_names, arrays, test_headers=headers["test"], layout=layout,
+                     tracks=tracks, track_names=track_names or None, track_info=track_info)
+        store = Store.from_arrays(task_names, {s: SplitArrays(c, y, tracks[s] if tracks else None, headers[s])
+                                               for s, (c, y) in arrays.items()}, track_names=track_names,
+                                  track_info=track_info)
         store.save(tmp["store"])
         report["fingerprint"] = store.fingerprint
         tmp["report"].write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
@@ -695,6 +789,21 @@ def _write_outputs(out_dir, targets, task_names, merged, codes, split_idx, seq_l
         tmp_dir.rmdir()
         if created and not ok:
             out_dir.rmdir()
+
+
+def format_extras(report: Mapping) -> list[str]:
+    """The negatives and tracks lines of a build's summary (peaks and labels builds alike)."""
+    lines = []
+    neg = report.get("negatives") or {}
+    if neg.get("method", "peaks") not in ("peaks", "labels"):
+        lines.append(f"negatives: {neg['method']}, {neg['obtained']} of {neg['requested']} requested (seed {neg['seed']}, "
+                     f"ratio {neg['ratio']:g}); GC positives {neg.get('positives_gc_mean')} vs negatives "
+                     f"{neg.get('negatives_gc_mean')}, largest GC-bin difference {neg.get('max_gc_bin_difference')}")
+    for t in report.get("tracks") or []:
+        stats = "" if t["train_mean"] is None else f", train mean {t['train_mean']:.4g} sd {t['train_std']:.4g}"
+        lines.append(f"track {t['name']}: {t['source']} ({t['format']}), transform {t['transform']}, resolution "
+                     f"{t['resolution']} bp, {100 * t['missing_fraction']:.2f}% of bases without coverage{stats}")
+    return lines
 
 
 def format_report(report: Mapping) -> str:
@@ -713,6 +822,7 @@ def format_report(report: Mapping) -> str:
                  f"overlap >= {report['merge_overlap']} bp, {report['merge_mode']} merge)")
     lines.append("splits: " + ", ".join(f"{s} {v['n']} ({v['method']})" for s, v in report["splits"].items()))
     lines.append("active per task: " + ", ".join(f"{t} {n}" for t, n in report["activity"].items()))
+    lines.extend(format_extras(report))
     lines.extend(f"warning: {w}" for w in report["warnings"])
     lines.append("wrote " + ", ".join(report["outputs"].values()))
     return "\n".join(lines)

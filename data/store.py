@@ -75,15 +75,21 @@ class _Fingerprint:
                                  "seq_len": int(seq_len)}, sort_keys=True).encode()
         self._splits: dict[str, dict] = {}
 
-    def add_split(self, split: str, n: int, headers: list[str] | None) -> None:
+    def add_split(self, split: str, n: int, headers: list[str] | None, streamed_headers: bool = False) -> None:
+        """`streamed_headers`: the headers come later, chunk by chunk, through update_headers."""
         h = None
-        if headers is not None:
+        if headers is not None or streamed_headers:
             h = hashlib.sha256()
-            for s in headers:
-                b = s.encode("utf-8")
-                h.update(len(b).to_bytes(8, "little") + b)
         self._splits[split] = {"n": int(n), "codes": hashlib.sha256(), "labels": hashlib.sha256(),
                                "tracks": hashlib.sha256(), "headers": h}
+        if headers is not None:
+            self.update_headers(split, headers)
+
+    def update_headers(self, split: str, headers) -> None:
+        h = self._splits[split]["headers"]
+        for s in headers:
+            b = s.encode("utf-8")
+            h.update(len(b).to_bytes(8, "little") + b)
 
     def update(self, split: str, codes, labels, tracks) -> None:
         s = self._splits[split]
@@ -113,7 +119,10 @@ class _StoreWriter:
     whole-array save produce byte-identical files."""
 
     def __init__(self, f: h5py.File, task_names, track_names, seq_len: int,
-                 sizes: dict[str, tuple[int, list[str] | None]], fingerprint_len: int = 64):
+                 sizes: dict[str, tuple[int, list[str] | int | None]], fingerprint_len: int = 64,
+                 track_info: list[dict] | None = None):
+        """`sizes[split]` = (rows, headers): a list of headers written now, an int (the byte width
+        of headers written later into ``self.header_sinks[split]``) or None."""
         self._f = f
         f.attrs["format"] = np.bytes_(FORMAT)
         f.attrs["format_version"] = np.int64(FORMAT_VERSION)
@@ -122,8 +131,11 @@ class _StoreWriter:
         write_strings(f, "task_names", list(task_names))
         if track_names:
             write_strings(f, "track_names", list(track_names))
+        if track_info:
+            f.attrs["track_info"] = np.bytes_(json.dumps(track_info, sort_keys=True).encode())
         T, C = len(task_names), len(track_names)
         self.sinks: dict[str, tuple] = {}
+        self.header_sinks: dict[str, h5py.Dataset] = {}
         for split in SPLITS:
             if split not in sizes:
                 continue
@@ -132,7 +144,9 @@ class _StoreWriter:
             codes = create_dataset(g, "codes", (n, seq_len), np.uint8)
             labels = create_dataset(g, "labels", (n, T), np.int8)
             tracks = create_dataset(g, "tracks", (n, C, seq_len), np.float16) if C else None
-            if headers is not None:
+            if isinstance(headers, int):
+                self.header_sinks[split] = create_dataset(g, "headers", (n,), f"S{max(headers, 1)}")
+            elif headers is not None:
                 write_strings(g, "headers", headers)
             self.sinks[split] = (codes, labels, tracks)
 
@@ -195,7 +209,21 @@ def read_store_meta(f: h5py.File, path: str) -> dict:
             "track_names": _decode_names(f["track_names"]) if "track_names" in f else [],
             "seq_len": int(f.attrs["seq_len"]),
             "fingerprint": _decode_attr(f.attrs["fingerprint"]),
+            "track_info": read_track_info(f, path),
             "format_version": version, "splits": splits}
+
+
+def read_track_info(f: h5py.File, path: str) -> list[dict]:
+    """Where each track came from and how it was transformed (attribute ``track_info``, JSON)."""
+    raw = f.attrs.get("track_info")
+    if raw is None:
+        return []
+    try:
+        info = json.loads(_decode_attr(raw))
+        assert isinstance(info, list)
+        return info
+    except (ValueError, AssertionError):
+        raise DataError(f"{path}: attribute 'track_info' is not a JSON list; the file is damaged") from None
 
 
 def _split_from_value(value, split: str) -> SplitArrays:
@@ -211,10 +239,11 @@ class Store:
     """Task names, track names, sequence length, source fingerprint and per-split arrays."""
 
     def __init__(self, task_names: list[str], track_names: list[str], seq_len: int,
-                 fingerprint: str, splits: dict[str, SplitArrays]):
+                 fingerprint: str, splits: dict[str, SplitArrays], track_info: list[dict] | None = None):
         # No checks here: use from_arrays / load, which validate.
         self.task_names = list(task_names)
         self.track_names = list(track_names)
+        self.track_info = list(track_info or [])
         self.seq_len = int(seq_len)
         self.fingerprint = fingerprint
         self.splits = splits
@@ -223,7 +252,7 @@ class Store:
 
     @classmethod
     def from_arrays(cls, task_names, splits: dict, fingerprint: str | None = None,
-                    track_names=(), *, where: str = "store") -> "Store":
+                    track_names=(), *, where: str = "store", track_info=()) -> "Store":
         task_names = check_names(task_names, "task_names", where)
         if not task_names:
             raise DataError(f"{where}: task_names is empty; allowed: at least one task")
@@ -272,7 +301,7 @@ class Store:
             fingerprint = fp.hexdigest()
         elif not isinstance(fingerprint, str) or not fingerprint or not fingerprint.isascii():
             raise DataError(f"{where}: fingerprint {fingerprint!r}; allowed: a non-empty ASCII (hex) string")
-        return cls(task_names, track_names, seq_len, fingerprint, out)
+        return cls(task_names, track_names, seq_len, fingerprint, out, list(track_info or []))
 
     @classmethod
     def load(cls, path) -> "Store":
@@ -290,7 +319,7 @@ class Store:
                 headers = _decode_names(g["headers"]) if "headers" in g else None
                 splits[split] = SplitArrays(g["codes"][()], g["labels"][()], tracks, headers)
         store = cls.from_arrays(meta["task_names"], splits, meta["fingerprint"], meta["track_names"],
-                                where=path)
+                                where=path, track_info=meta["track_info"])
         if store.seq_len != meta["seq_len"]:
             raise DataError(f"{path}: attribute 'seq_len' is {meta['seq_len']} but codes have length "
                             f"{store.seq_len}")
@@ -301,7 +330,7 @@ class Store:
         sizes = {s: (sp.n, sp.headers) for s, sp in self.splits.items()}
         with atomic_h5_file(path, overwrite) as f:
             w = _StoreWriter(f, self.task_names, self.track_names, self.seq_len, sizes,
-                             fingerprint_len=len(self.fingerprint))
+                             fingerprint_len=len(self.fingerprint), track_info=self.track_info)
             for split, sp in self.splits.items():
                 codes, labels, tracks = w.sinks[split]
                 codes[...] = sp.codes
@@ -384,7 +413,7 @@ class Store:
         splits = {s: SplitArrays(sp.codes, np.ascontiguousarray(sp.labels[:, cols]), sp.tracks, sp.headers)
                   for s, sp in self.splits.items()}
         return Store([self.task_names[i] for i in idx], self.track_names, self.seq_len,
-                     self.fingerprint, splits)
+                     self.fingerprint, splits, self.track_info)
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{s}={sp.n}" for s, sp in self.splits.items())
@@ -492,7 +521,7 @@ def basset_to_store(h5_path, store_path, chunk: int = DEFAULT_CHUNK, overwrite: 
     with BassetReader(h5_path, label_map=label_map) as r:
         sizes = {s: (r.n(s), r.headers(s)) for s in r.splits}
         with atomic_h5_file(store_path, overwrite) as f:
-            w = _StoreWriter(f, r.task_names, r.track_names, r.seq_len, sizes)
+            w = _StoreWriter(f, r.task_names, r.track_names, r.seq_len, sizes, track_info=r.track_info)
             fingerprint = _stream_into(r, w.sinks, chunk)
             w.finish(fingerprint)
         return StoreInfo(store_path, list(r.task_names), list(r.track_names), r.seq_len, fingerprint,
@@ -522,4 +551,4 @@ def open_dataset(path, label_map: dict | None = None, chunk: int = DEFAULT_CHUNK
                   for s in r.splits}
         sinks = {s: (sp.codes, sp.labels, sp.tracks) for s, sp in arrays.items()}
         fingerprint = _stream_into(r, sinks, chunk)
-        return Store(r.task_names, r.track_names, L, fingerprint, arrays)
+        return Store(r.task_names, r.track_names, L, fingerprint, arrays, r.track_info)

@@ -12,6 +12,8 @@ import html
 import io
 import math
 import os
+import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
@@ -147,8 +149,8 @@ def wilcoxon_p(d: np.ndarray) -> float:
 COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean",
            "wilcoxon_p", "tasks_improved", "tasks_total", "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s",
            "samples_per_s", "s_to_target", "n_params", "baseline"]
-TEXT_COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "delta_auroc_mean", "wilcoxon_p", "tasks_improved",
-                "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s", "baseline"]
+TEXT_COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
+                "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s", "baseline"]
 
 
 def gap_closed(run: float, baseline: float, oracle: float) -> float:
@@ -261,11 +263,16 @@ def _fmt(v) -> str:
 
 
 def terminal_width() -> int:
-    """The width tables are fitted to: ``COLUMNS`` when set (as shells export it), else 100."""
+    """The width tables are fitted to: ``COLUMNS`` when set, else the terminal's own width when
+    stdout is one, else 100."""
     try:
-        return max(40, int(os.environ.get("COLUMNS") or 100))
+        if os.environ.get("COLUMNS"):
+            return max(40, int(os.environ["COLUMNS"]))
     except ValueError:
         return 100
+    if sys.stdout.isatty():
+        return max(40, shutil.get_terminal_size((100, 24)).columns)
+    return 100
 
 
 def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tuple[str, ...],
@@ -298,10 +305,11 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
 
 
 # Short headers for the terminal (the CSV and HTML keep the column names); the caption says what they are.
-TEXT_LABELS = {"auroc_mean": "AUROC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p", "tasks_improved": "improved",
+TEXT_LABELS = {"auroc_mean": "AUROC", "auprc_mean": "AUPRC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p",
+               "tasks_improved": "improved",
                "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch"}
 # Columns the text table leaves out first when the terminal is narrow (all are in comparison.csv).
-OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "baseline", "gap_closed", "oracle_auroc", "role")
+OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_auroc", "auprc_mean", "baseline", "role")
 
 
 def render_text(rows: list[dict], width: Optional[int] = None) -> str:
@@ -410,7 +418,7 @@ def write_html(rows: list[dict], figs: list[Figure], path: Path, title: str) -> 
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;vertical-align:top;margin:8px;
-max-width:480px}}figcaption{{font-size:12px;color:#333}}</style></head><body>
+max-width:480px}}figure img{{max-width:100%;height:auto}}figcaption{{font-size:12px;color:#333}}</style></head><body>
 <h1>{html.escape(title)}</h1><p>{"<br>".join(html.escape(line) for line in caption(rows).splitlines())}</p>
 <div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{imgs}</body></html>""")
     return path

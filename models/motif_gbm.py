@@ -26,7 +26,7 @@ from mtlsweep.config.run import GbmConfig
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, load_motifs, read_motif_file
 from mtlsweep.data.motif_features import (FeatureOptions, MotifScanner, compute_features, feature_table,
-                                          select_motifs)
+                                          select_motifs, track_summary)
 
 MODEL_DIR = "gbm"
 MANIFEST = "manifest.json"
@@ -283,7 +283,7 @@ def _trainable(labels: np.ndarray) -> np.ndarray:
 
 
 def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[Motif]] = None,
-            data_path: str = "store", progress: bool = False) -> GbmFit:
+            data_path: str = "store", progress: bool = False, tracks: Sequence[str] = ()) -> GbmFit:
     """Features for train/valid(/test), one model per task (or one for all), predictions.
 
     Unknown labels (-1) are left out of each task's fit and early stopping; a task with a single
@@ -317,6 +317,8 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
         for s in splits:
             t0 = time.perf_counter()
             X[s], names = feature_table(store, s, scanner, options, cache_dir=gbm.cache_dir, progress=progress)
+            if tracks:
+                X[s], names = _with_tracks(X[s], names, store.split(s).tracks, store.track_names, tracks, gbm.n_bins)
             timings[f"features_{s}_s"] = time.perf_counter() - t0
         cached = _cache_counts()[0] == before[0]
 
@@ -361,6 +363,13 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
                   timings, n_nodes, flops, len(motifs), cached, list(motifs))
 
 
+def _with_tracks(X: np.ndarray, names: list[str], values: np.ndarray, store_tracks: Sequence[str],
+                 tracks: Sequence[str], n_bins: int) -> tuple[np.ndarray, list[str]]:
+    idx = [list(store_tracks).index(t) for t in tracks]
+    T, tnames = track_summary(values[:, idx], tracks, n_bins)
+    return np.concatenate([X, T], axis=1), list(names) + tnames
+
+
 def _cache_counts() -> tuple[int, int]:
     from mtlsweep.data.motif_features import cache_stats
     return cache_stats.computed, cache_stats.loaded
@@ -400,6 +409,7 @@ def save_models(fit: GbmFit, gbm: GbmConfig, run_dir: Path) -> Path:
         "rounds": {fit.task_names[i]: r for i, r in fit.rounds.items()},
         "feature_options": feature_options(gbm).key(),
         "feature_names": fit.feature_names, "motif_source": motif_source(gbm), "n_motifs": fit.n_motifs,
+        "tracks": [n.split(":")[1] for n in fit.feature_names if n.startswith("track:") and n.endswith(":mean")],
         "gbm": gbm.model_dump(mode="json"),
     }
     _atomic(d / MANIFEST, lambda fh: fh.write(json.dumps(manifest, indent=1).encode()))
@@ -439,11 +449,19 @@ class GbmModel:
         motifs = _load_motifs(d / "motifs.npz") if (d / "motifs.npz").is_file() else []
         return cls(manifest, models, multi, motifs)
 
-    def features(self, codes: np.ndarray) -> np.ndarray:
-        return compute_features(np.asarray(codes), self.scanner, self.options)
+    def features(self, codes: np.ndarray, tracks: Optional[np.ndarray] = None) -> np.ndarray:
+        """`tracks` [N, C, L]: the run's tracks (manifest "tracks"), in that order."""
+        X = compute_features(np.asarray(codes), self.scanner, self.options)
+        names = self.manifest.get("tracks") or []
+        if names:
+            if tracks is None or tracks.shape[1] != len(names):
+                raise DataError(f"this motif_gbm run reads tracks {', '.join(names)}; pass them as tracks [N, "
+                                f"{len(names)}, L]")
+            X = np.concatenate([X, track_summary(tracks, names, self.manifest["gbm"]["n_bins"])[0]], axis=1)
+        return X
 
-    def predict_proba(self, codes: np.ndarray) -> np.ndarray:
-        X = self.features(codes)
+    def predict_proba(self, codes: np.ndarray, tracks: Optional[np.ndarray] = None) -> np.ndarray:
+        X = self.features(codes, tracks)
         T = len(self.task_names)
         out = np.full((X.shape[0], T), np.nan, dtype=np.float32)
         skipped = set(self.manifest["skipped_tasks"])

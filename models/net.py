@@ -52,7 +52,11 @@ def auto_backend(device: torch.device) -> str:
 
 class MultiTaskNet(nn.Module):
     def __init__(self, cfg: ModelConfig, task_names: Sequence[str], in_channels: int, seq_len: int,
-                 seed: int):
+                 seed: int, task_channels: int = 0):
+        """`task_channels`: 0, or n_tasks when the last n_tasks input channels are per-task tracks
+        (channel in_channels - n_tasks + t belongs to task t): tower t then sees the other
+        channels and its own track only, as one "own track" channel in the same slot of every
+        tower. That needs a first layer per task (shared_layers 0)."""
         super().__init__()
         self.cfg = cfg
         self.tasks: list[str] = list(task_names)
@@ -60,7 +64,17 @@ class MultiTaskNet(nn.Module):
         self.in_channels = in_channels
         self.seq_len = seq_len
         self.seed = seed
-        self.specs, self.head_spec = plan(cfg, self.n_tasks, in_channels, seq_len)
+        if task_channels not in (0, self.n_tasks):
+            raise ValueError(f"task_channels is {task_channels}; allowed: 0 or one per task ({self.n_tasks})")
+        if task_channels and cfg.sharing.shared_layers > 0:
+            raise ValueError(f"data.task_tracks gives each task its own track, but model.sharing.shared_layers="
+                             f"{cfg.sharing.shared_layers} shares the first layer, which would see every task's "
+                             f"track; per-task tracks need shared_layers 0 (towers or a soft coupling), or give "
+                             f"the tracks to all tasks with data.tracks")
+        self.task_channels = task_channels
+        self.common_channels = in_channels - task_channels
+        layer_in = self.common_channels + (1 if task_channels else 0)
+        self.specs, self.head_spec = plan(cfg, self.n_tasks, layer_in, seq_len)
         self.layer_names: list[str] = [s.name for s in self.specs]
         self.shared_layers: int = cfg.sharing.shared_layers
         self.shared_layer_names = self.layer_names[:self.shared_layers]
@@ -150,6 +164,11 @@ class MultiTaskNet(nn.Module):
             h = self.layers[name].forward_batched(h, True, [gens[SHARED]])
         return h
 
+    def _tower_inputs(self, x: Tensor) -> list[Tensor]:
+        """Per-task inputs: the common channels and the task's own track (task_channels)."""
+        c = self.common_channels
+        return [torch.cat([x[:, :c], x[:, c + t:c + t + 1]], dim=1) for t in range(self.n_tasks)]
+
     def from_shared(self, h: Tensor) -> Tensor:
         """Logits [B, T] from the shared representation."""
         if self.hard:
@@ -158,13 +177,15 @@ class MultiTaskNet(nn.Module):
         tower_gens = [gens[n] for n in self._tower_streams]
         cs = self.cross_stitch
         if self.resolved_backend(h.device) == "loop":
-            hs = h
+            hs = self._tower_inputs(h) if self.task_channels else h
             for name in self.tower_layer_names:
                 hs = self.layers[name].forward_loop(hs, tower_gens)
                 if cs is not None:
                     hs = cs.mix_loop(name, hs)
             return self.out.forward_loop(hs)
         shared_in = True
+        if self.task_channels:
+            h, shared_in = torch.cat(self._tower_inputs(h), dim=1), False
         for name in self.tower_layer_names:
             h = self.layers[name].forward_batched(h, shared_in, tower_gens)
             shared_in = False
@@ -194,7 +215,7 @@ class MultiTaskNet(nn.Module):
         if self.hard:
             return outs, self.out.forward_batched(h, True)
         tower_gens = [gens[n] for n in self._tower_streams]
-        hs = h
+        hs = self._tower_inputs(h) if self.task_channels else h
         for name in self.tower_layer_names:
             hs = self.layers[name].forward_loop(hs, tower_gens)
             if self.cross_stitch is not None:
@@ -274,7 +295,7 @@ class MultiTaskNet(nn.Module):
         may add its own keys (optimizer, epoch, ...)."""
         return {"model": self.state_dict(), "model_config": self.cfg.model_dump(mode="json"),
                 "task_names": list(self.tasks), "in_channels": self.in_channels,
-                "seq_len": self.seq_len}
+                "seq_len": self.seq_len, "task_channels": self.task_channels}
 
     def extra_repr(self) -> str:
         return (f"tasks={self.n_tasks}, shared_layers={self.shared_layers}/{len(self.specs)}, "
@@ -282,7 +303,7 @@ class MultiTaskNet(nn.Module):
 
 
 def build_model(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
-                task_names: Optional[Sequence[str]], seed: int) -> MultiTaskNet:
+                task_names: Optional[Sequence[str]], seed: int, task_channels: int = 0) -> MultiTaskNet:
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.model_validate(cfg)
     if n_tasks < 1:
@@ -295,4 +316,4 @@ def build_model(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
         raise ValueError(f"task_names must be unique; repeated: {dup}")
     if in_channels < 1 or seq_len < 1:
         raise ValueError(f"in_channels and seq_len must be >= 1, got {in_channels} and {seq_len}")
-    return MultiTaskNet(cfg, names, in_channels, seq_len, seed)
+    return MultiTaskNet(cfg, names, in_channels, seq_len, seed, task_channels)

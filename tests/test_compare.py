@@ -14,6 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 TASKS = ["t0", "t1", "t2", "t3", "t4"]
 
 
+def csv_head(tmp) -> str:
+    return (tmp / "out" / "comparison.csv").read_text().splitlines()[0]
+
+
 def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0, status="FINISHED", extra=None):
     tags = {"family": family, "role": role, **(extra_tags or {})}
     if role == "baseline":
@@ -74,6 +78,11 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     narrow = render_text(rows, width=60)
     assert max(len(line) for line in narrow.splitlines() if line.startswith(("┃", "│"))) <= 60
     assert "left out to fit 60 columns" in narrow and "hard1" in narrow
+    # AUPRC beside AUROC (bound sites are rare in TF data) when the terminal is wide enough.
+    wide = render_text(rows, width=220)
+    head = next(line for line in wide.splitlines() if "AUROC" in line)
+    assert head.index("AUROC") < head.index("AUPRC") and "0.3000" in wide and "left out" not in wide
+    assert "auprc_mean" in csv_head(tmp)
     csv_text = (tmp / "out" / "comparison.csv").read_text()
     assert csv_text.splitlines()[0].startswith("run,family,role,trials,auroc_mean")
     html = (tmp / "out" / "comparison.html").read_text()

@@ -63,7 +63,7 @@ def test_pfms_count_the_sites_above_half_the_maximum():
     model = motif_model(load_motifs()[0])
     probe = random_probe(200, seed=1)
     pfms = filter_pfms(model, probe, batch=64)
-    x = torch.cat(list(probe.batches(200, 4)))
+    x = torch.cat(list(probe.batches(200, [0, 1, 2, 3])))
     act = first_layer_activation(model, x)
     # The activation is the layer's own (eval) output before pooling.
     pooled = F.max_pool1d(act, 2, 2, ceil_mode=True)

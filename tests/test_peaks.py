@@ -1,11 +1,12 @@
 """Peak files + FASTA -> Basset HDF5 + store (data/peaks.py), on a tiny genome written here."""
 from __future__ import annotations
 
-import gzip
 import json
 
 import numpy as np
 import pytest
+
+from genome_files import write_fasta, write_text
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.onehot import reverse_complement_codes, seq_to_codes
@@ -32,23 +33,11 @@ GENOME = _genome()
 
 @pytest.fixture()
 def fasta(tmp_path):
-    path = tmp_path / "genome.fa"
-    with open(path, "w") as fh:
-        for name, seq in GENOME.items():
-            fh.write(f">{name} test\n")
-            for i in range(0, len(seq), 60):
-                fh.write(seq[i:i + 60] + "\n")
-    return path
+    return write_fasta(tmp_path / "genome.fa", GENOME, 60, description="test")
 
 
 def _write(path, lines, gz=False):
-    text = "".join(line + "\n" for line in lines)
-    if gz:
-        with gzip.open(path, "wt") as fh:
-            fh.write(text)
-    else:
-        path.write_text(text)
-    return path
+    return write_text(path, "".join(line + "\n" for line in lines), gz)
 
 
 def _np(chrom, start, end, summit):

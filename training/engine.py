@@ -19,6 +19,7 @@ from torch import nn
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.store import Store, batches, open_dataset, to_device
+from mtlsweep.training.track_inputs import input_columns, select_tracks
 from mtlsweep.data.synthetic import load_oracle
 from mtlsweep.models import build_model
 from mtlsweep.models.initialization import apply_init
@@ -95,13 +96,18 @@ class Trainer:
             if split not in self.store.splits or self.store.n(split) == 0:
                 raise DataError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
         self.tasks = list(self.store.task_names)
-        self.use_tracks = cfg.data.use_tracks and bool(self.store.track_names)
-        in_channels = 4 + (len(self.store.track_names) if self.use_tracks else 0)
+        shared, per_task = select_tracks(cfg.data, self.store.track_names, self.tasks, cfg.data.path)
+        self.track_inputs = {"shared": [self.store.track_names[i] for i in shared],
+                             "per_task": [self.store.track_names[i] for i in per_task]}
+        cols = input_columns(shared, per_task)
+        self._cols = None if cols == list(range(4 + len(self.store.track_names))) else torch.tensor(cols)
+        in_channels = len(cols)
         self.in_channels = in_channels
         try:
             self.model = build_model(cfg.model, n_tasks=len(self.tasks), in_channels=in_channels,
-                                     seq_len=self.store.seq_len, task_names=self.tasks, seed=cfg.train.seed)
-            apply_init(self.model, cfg.init)
+                                     seq_len=self.store.seq_len, task_names=self.tasks, seed=cfg.train.seed,
+                                     task_channels=len(per_task))
+            self.init_summary = apply_init(self.model, cfg.init)
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
         self.model.to(self.device)
@@ -119,13 +125,19 @@ class Trainer:
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
 
         n_train = self.store.n("train")
+        # Rows with a positive label are always trained on; of the others a fraction per epoch.
+        self._positive_rows = np.flatnonzero((train_labels == 1).any(axis=1))
+        self._negative_rows = np.flatnonzero(~(train_labels == 1).any(axis=1))
+        if cfg.data.negative_fraction < 1:
+            n_train = len(self._positive_rows) + int(round(cfg.data.negative_fraction * len(self._negative_rows)))
         bs = cfg.data.batch_size
         full_steps = n_train // bs if n_train >= bs else 1
         self.steps_per_epoch = min(full_steps, cfg.train.steps_per_epoch or full_steps)
         # A fixed, evenly spaced sample of the train split, as large as the valid split, scored
         # each epoch like valid: the train-vs-valid AUROC gap shows overfitting.
-        n_probe = min(n_train, max(self.store.n("valid"), 1))
-        self.train_probe = np.unique(np.linspace(0, n_train - 1, n_probe).round().astype(np.int64))
+        n_all = self.store.n("train")
+        n_probe = min(n_all, max(self.store.n("valid"), 1))
+        self.train_probe = np.unique(np.linspace(0, n_all - 1, n_probe).round().astype(np.int64))
         # Tasks that have had a nonzero loss weight so far: a scheduler judges a trial only after
         # every task entered (warm starts and curricula keep tasks out at first).
         self.entered = np.zeros(len(self.tasks), dtype=bool)
@@ -157,6 +169,7 @@ class Trainer:
             "config": self.cfg.model_dump(mode="json"),
             "task_names": self.tasks,
             "in_channels": self.in_channels,
+            "task_channels": self.model.task_channels,
             "seq_len": self.store.seq_len,
             "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
@@ -188,9 +201,20 @@ class Trainer:
     # ---- loops ---------------------------------------------------------------------
     def _batch(self, split, idx):
         x, y, mask = to_device(split, idx, self.device)
-        if not self.use_tracks and x.shape[1] > 4:
-            x = x[:, :4]
+        if self._cols is not None:
+            x = x.index_select(1, self._cols.to(x.device))
         return x, y, mask
+
+    def epoch_rows(self, epoch: int) -> np.ndarray | None:
+        """The train rows of an epoch under data.negative_fraction (None: all rows); a pure
+        function of (seed, epoch), so a resumed run draws the same ones."""
+        f = self.cfg.data.negative_fraction
+        if f >= 1:
+            return None
+        rng = np.random.default_rng([self.cfg.train.seed, epoch, 1])
+        k = int(round(f * len(self._negative_rows)))
+        neg = rng.choice(self._negative_rows, size=k, replace=False) if k else self._negative_rows[:0]
+        return np.sort(np.concatenate([self._positive_rows, neg]))
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         cfg = self.cfg
@@ -198,8 +222,11 @@ class Trainer:
         split = self.store.splits["train"]
         # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
         rng = np.random.default_rng([cfg.train.seed, epoch])
-        it = batches(split, cfg.data.batch_size, shuffle=True, rng=rng,
-                     drop_last=self.store.n("train") >= cfg.data.batch_size)
+        rows = self.epoch_rows(epoch)
+        n_rows = self.store.n("train") if rows is None else len(rows)
+        it = batches(n_rows, cfg.data.batch_size, shuffle=True, rng=rng, drop_last=n_rows >= cfg.data.batch_size)
+        if rows is not None:
+            it = (rows[idx] for idx in it)
         bar = None
         if self.progress:
             from tqdm.auto import tqdm

@@ -16,6 +16,8 @@ from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif
 from mtlsweep.data.store import open_dataset
 from mtlsweep.models.motif_gbm import GbmFit, fit_gbm, save_models
+from mtlsweep.training.track_inputs import select_tracks
+from mtlsweep.config.errors import ConfigError
 from mtlsweep.training.callbacks import Callback, CallbackList
 from mtlsweep.training.cost import peak_rss_mb
 from mtlsweep.training.engine import RunResult, write_outputs
@@ -81,7 +83,13 @@ def run_gbm(cfg, run_dir, callbacks: Iterable[Callback] = (), store=None, *,
     full = store if store is not None else open_dataset(cfg.data.path)
     data = full.select_tasks(cfg.data.tasks)
     t0 = time.perf_counter()
-    fit = fit_gbm(gbm, data, seed=cfg.train.seed, motifs=motifs, data_path=cfg.data.path, progress=progress)
+    if cfg.data.task_tracks:
+        raise ConfigError("data.task_tracks: motif_gbm fits one feature table for all tasks, so it takes tracks "
+                          "shared by all tasks (data.tracks); per-task tracks are for the CNN families")
+    shared, _ = select_tracks(cfg.data, data.track_names, data.task_names, cfg.data.path)
+    tracks = [data.track_names[i] for i in shared] if gbm.track_features else []
+    fit = fit_gbm(gbm, data, seed=cfg.train.seed, motifs=motifs, data_path=cfg.data.path, progress=progress,
+                  tracks=tracks)
     metrics = evaluate(fit, data)
     val = metrics["valid"]
     if not np.isfinite(val.auroc).any():
