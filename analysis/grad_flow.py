@@ -42,9 +42,9 @@ from torch import Tensor
 
 from mtlsweep.models.seeding import SHARED, make_generator, stable_seed, stream_name
 from mtlsweep.training.callbacks import Callback
+from mtlsweep.training.engine import ARTIFACTS as ARTIFACT_DIR
 from mtlsweep.training.loss import masked_bce_per_task
 
-ARTIFACT_DIR = "mlflow_artifacts"
 MODES = ("train", "eval")
 
 

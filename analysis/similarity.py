@@ -86,7 +86,8 @@ def load_run(ref: str, device: str = "cpu", locate: Optional[Callable[[str], tup
         raise DataError(f"{ck_path}: holds no run config and {run_dir / 'config.yaml'} does not exist")
     tasks = [str(t) for t in ck["task_names"]]
     model = build_model(ModelConfig.model_validate(ck["model_config"]), len(tasks), int(ck["in_channels"]),
-                        int(ck["seq_len"]), tasks, seed=cfg.train.seed, task_channels=int(ck.get("task_channels", 0)))
+                        int(ck["seq_len"]), tasks, seed=cfg.train.seed, task_channels=int(ck.get("task_channels", 0)),
+                        groups=ck.get("groups"))
     model.load_state_dict(ck["model"])
     model.to(device).eval()
     return LoadedRun(ref, run_dir.resolve().name, run_dir.resolve(), ck_path, cfg, model, tasks,

@@ -146,3 +146,24 @@ def run_cost(args) -> int:
     if study.mlflow_run_id:
         print(f"MLflow analysis run {study.mlflow_run_id} in experiment {args.experiment!r}")
     return 0
+
+
+def add_affinity_arguments(p) -> None:
+    p.add_argument("run", help="run directory trained with train.affinity_every, or its MLflow run id")
+    p.add_argument("--groups", type=int, help="number of task groups (default: the truth's, else the best "
+                                              "silhouette over 2..8)")
+    p.add_argument("--truth", help="synthetic benchmark truth.json: adjusted Rand index against its groups")
+    p.add_argument("--tracking-uri", help="where to look up an MLflow run id (default: the local store)")
+
+
+def run_affinity(args) -> int:
+    from pathlib import Path
+
+    from mtlsweep.analysis.task_groups import describe_groups
+    run = Path(args.run)
+    if not run.is_dir():
+        if "/" in args.run or run.suffix:
+            raise DataError(f"{args.run}: no such run directory")
+        run, _ = locator(args.tracking_uri)(args.run)
+    print(describe_groups(run, args.groups, args.truth))
+    return 0

@@ -204,6 +204,11 @@ def cmd_motifs(args) -> int:
     return run_motifs(args)
 
 
+def cmd_affinity(args) -> int:
+    from mtlsweep.app.analyses import run_affinity
+    return run_affinity(args)
+
+
 def cmd_cost(args) -> int:
     from mtlsweep.app.analyses import run_cost
     return run_cost(args)
@@ -353,13 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
 
-    from mtlsweep.app.analyses import add_cost_arguments, add_motif_arguments, add_similarity_arguments
+    from mtlsweep.app.analyses import (add_affinity_arguments, add_cost_arguments, add_motif_arguments,
+                                       add_similarity_arguments)
     q = sub.add_parser("similarity", help="linear CKA between the layers of two runs (hidden-layer similarity)")
     add_similarity_arguments(q)
     q.set_defaults(func=cmd_similarity)
     q = sub.add_parser("motifs", help="first-layer filters matched to JASPAR motifs (and planted-motif recall)")
     add_motif_arguments(q)
     q.set_defaults(func=cmd_motifs)
+    q = sub.add_parser("affinity", help="task groups from a run's measured inter-task affinity (train.affinity_every)")
+    add_affinity_arguments(q)
+    q.set_defaults(func=cmd_affinity)
     q = sub.add_parser("cost", help="training time, memory, parameters and FLOPs as the number of tasks grows")
     add_cost_arguments(q)
     q.set_defaults(func=cmd_cost)

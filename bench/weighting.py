@@ -1,5 +1,5 @@
 """Cost of a training step with each task weighting at T = 164 (per-task gradients for
-PCGrad and GradNorm), against equal weighting measured in the same run.
+PCGrad and GradNorm; FAMO's one backward pass), against equal weighting measured in the same run.
 
     python bench/weighting.py [--arch small|basset] [--steps 3] [--chunk 32]
 """
@@ -35,7 +35,7 @@ def main() -> None:
     length = 600 if a.arch == "basset" else 200
     over = {} if a.arch == "basset" else dict(SMALL)
     times = {}
-    for w in ("equal", "uncertainty", "gradnorm", "pcgrad"):
+    for w in ("equal", "uncertainty", "famo", "gradnorm", "pcgrad"):
         cfg = RunConfig().with_overrides({**over, "schedule.weighting": w, "schedule.per_task_grad_chunk": a.chunk})
         model = build_model(cfg.model, a.tasks, 4, length, [f"t{i}" for i in range(a.tasks)], seed=0)
         weighting = build_weighting(cfg.schedule, a.tasks)
@@ -47,8 +47,8 @@ def main() -> None:
 
         def step():
             opt.zero_grad()
-            per_task, _ = masked_bce_per_task(model(x), y, mask)
-            weighting.backward(per_task, ones, model.coupling_penalty(), model)
+            per_task, known = masked_bce_per_task(model(x), y, mask)
+            weighting.backward(per_task, ones, model.coupling_penalty(), model, known)
             opt.step()
             weighting.after_step()
         step()

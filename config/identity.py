@@ -34,8 +34,8 @@ CANDIDATE = "baseline_candidate"
 REGULARIZATION_KEYS = ("optim.", "model.arch.dropout", "data.batch_size")
 # Keys that do not change what a run computes: where it is written and logged, on what it runs.
 NOT_IDENTITY = ("tracking.", "train.out_dir", "train.device", "train.num_threads", "train.compile",
-                "train.eval_batch_size", "train.grad_flow_", "data.path", "data.tasks", "model.backend",
-                "gbm.n_jobs", "gbm.cache_dir")
+                "train.eval_batch_size", "train.grad_flow_", "train.affinity_", "data.path", "data.tasks",
+                "model.backend", "gbm.n_jobs", "gbm.cache_dir")
 
 
 def is_regularization(key: str) -> bool:
@@ -48,7 +48,8 @@ def baseline_config(cfg: RunConfig, seed: Optional[int] = None) -> RunConfig:
     budget, optimizer and regularization unchanged."""
     sharing = SharingConfig(shared_layers=0, tower_init=cfg.model.sharing.tower_init)
     model = cfg.model.model_copy(update={"family": "cnn", "sharing": sharing})
-    out = cfg.model_copy(update={"model": model, "init": InitConfig(), "schedule": ScheduleConfig()})
+    train = cfg.train.model_copy(update={"affinity_every": 0})   # a measurement that needs shared layers
+    out = cfg.model_copy(update={"model": model, "init": InitConfig(), "schedule": ScheduleConfig(), "train": train})
     if seed is not None:
         out = out.with_overrides({"train.seed": seed}, source="baseline")
     return RunConfig.model_validate(out.model_dump())
@@ -111,10 +112,13 @@ class Protocol:
 
 def model_family(cfg: RunConfig) -> str:
     """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
-    control (towers with the zero-pull control of l2: shrinkage without sharing)."""
+    control (towers with the zero-pull control of l2: shrinkage without sharing), grouped
+    (layers shared within task groups, sharing.group_layers)."""
     if cfg.model.family == "motif_gbm":
         return "motif_gbm"
     s = cfg.model.sharing
+    if s.group_layers:
+        return "grouped"
     n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
     if s.shared_layers == n_layers:
         return "hard"

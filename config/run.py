@@ -5,6 +5,8 @@ search keys, so ``flatten``/``unflatten`` must round-trip exactly.
 """
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
@@ -75,6 +77,23 @@ class SharingConfig(_Section):
                               "never toward zero; independent: one draw per task.")
     cross_stitch_self: float = Field(0.9, ge=0.0, le=1.0, description="Initial self weight of cross-stitch units.")
     cross_stitch_lr: Optional[float] = Field(None, gt=0.0, description="Learning rate of cross-stitch units (null = optim.lr).")
+    groups: Union[None, str, list[list[Union[str, int]]]] = Field(
+        None, description="Task groups for group_layers: lists of task names or indices, truth (the synthetic "
+                          "benchmark's truth.json beside data.path) or auto:K (K clusters of the affinity matrix "
+                          "in sharing.affinity).")
+    group_layers: int = Field(0, ge=0, description="After the k shared layers, this many layers shared within "
+                                                   "each group (full width); the rest are per-task towers.")
+    affinity: Optional[str] = Field(None, description="groups auto:K: a run directory trained with "
+                                                      "train.affinity_every, or its affinity.json.")
+
+    @field_validator("groups")
+    @classmethod
+    def _groups_spec(cls, v):
+        if isinstance(v, str) and not (v == "truth" or re.fullmatch(r"auto:[1-9][0-9]*", v)):
+            raise ValueError(f"{v!r}; allowed: truth, auto:K (K >= 1) or lists of task names/indices")
+        if isinstance(v, list) and (not v or any(not g for g in v)):
+            raise ValueError("needs at least one group and no empty group")
+        return v
 
 
 class ModelConfig(_Section):
@@ -92,6 +111,17 @@ class ModelConfig(_Section):
             raise ValueError(
                 f"sharing.shared_layers must be between 0 and {n_layers} (the trunk's layer count), "
                 f"got {self.sharing.shared_layers}")
+        sh = self.sharing
+        if sh.group_layers:
+            if sh.shared_layers + sh.group_layers > n_layers:
+                raise ValueError(f"sharing.shared_layers + sharing.group_layers must be at most {n_layers} (the "
+                                 f"trunk's layer count), got {sh.shared_layers} + {sh.group_layers}")
+            if sh.groups is None:
+                raise ValueError("sharing.group_layers needs sharing.groups (lists of tasks, truth or auto:K)")
+            if sh.coupling != "none":
+                raise ValueError(f"sharing.coupling={sh.coupling} couples towers; with group_layers use coupling none")
+        if isinstance(sh.groups, str) and sh.groups.startswith("auto:") and not sh.affinity:
+            raise ValueError("sharing.groups auto:K needs sharing.affinity (a run trained with train.affinity_every)")
         return self
 
 
@@ -120,10 +150,15 @@ class WarmStartConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    order: Literal["joint", "task_per_epoch", "round_robin", "curriculum", "annealed"] = Field(
-        "joint", description="Which tasks count at each step.")
-    order_by: Literal["given", "prevalence", "baseline_auroc", "shuffle"] = Field(
-        "given", description="How tasks are ordered for task_per_epoch/round_robin/curriculum.")
+    order: Literal["joint", "task_per_epoch", "round_robin", "curriculum", "annealed", "group_blocks",
+                   "group_round_robin"] = Field(
+        "joint", description="Which tasks count at each step (group_blocks: one task group per block of an epoch; "
+                             "group_round_robin: one group per step; groups from model.sharing.groups).")
+    order_by: Literal["given", "prevalence", "baseline_auroc", "shuffle", "affinity"] = Field(
+        "given", description="How tasks are ordered for task_per_epoch/round_robin/curriculum/group orders "
+                             "(affinity: the tasks whose steps help the others most first).")
+    affinity: Optional[str] = Field(None, description="order_by affinity: a run directory trained with "
+                                                      "train.affinity_every, or its affinity.json.")
     order_list: Optional[list[Union[str, int]]] = Field(None, description="Explicit order for order_by=given.")
     order_descending: bool = Field(True, description="prevalence/baseline_auroc: highest first.")
     baseline_auroc: Optional[str] = Field(
@@ -131,9 +166,12 @@ class ScheduleConfig(_Section):
     curriculum_epochs: Optional[list[int]] = Field(None, description="Epoch each task enters (null = evenly spread).")
     anneal_floor: float = Field(0.0, ge=0.0, le=1.0, description="annealed: final alpha.")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
-    weighting: Literal["equal", "uncertainty", "gradnorm", "pcgrad"] = Field("equal", description="Task weighting.")
+    weighting: Literal["equal", "uncertainty", "gradnorm", "pcgrad", "famo"] = Field(
+        "equal", description="Task weighting (famo: Liu et al. 2023, one backward pass whatever the task count).")
     gradnorm_alpha: float = Field(1.5, ge=0.0, description="GradNorm restoring force.")
     per_task_grad_chunk: int = Field(32, ge=1, description="GradNorm/PCGrad: tasks per vectorized backward pass.")
+    famo_lr: float = Field(0.025, gt=0.0, description="FAMO: learning rate of the task logits (Adam).")
+    famo_gamma: float = Field(0.01, ge=0.0, description="FAMO: L2 regularization of the task logits.")
 
 
 class OptimConfig(_Section):
@@ -166,6 +204,11 @@ class TrainConfig(_Section):
         0.01, gt=0.0, lt=1.0, description="A task's gradient is dead at a layer below this fraction of its early level.")
     grad_flow_param_layers: list[str] = Field(
         [], description="Shared layers whose parameter gradients are also measured per task (e.g. [conv1]).")
+    affinity_every: int = Field(
+        0, ge=0, description="Measure inter-task affinity (TAG lookahead on the shared layers) every N steps "
+                             "(0 = off); training itself is unchanged.")
+    affinity_max_tasks: int = Field(16, ge=1, description="Tasks probed per affinity probe (they rotate).")
+    affinity_lr: Optional[float] = Field(None, gt=0.0, description="Lookahead SGD step size (null = optim.lr).")
 
 
 class TrackingConfig(_Section):
@@ -253,6 +296,16 @@ class RunConfig(_Section):
             raise ValueError(
                 f"schedule.weighting={self.schedule.weighting} needs shared parameters; "
                 "model.sharing.shared_layers is 0")
+        if self.model.sharing.group_layers and self.init.kind in ("checkpoint", "from_hard", "from_single"):
+            raise ValueError(f"init.kind={self.init.kind} copies layers stack by stack, which group layers do not "
+                             "have; use random or motifs with model.sharing.group_layers")
+        if self.train.affinity_every and self.model.sharing.shared_layers == 0:
+            raise ValueError("train.affinity_every measures affinity through shared layers; "
+                             "model.sharing.shared_layers is 0")
+        if self.schedule.order_by == "affinity" and not self.schedule.affinity:
+            raise ValueError("schedule.affinity is required when schedule.order_by is affinity")
+        if self.schedule.order.startswith("group_") and self.model.sharing.groups is None:
+            raise ValueError(f"schedule.order={self.schedule.order} needs model.sharing.groups")
         if self.schedule.order_by == "baseline_auroc" and not self.schedule.baseline_auroc:
             raise ValueError("schedule.baseline_auroc is required when schedule.order_by is baseline_auroc")
         if self.precision_needs_cuda():

@@ -23,7 +23,7 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-FAMILIES = ("single", "hard", "soft", "branched", "control", "motif_gbm")
+FAMILIES = ("single", "hard", "soft", "branched", "control", "motif_gbm", "grouped")
 AUROC_PREFIX = "best/val/auroc/"
 CANDIDATE = "baseline_candidate"
 
@@ -355,7 +355,8 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
     from mtlsweep.plots import subplots
     out = []
     fig, ax = subplots(figsize=(6, 4.2))
-    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple")))
+    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
+                                 "tab:red")))
     for fam in FAMILIES:
         pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
         pts = [p for p in pts if all(map(math.isfinite, p))]

@@ -1,7 +1,8 @@
 """The layer plan: names, shapes and sharing of every trunk layer, worked out from the config.
 
-Layer i (0-based) of the trunk is shared when ``i < shared_layers``; otherwise it is a tower
-layer, stacked once per task and scaled by ``width``. Convolutions have no padding and pool
+Layer i (0-based) of the trunk is shared when ``i < shared_layers``; a group layer, stacked
+once per task group at full width, when ``shared_layers <= i < shared_layers + group_layers``
+(with groups); otherwise it is a tower layer, stacked once per task and scaled by ``width``. Convolutions have no padding and pool
 with stride = width in ceil mode (Basset: 600 -> 582 -> 194 -> 184 -> 46 -> 40 -> 10).
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ class LayerSpec:
     name: str           # "conv1", ..., "fc1", ...
     kind: str           # "conv" or "dense"
     shared: bool
-    stacks: int         # 1 when shared, T for a tower layer
+    stacks: int         # 1 when shared, G for a group layer, T for a tower layer
     in_units: int       # conv: input channels; dense: input features (flattened)
     out_units: int      # conv: filters; dense: units
     kernel: int = 1     # conv kernel width
@@ -26,6 +27,7 @@ class LayerSpec:
     conv_len: int = 1   # conv output length before pooling
     out_len: int = 1    # length after pooling
     dropout: float = 0.0
+    grouped: bool = False
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,23 @@ def layer_names(cfg: ModelConfig) -> list[str]:
            [f"fc{i + 1}" for i in range(len(arch.dense))]
 
 
-def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int) -> tuple[list[LayerSpec], HeadSpec]:
+def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
+         n_groups: int = 0) -> tuple[list[LayerSpec], HeadSpec]:
     arch, k = cfg.arch, cfg.sharing.shared_layers
+    m = cfg.sharing.group_layers if n_groups else 0
+
+    def role(i: int) -> tuple[bool, bool, int]:
+        """(shared, grouped, stacks) of layer i."""
+        if i < k:
+            return True, False, 1
+        if i < k + m:
+            return False, True, n_groups
+        return False, False, n_tasks
+
     specs: list[LayerSpec] = []
     channels, length, i = in_channels, seq_len, 0
     for j, (out, kernel, pool) in enumerate(zip(arch.conv_channels, arch.conv_widths, arch.pool)):
-        shared = i < k
+        shared, grouped, stacks = role(i)
         name = f"conv{j + 1}"
         if length < kernel:
             raise ValueError(
@@ -63,17 +76,17 @@ def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int) -> tupl
             raise ValueError(
                 f"model.arch.pool: {name} pools by {pool} but its output is only {conv_len} positions long "
                 f"(seq_len {seq_len}); use a longer sequence or smaller pools")
-        units = out if shared else scaled(out, cfg.width)
+        units = out if shared or grouped else scaled(out, cfg.width)
         out_len = math.ceil(conv_len / pool)
-        specs.append(LayerSpec(name, "conv", shared, 1 if shared else n_tasks, channels, units,
-                               kernel, pool, length, conv_len, out_len))
+        specs.append(LayerSpec(name, "conv", shared, stacks, channels, units,
+                               kernel, pool, length, conv_len, out_len, grouped=grouped))
         channels, length, i = units, out_len, i + 1
     features = channels * length
     for j, out in enumerate(arch.dense):
-        shared = i < k
-        units = out if shared else scaled(out, cfg.width)
-        specs.append(LayerSpec(f"fc{j + 1}", "dense", shared, 1 if shared else n_tasks, features, units,
-                               dropout=arch.dropout))
+        shared, grouped, stacks = role(i)
+        units = out if shared or grouped else scaled(out, cfg.width)
+        specs.append(LayerSpec(f"fc{j + 1}", "dense", shared, stacks, features, units,
+                               dropout=arch.dropout, grouped=grouped))
         features, i = units, i + 1
     hard = k == len(specs)
     head = HeadSpec(stacks=1 if hard else n_tasks, units=n_tasks if hard else 1, in_features=features)

@@ -4,7 +4,9 @@ A trunk of L = n_conv + n_dense layers serves T tasks. The first k = shared_laye
 shared; the others are per-task towers, each ending in its own output unit. k = L is the hard
 multi-task model (Basset: the trunk then Linear(dense[-1], T)); k = 0 is T independent networks,
 and with no coupling it is exactly T single-task models (per-tower BatchNorm, dropout masks
-from per-tower generators, per-unit max-norm).
+from per-tower generators, per-unit max-norm). With task groups (``sharing.groups``) the m =
+``sharing.group_layers`` layers after the shared ones are shared within each group
+(Vandenhende et al. 2020's branched trunk); m = 0 is the model above, unchanged.
 
 state_dict layout (the same for both backends, so checkpoints move between CPU and GPU)::
 
@@ -16,8 +18,9 @@ state_dict layout (the same for both backends, so checkpoints move between CPU a
     out.bias                                  [S_out, U]
     cross_stitch.alpha.<name>                 [T, T]     (coupling cross_stitch; tower layers)
 
-<name> runs over ``layer_names`` ("conv1", ..., "fc1", ...). S = 1 for a shared layer and
-S = T for a tower layer, stack s belonging to ``tasks[s]``. The output is S_out = 1, U = T when
+<name> runs over ``layer_names`` ("conv1", ..., "fc1", ...). S = 1 for a shared layer,
+S = G for a group layer (stack g serving the tasks of group g, ``groups``) and S = T for a
+tower layer, stack s belonging to ``tasks[s]``. The output is S_out = 1, U = T when
 all layers are shared, else S_out = T, U = 1; either way the unit of task t is weight row t of
 ``out.weight.reshape(T, D)``. Dense layers read conv output flattened channel-major
 ([C, L] -> C*L), as ``x.flatten(1)`` does. Copying a layer between models therefore means
@@ -52,11 +55,12 @@ def auto_backend(device: torch.device) -> str:
 
 class MultiTaskNet(nn.Module):
     def __init__(self, cfg: ModelConfig, task_names: Sequence[str], in_channels: int, seq_len: int,
-                 seed: int, task_channels: int = 0):
+                 seed: int, task_channels: int = 0, groups: Optional[Sequence[int]] = None):
         """`task_channels`: 0, or n_tasks when the last n_tasks input channels are per-task tracks
         (channel in_channels - n_tasks + t belongs to task t): tower t then sees the other
         channels and its own track only, as one "own track" channel in the same slot of every
-        tower. That needs a first layer per task (shared_layers 0)."""
+        tower. That needs a first layer per task (shared_layers 0).
+        `groups`: the group index (0..G-1) of each task, for sharing.group_layers."""
         super().__init__()
         self.cfg = cfg
         self.tasks: list[str] = list(task_names)
@@ -73,13 +77,21 @@ class MultiTaskNet(nn.Module):
                              f"the tracks to all tasks with data.tracks")
         self.task_channels = task_channels
         self.common_channels = in_channels - task_channels
+        self.groups = self._check_groups(cfg, groups)
+        if task_channels and self.groups is not None:
+            raise ValueError("data.task_tracks gives each task its own track, which a group layer would mix; "
+                             "use per-task tracks without model.sharing.group_layers")
+        n_groups = max(self.groups) + 1 if self.groups is not None else 0
         layer_in = self.common_channels + (1 if task_channels else 0)
-        self.specs, self.head_spec = plan(cfg, self.n_tasks, layer_in, seq_len)
+        self.specs, self.head_spec = plan(cfg, self.n_tasks, layer_in, seq_len, n_groups)
         self.layer_names: list[str] = [s.name for s in self.specs]
         self.shared_layers: int = cfg.sharing.shared_layers
+        m = cfg.sharing.group_layers if self.groups is not None else 0
         self.shared_layer_names = self.layer_names[:self.shared_layers]
-        self.tower_layer_names = self.layer_names[self.shared_layers:]
-        self.hard = not self.tower_layer_names
+        self.group_layer_names = self.layer_names[self.shared_layers:self.shared_layers + m]
+        self.tower_layer_names = self.layer_names[self.shared_layers + m:]
+        self._group_streams = [f"group:{g}" for g in range(n_groups)]
+        self.hard = not self.tower_layer_names and not self.group_layer_names
         self.backend = cfg.backend
         self.coupling = cfg.sharing.coupling
         self.strength = cfg.sharing.strength
@@ -96,12 +108,25 @@ class MultiTaskNet(nn.Module):
         self._tower_streams = [stream_name(t) for t in self.tasks]
         # Seeds hashed once here, so that forward (and torch.compile) never runs hashlib.
         self._dropout_seeds = {name: stable_seed(seed, name, "dropout")
-                               for name in [SHARED, *self._tower_streams]}
+                               for name in [SHARED, *self._group_streams, *self._tower_streams]}
         self._dropout_gens: dict[torch.device, dict[str, torch.Generator]] = {}
         self._init_random()
 
+    def _check_groups(self, cfg: ModelConfig, groups: Optional[Sequence[int]]) -> Optional[list[int]]:
+        if not cfg.sharing.group_layers:
+            return None
+        if groups is None:
+            raise ValueError("model.sharing.group_layers needs the group of every task (model.sharing.groups)")
+        g = [int(v) for v in groups]
+        if len(g) != self.n_tasks or sorted(set(g)) != list(range(max(g) + 1)):
+            raise ValueError(f"groups: one group index per task ({self.n_tasks}), numbered 0..G-1 without gaps; "
+                             f"got {g}")
+        return g
+
     # ---- random streams -----------------------------------------------------------------
-    def _stack_streams(self, shared: bool) -> list[str]:
+    def _stack_streams(self, shared: bool, grouped: bool = False) -> list[str]:
+        if grouped:
+            return self._group_streams
         return [SHARED] if shared else self._tower_streams
 
     def _init_random(self) -> None:
@@ -111,10 +136,11 @@ class MultiTaskNet(nn.Module):
         from their task's stream. Either way a tower's draws do not depend on the other tasks."""
         gens = {name: make_generator(self.seed, name, "init") for name in [SHARED, TOWERS, *self._tower_streams]}
         common = self.cfg.sharing.tower_init == "common"
+        gens.update({name: make_generator(self.seed, name, "init") for name in self._group_streams})
         for spec in self.specs:
             layer = self.layers[spec.name]
-            if spec.shared or not common:
-                layer.reset([gens[n] for n in self._stack_streams(spec.shared)])
+            if spec.shared or spec.grouped or not common:
+                layer.reset([gens[n] for n in self._stack_streams(spec.shared, spec.grouped)])
                 continue
             clones = []
             for _ in range(spec.stacks):
@@ -169,6 +195,22 @@ class MultiTaskNet(nn.Module):
         c = self.common_channels
         return [torch.cat([x[:, :c], x[:, c + t:c + t + 1]], dim=1) for t in range(self.n_tasks)]
 
+    def _group_loop(self, h: Tensor, gens: dict) -> list[Tensor]:
+        """Through the group layers (loop form); each task then gets its group's output."""
+        hs = h
+        for name in self.group_layer_names:
+            hs = self.layers[name].forward_loop(hs, [gens[n] for n in self._group_streams])
+        return [hs[g] for g in self.groups]
+
+    def _group_batched(self, h: Tensor, gens: dict) -> Tensor:
+        shared_in = True
+        for name in self.group_layer_names:
+            h = self.layers[name].forward_batched(h, shared_in, [gens[n] for n in self._group_streams])
+            shared_in = False
+        G = len(self._group_streams)
+        idx = torch.tensor(self.groups, device=h.device)
+        return h.reshape(h.shape[0], G, -1, *h.shape[2:])[:, idx].reshape(h.shape[0], -1, *h.shape[2:])
+
     def from_shared(self, h: Tensor) -> Tensor:
         """Logits [B, T] from the shared representation."""
         if self.hard:
@@ -178,6 +220,8 @@ class MultiTaskNet(nn.Module):
         cs = self.cross_stitch
         if self.resolved_backend(h.device) == "loop":
             hs = self._tower_inputs(h) if self.task_channels else h
+            if self.group_layer_names:
+                hs = self._group_loop(h, gens)
             for name in self.tower_layer_names:
                 hs = self.layers[name].forward_loop(hs, tower_gens)
                 if cs is not None:
@@ -186,6 +230,8 @@ class MultiTaskNet(nn.Module):
         shared_in = True
         if self.task_channels:
             h, shared_in = torch.cat(self._tower_inputs(h), dim=1), False
+        if self.group_layer_names:
+            h, shared_in = self._group_batched(h, gens), False
         for name in self.tower_layer_names:
             h = self.layers[name].forward_batched(h, shared_in, tower_gens)
             shared_in = False
@@ -202,9 +248,9 @@ class MultiTaskNet(nn.Module):
 
     def trace(self, x: Tensor, generators: Optional[dict[str, torch.Generator]] = None):
         """(outputs, logits) of the loop-form forward, with every layer's output kept in the graph:
-        ``outputs[name]`` is a shared layer's output tensor or, for a tower layer, the list of its
-        T per-task outputs (the logits depend on these very tensors, so gradients can be taken
-        with respect to them). ``generators`` (stream name -> generator) draws the dropout masks
+        ``outputs[name]`` is a shared layer's output tensor or, for a group (tower) layer, the list
+        of its G per-group (T per-task) outputs (the logits depend on these very tensors, so
+        gradients can be taken with respect to them). ``generators`` (stream name -> generator) draws the dropout masks
         instead of the model's own streams, so an extra forward need not advance them; the
         values are those of ``forward`` (to float tolerance on the batched backend)."""
         gens = generators if generators is not None else self._generators(x.device)
@@ -216,6 +262,10 @@ class MultiTaskNet(nn.Module):
             return outs, self.out.forward_batched(h, True)
         tower_gens = [gens[n] for n in self._tower_streams]
         hs = self._tower_inputs(h) if self.task_channels else h
+        for name in self.group_layer_names:
+            hs = outs[name] = self.layers[name].forward_loop(hs, [gens[n] for n in self._group_streams])
+        if self.group_layer_names:
+            hs = [hs[g] for g in self.groups]
         for name in self.tower_layer_names:
             hs = self.layers[name].forward_loop(hs, tower_gens)
             if self.cross_stitch is not None:
@@ -224,8 +274,9 @@ class MultiTaskNet(nn.Module):
         return outs, self.out.forward_loop(hs)
 
     def layer_outputs(self, x: Tensor) -> dict[str, Tensor]:
-        """Every layer's output: shared layers [B, C, L] / [B, D], tower layers with a task
-        axis [B, T, C, L] / [B, T, D], and "out" the logits. For representation analyses."""
+        """Every layer's output: shared layers [B, C, L] / [B, D], group layers with a group axis
+        [B, G, C, L] / [B, G, D], tower layers with a task axis [B, T, C, L] / [B, T, D], and
+        "out" the logits. For representation analyses."""
         outs, logits = self.trace(x)
         stacked = {name: torch.stack(o, dim=1) if isinstance(o, list) else o for name, o in outs.items()}
         return {**stacked, "out": logits}
@@ -265,15 +316,20 @@ class MultiTaskNet(nn.Module):
         """Parameters of the shared trunk layers (empty when k = 0)."""
         return [p for name in self.shared_layer_names for p in self.layers[name].parameters()]
 
+    def group_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the group layers (empty without sharing.group_layers)."""
+        return [p for name in self.group_layer_names for p in self.layers[name].parameters()]
+
     def tower_parameters(self) -> list[nn.Parameter]:
         """Task-specific parameters: tower layers and output units (Basset's output layer too).
-        shared + tower + cross-stitch parameters are all the parameters."""
+        shared + group + tower + cross-stitch parameters are all the parameters."""
         return [p for name in self.tower_layer_names for p in self.layers[name].parameters()] + \
                list(self.out.parameters())
 
     def param_groups(self, base_lr: float) -> list[dict]:
         cs = self.cross_stitch_parameters()
-        groups = [{"name": "model", "params": self.shared_parameters() + self.tower_parameters(),
+        groups = [{"name": "model", "params": self.shared_parameters() + self.group_parameters()
+                   + self.tower_parameters(),
                    "lr": base_lr}]
         if cs:
             lr = self.cfg.sharing.cross_stitch_lr or base_lr
@@ -295,15 +351,18 @@ class MultiTaskNet(nn.Module):
         may add its own keys (optimizer, epoch, ...)."""
         return {"model": self.state_dict(), "model_config": self.cfg.model_dump(mode="json"),
                 "task_names": list(self.tasks), "in_channels": self.in_channels,
-                "seq_len": self.seq_len, "task_channels": self.task_channels}
+                "seq_len": self.seq_len, "task_channels": self.task_channels, "groups": self.groups}
 
     def extra_repr(self) -> str:
-        return (f"tasks={self.n_tasks}, shared_layers={self.shared_layers}/{len(self.specs)}, "
+        grouped = f"group_layers={len(self.group_layer_names)} ({len(self._group_streams)} groups), " \
+            if self.group_layer_names else ""
+        return (f"tasks={self.n_tasks}, shared_layers={self.shared_layers}/{len(self.specs)}, {grouped}"
                 f"coupling={self.coupling}, backend={self.backend}")
 
 
 def build_model(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
-                task_names: Optional[Sequence[str]], seed: int, task_channels: int = 0) -> MultiTaskNet:
+                task_names: Optional[Sequence[str]], seed: int, task_channels: int = 0,
+                groups: Optional[Sequence[int]] = None) -> MultiTaskNet:
     if not isinstance(cfg, ModelConfig):
         cfg = ModelConfig.model_validate(cfg)
     if n_tasks < 1:
@@ -316,4 +375,4 @@ def build_model(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
         raise ValueError(f"task_names must be unique; repeated: {dup}")
     if in_channels < 1 or seq_len < 1:
         raise ValueError(f"in_channels and seq_len must be >= 1, got {in_channels} and {seq_len}")
-    return MultiTaskNet(cfg, names, in_channels, seq_len, seed, task_channels)
+    return MultiTaskNet(cfg, names, in_channels, seq_len, seed, task_channels, groups)

@@ -9,8 +9,8 @@ from typing import Optional, Sequence, Union
 import numpy as np
 
 from mtlsweep.schedules.base import Joint, Schedule
-from mtlsweep.schedules.orderings import Annealed, Curriculum, RoundRobin, TaskPerEpoch, WarmStart
-from mtlsweep.schedules.weighting import Equal, GradNorm, PCGrad, Uncertainty, Weighting
+from mtlsweep.schedules.orderings import Annealed, Curriculum, GroupCycle, RoundRobin, TaskPerEpoch, WarmStart
+from mtlsweep.schedules.weighting import FAMO, Equal, GradNorm, PCGrad, Uncertainty, Weighting
 
 
 def resolve_task(field: str, task: Union[str, int], task_names: Sequence[str]) -> int:
@@ -24,8 +24,17 @@ def resolve_task(field: str, task: Union[str, int], task_names: Sequence[str]) -
     raise ValueError(f"{field}={task!r} is not among the run's tasks ({shown})")
 
 
+def helpfulness(Z: np.ndarray) -> np.ndarray:
+    """How much a step on each task lowers the others' losses: the mean of row u of the
+    affinity matrix without its diagonal (NaN entries left out; -inf when none measured)."""
+    off = np.where(np.eye(Z.shape[0], dtype=bool), np.nan, Z)
+    with np.errstate(invalid="ignore"):
+        mean = np.nanmean(off, axis=1) if Z.shape[0] > 1 else np.full(Z.shape[0], np.nan)
+    return np.nan_to_num(mean, nan=-np.inf)
+
+
 def task_order(cfg, task_names: Sequence[str], prevalence: np.ndarray,
-               baseline_auroc: Optional[np.ndarray], seed: int) -> list[int]:
+               baseline_auroc: Optional[np.ndarray], seed: int, affinity: Optional[np.ndarray] = None) -> list[int]:
     n = len(task_names)
     if cfg.order_by == "given":
         if not cfg.order_list:
@@ -37,6 +46,11 @@ def task_order(cfg, task_names: Sequence[str], prevalence: np.ndarray,
         return order
     if cfg.order_by == "prevalence":
         key = np.asarray(prevalence, dtype=np.float64)
+    elif cfg.order_by == "affinity":
+        if affinity is None:
+            raise ValueError("schedule.order_by=affinity needs schedule.affinity (a run trained with "
+                             "train.affinity_every)")
+        key = helpfulness(affinity)
     elif cfg.order_by == "baseline_auroc":
         if baseline_auroc is None:
             raise ValueError("schedule.order_by=baseline_auroc needs schedule.baseline_auroc (a per-task AUROC file)")
@@ -48,12 +62,22 @@ def task_order(cfg, task_names: Sequence[str], prevalence: np.ndarray,
 
 
 def build_schedule(cfg, task_names: Sequence[str], *, prevalence: np.ndarray, sizes: np.ndarray,
-                   epochs: int, seed: int = 0, baseline_auroc: Optional[np.ndarray] = None) -> Schedule:
+                   epochs: int, seed: int = 0, baseline_auroc: Optional[np.ndarray] = None,
+                   affinity: Optional[np.ndarray] = None, groups: Optional[Sequence[int]] = None) -> Schedule:
+    """``affinity``: a measured T x T matrix (order_by affinity); ``groups``: the group of every
+    task (the group orders), as model.sharing.groups resolves them."""
     n = len(task_names)
-    order = task_order(cfg, task_names, prevalence, baseline_auroc, seed)
+    order = task_order(cfg, task_names, prevalence, baseline_auroc, seed, affinity)
     shuffle = cfg.order_by == "shuffle"
-    if cfg.order == "joint":
-        inner: Schedule = Joint(n)
+    if cfg.order in ("group_blocks", "group_round_robin"):
+        if groups is None:
+            raise ValueError(f"schedule.order={cfg.order} needs task groups (model.sharing.groups)")
+        # Groups take their turn in the order of their first task in the ordering.
+        turn = sorted(set(groups), key=lambda g: min(order.index(t) for t in range(n) if groups[t] == g))
+        members = [[t for t in order if groups[t] == g] for g in turn]
+        inner: Schedule = GroupCycle(n, members, per="block" if cfg.order == "group_blocks" else "step")
+    elif cfg.order == "joint":
+        inner = Joint(n)
     elif cfg.order == "task_per_epoch":
         inner = TaskPerEpoch(n, order, shuffle=shuffle, seed=seed)
     elif cfg.order == "round_robin":
@@ -84,4 +108,6 @@ def build_weighting(cfg, n_tasks: int) -> Weighting:
         return Uncertainty(n_tasks)
     if cfg.weighting == "gradnorm":
         return GradNorm(n_tasks, alpha=cfg.gradnorm_alpha)
+    if cfg.weighting == "famo":
+        return FAMO(n_tasks, lr=cfg.famo_lr, gamma=cfg.famo_gamma)
     return PCGrad(n_tasks, seed=0, chunk=cfg.per_task_grad_chunk)

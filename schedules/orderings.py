@@ -63,6 +63,31 @@ class RoundRobin(Schedule):
         return _one_hot(self.n_tasks, order[pos])
 
 
+class GroupCycle(Schedule):
+    """One task group at a time (Selective Task Group Updates): ``per="block"`` cuts each epoch
+    into G blocks of consecutive steps, one group per block; ``per="step"`` takes the groups
+    in turn, one per step, across epoch boundaries. ``groups`` lists each group's tasks, in
+    the order the groups take their turn."""
+
+    def __init__(self, n_tasks: int, groups: Sequence[Sequence[int]], per: str = "block"):
+        super().__init__(n_tasks)
+        if per not in ("block", "step"):
+            raise ValueError(f"GroupCycle per={per!r}; allowed block or step")
+        self.masks = []
+        for members in groups:
+            w = torch.zeros(n_tasks)
+            w[list(members)] = 1.0
+            self.masks.append(w)
+        self.per = per
+
+    def weights(self, epoch, step, steps_per_epoch):
+        G = len(self.masks)
+        if self.per == "step":
+            return self.masks[((epoch - 1) * steps_per_epoch + step) % G]
+        block = step * G // steps_per_epoch if steps_per_epoch >= G else step % G
+        return self.masks[block]
+
+
 class Curriculum(Schedule):
     """Tasks enter in ``order``, task ``order[i]`` at epoch ``entry[i]``, and stay."""
 

@@ -6,7 +6,7 @@ contributes no gradient whatever the weighting.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
@@ -14,10 +14,13 @@ from torch import nn
 
 
 class Weighting(nn.Module):
-    """backward(losses [T], weights [T], extra scalar, model) -> float (the objective)."""
+    """backward(losses [T], weights [T], extra scalar, model, known [T]) -> float (the objective).
+
+    ``known``: labelled samples per task in the batch (a task without any has loss 0 there and
+    says nothing about how it is doing)."""
 
     def backward(self, losses: torch.Tensor, weights: torch.Tensor, extra: torch.Tensor,
-                 model: nn.Module) -> float:
+                 model: nn.Module, known: Optional[torch.Tensor] = None) -> float:
         """Backpropagate the combined objective; subclasses decide how tasks are combined."""
         raise TypeError(f"{type(self).__name__} does not define backward()")
 
@@ -29,7 +32,7 @@ class Weighting(nn.Module):
 
 
 class Equal(Weighting):
-    def backward(self, losses, weights, extra, model):
+    def backward(self, losses, weights, extra, model, known=None):
         total = (weights * losses).sum() + extra
         total.backward()
         return float(total.detach())
@@ -43,13 +46,13 @@ class Uncertainty(Weighting):
         super().__init__()
         self.log_var = nn.Parameter(torch.zeros(n_tasks))
 
-    def backward(self, losses, weights, extra, model):
+    def backward(self, losses, weights, extra, model, known=None):
         total = (weights * (torch.exp(-self.log_var) * losses + 0.5 * self.log_var)).sum() + extra
         total.backward()
         return float(total.detach())
 
     def report(self):
-        return {f"weighting/log_var_mean": float(self.log_var.detach().mean())}
+        return {"weighting/log_var_mean": float(self.log_var.detach().mean())}
 
 
 def per_task_gradients(losses: torch.Tensor, params: Sequence[torch.Tensor], chunk: int) -> torch.Tensor:
@@ -113,7 +116,7 @@ class PCGrad(Weighting):
                 out[hit] -= (dots[hit] / sq[j]).unsqueeze(1) * grads[j]
         return out, conflicts
 
-    def backward(self, losses, weights, extra, model):
+    def backward(self, losses, weights, extra, model, known=None):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         weighted = weights * losses
         total = weighted.sum() + extra
@@ -148,7 +151,7 @@ class GradNorm(Weighting):
         self.register_buffer("initial_loss", torch.full((n_tasks,), float("nan")))
         self.last_norms = torch.zeros(n_tasks)
 
-    def backward(self, losses, weights, extra, model):
+    def backward(self, losses, weights, extra, model, known=None):
         params = [p for p in last_shared_parameters(model) if p.requires_grad]
         active = torch.nonzero(weights != 0).flatten()
         with torch.no_grad():
@@ -180,3 +183,68 @@ class GradNorm(Weighting):
     def report(self):
         return {"weighting/gradnorm_weight_std": float(self.task_weights.detach().std()),
                 "weighting/grad_norm_mean": float(self.last_norms.mean())}
+
+
+class FAMO(Weighting):
+    """Liu et al. 2023 (FAMO): task logits xi, weights z = softmax(xi); the step follows
+    sum_t c z_t grad log l_t (c normalizes), one backward pass whatever T. After each step the
+    logits move (Adam, lr ``lr``, L2 ``gamma``) along the softmax Jacobian applied to each task's
+    drop in log loss, so a task whose loss fell less gains weight.
+
+    The drop is measured between consecutive batches (this step's losses against the last
+    step's), not by a second forward pass over the same batch: that keeps the cost O(1) at the
+    price of batch noise in the update. A task with no labelled sample in a batch (``known``
+    0), or switched off by the ordering, is left out of that step's objective and of the logits
+    update it would take part in, so its log(0) never enters."""
+
+    def __init__(self, n_tasks: int, lr: float = 0.025, gamma: float = 0.01, eps: float = 1e-8):
+        super().__init__()
+        self.lr, self.gamma, self.eps = lr, gamma, eps
+        self.register_buffer("logits", torch.zeros(n_tasks))
+        self.register_buffer("adam_m", torch.zeros(n_tasks))
+        self.register_buffer("adam_v", torch.zeros(n_tasks))
+        self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
+        self.register_buffer("prev_loss", torch.full((n_tasks,), float("nan")))
+
+    def weights(self, active: torch.Tensor) -> torch.Tensor:
+        """z over the active tasks (0 elsewhere), summing to 1."""
+        z = torch.softmax(self.logits.masked_fill(~active, float("-inf")), 0)
+        return torch.nan_to_num(z, nan=0.0)
+
+    def update_logits(self, loss: torch.Tensor, active: torch.Tensor) -> None:
+        """One Adam step of the logits from the drop in log loss since the last call."""
+        both = active & torch.isfinite(self.prev_loss)
+        if both.any():
+            delta = torch.zeros_like(self.logits)
+            delta[both] = torch.log(self.prev_loss[both] + self.eps) - torch.log(loss[both] + self.eps)
+            z = self.weights(both)
+            grad = z * (delta - (z * delta).sum()) + self.gamma * self.logits * both
+            b1, b2 = 0.9, 0.999
+            self.adam_t += 1
+            t = int(self.adam_t)
+            self.adam_m.mul_(b1).add_((1 - b1) * grad)
+            self.adam_v.mul_(b2).add_((1 - b2) * grad * grad)
+            step = self.lr * (self.adam_m / (1 - b1 ** t)) / ((self.adam_v / (1 - b2 ** t)).sqrt() + 1e-8)
+            self.logits.sub_(step * both)
+        self.prev_loss[active] = loss[active]
+
+    def backward(self, losses, weights, extra, model, known=None):
+        active = weights != 0
+        if known is not None:
+            active &= known.to(weights.device) > 0
+        with torch.no_grad():
+            self.update_logits(losses.detach(), active)
+            z = self.weights(active) * weights
+            d = losses.detach().clamp(min=0) + self.eps
+            c = (z / d).sum().clamp(min=self.eps)
+        if active.any():
+            logs = torch.log(losses.clamp(min=0)[active] + self.eps)
+            total = (z[active] / c * logs).sum() + extra
+        else:
+            total = extra + 0.0 * losses.sum()
+        total.backward()
+        return float(total.detach())
+
+    def report(self):
+        z = torch.softmax(self.logits, 0)
+        return {"weighting/famo_weight_max": float(z.max()), "weighting/famo_weight_min": float(z.min())}

@@ -1,4 +1,6 @@
 """Schedules and task weightings inside a real model's backward pass."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,50 @@ def test_pcgrad_leaves_towers_alone_and_sums_projected_shared_gradients():
     plain_one = torch.cat([g.flatten() for g in grads(model, model.shared_parameters())])
     assert torch.allclose(one, plain_one, atol=1e-6)
     assert shared.abs().sum() > 0
+
+
+def test_famo_logits_follow_the_slower_task_with_a_known_first_step():
+    from mtlsweep.schedules.weighting import FAMO
+    famo = FAMO(2, lr=0.025, gamma=0.01)
+    p = torch.tensor([1.0, 1.0], requires_grad=True)
+    famo.backward(p * p, torch.ones(2), torch.zeros(()), None, torch.tensor([8.0, 8.0]))
+    assert torch.equal(famo.logits, torch.zeros(2))          # nothing to compare with yet
+    # Task 0's loss halved, task 1's stayed: d(xi) = z * (delta - z.delta) = [+c, -c], and Adam's
+    # first step is lr * sign, so task 1 (the one that did not improve) gains exactly 0.025.
+    p.grad = None
+    q = torch.tensor([0.5 ** 0.5, 1.0], requires_grad=True)
+    famo.backward(q * q, torch.ones(2), torch.zeros(()), None, torch.tensor([8.0, 8.0]))
+    assert torch.allclose(famo.logits, torch.tensor([-0.025, 0.025]), atol=1e-7)
+    z = torch.softmax(famo.logits, 0)
+    # The step is sum_t (z_t / l_t) / c * grad l_t with c = sum_t z_t / l_t.
+    l = torch.tensor([0.5, 1.0])
+    c = (z / l).sum()
+    want = (z / l / c) * 2 * q.detach()                       # d(q^2)/dq = 2q
+    assert torch.allclose(q.grad, want, atol=1e-6)
+    assert famo.report()["weighting/famo_weight_max"] == pytest.approx(float(z.max()))
+
+
+def test_famo_leaves_a_task_without_labels_out():
+    from mtlsweep.schedules.weighting import FAMO
+    famo = FAMO(3)
+    for step, known in enumerate(([4.0, 4.0, 4.0], [0.0, 4.0, 4.0], [0.0, 4.0, 4.0])):
+        p = torch.tensor([1.0, 0.9 - 0.1 * step, 0.8], requires_grad=True)
+        losses = p * p
+        losses = torch.where(torch.tensor(known) > 0, losses, torch.zeros(3))   # what the masked loss gives
+        obj = famo.backward(losses, torch.ones(3), torch.zeros(()), None, torch.tensor(known))
+        assert math.isfinite(obj) and torch.isfinite(p.grad).all()
+        assert p.grad[0] == 0 if known[0] == 0 else p.grad[0] != 0
+    assert famo.logits[0] == 0 and famo.prev_loss[0] == 1.0   # untouched since its labels went away
+    assert famo.logits[1] != 0
+
+
+def test_famo_trains_and_resumes_in_the_engine(tmp_path, tiny_config):
+    from mtlsweep.training.engine import LAST, Trainer
+    cfg = tiny_config(**{"schedule.weighting": "famo", "train.epochs": 2})
+    full = Trainer(cfg, tmp_path / "a", progress=False).fit()
+    half = Trainer(cfg.with_overrides({"train.epochs": 1}), tmp_path / "b", progress=False)
+    half.fit()
+    resumed = Trainer(cfg, tmp_path / "b", progress=False)
+    resumed.resume(tmp_path / "b" / LAST)
+    assert torch.equal(resumed.weighting.logits, half.weighting.logits)
+    assert resumed.fit().best_val_auroc == pytest.approx(full.best_val_auroc, abs=1e-9)

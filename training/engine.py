@@ -19,6 +19,8 @@ from torch import nn
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.store import Store, batches, open_dataset, to_device
+from mtlsweep.training.sharing_groups import resolve_groups, schedule_affinity
+from mtlsweep.training.task_affinity import affinity_from_config
 from mtlsweep.training.track_inputs import input_columns, select_tracks
 from mtlsweep.data.synthetic import load_oracle
 from mtlsweep.models import build_model
@@ -36,6 +38,8 @@ from mtlsweep.training.optim import build_optimizer
 
 LAST = "last.pt"
 BEST = "best.pt"
+# Files of a run that a tracker uploads with it (analysis/grad_flow.py writes there too).
+ARTIFACTS = "mlflow_artifacts"
 
 
 @dataclass
@@ -103,22 +107,25 @@ class Trainer:
         self._cols = None if cols == list(range(4 + len(self.store.track_names))) else torch.tensor(cols)
         in_channels = len(cols)
         self.in_channels = in_channels
+        self.groups = resolve_groups(cfg.model.sharing, self.tasks, cfg.data.path)
         try:
             self.model = build_model(cfg.model, n_tasks=len(self.tasks), in_channels=in_channels,
                                      seq_len=self.store.seq_len, task_names=self.tasks, seed=cfg.train.seed,
-                                     task_channels=len(per_task))
+                                     task_channels=len(per_task), groups=self.groups)
             self.init_summary = apply_init(self.model, cfg.init)
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
         self.model.to(self.device)
         self.weighting = build_weighting(cfg.schedule, len(self.tasks)).to(self.device)
+        self.affinity = affinity_from_config(cfg, self.tasks)
         train_labels = self.store.splits["train"].labels
         try:
             self.schedule = build_schedule(
                 cfg.schedule, self.tasks, prevalence=self.store.prevalence("train"),
                 sizes=(train_labels >= 0).sum(0), epochs=cfg.train.epochs, seed=cfg.train.seed,
                 baseline_auroc=load_task_scores(cfg.schedule.baseline_auroc, self.tasks)
-                if cfg.schedule.baseline_auroc else None)
+                if cfg.schedule.baseline_auroc else None,
+                affinity=schedule_affinity(cfg.schedule, self.tasks), groups=self.groups)
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.optimizer = build_optimizer(cfg.optim, self.model, extra_params=list(self.weighting.parameters()))
@@ -170,6 +177,7 @@ class Trainer:
             "task_names": self.tasks,
             "in_channels": self.in_channels,
             "task_channels": self.model.task_channels,
+            "groups": self.model.groups,
             "seq_len": self.store.seq_len,
             "optimizer": self.optimizer.state_dict(),
             "weighting": self.weighting.state_dict(),
@@ -182,6 +190,7 @@ class Trainer:
             "history": self.history,
             "entered": self.entered.tolist(),
             "data_fingerprint": self.store.fingerprint,
+            "affinity": self.affinity.state_dict() if self.affinity is not None else None,
         }
 
     def resume(self, path: str | Path, force: bool = False) -> None:
@@ -197,6 +206,8 @@ class Trainer:
         self.best_val, self.best_epoch = ck["best_val"], ck["best_epoch"]
         self.bad_epochs, self.history = ck["bad_epochs"], list(ck["history"])
         self.entered = np.asarray(ck.get("entered", [True] * len(self.tasks)), dtype=bool)
+        if self.affinity is not None and ck.get("affinity") is not None:
+            self.affinity.load_state_dict(ck["affinity"])
 
     # ---- loops ---------------------------------------------------------------------
     def _batch(self, split, idx):
@@ -244,6 +255,8 @@ class Trainer:
             if step >= self.steps_per_epoch:
                 break
             x, y, mask = self._batch(split, idx)
+            if self.affinity is not None and self.affinity.due((epoch - 1) * self.steps_per_epoch + step):
+                self.affinity.probe(self.model, x, y, mask)
             w = self.schedule.weights(epoch, step, self.steps_per_epoch)
             self.entered |= (w > 0).numpy()
             w = w.to(self.device)
@@ -252,7 +265,7 @@ class Trainer:
             per_task, known = masked_bce_per_task(logits.float(), y, mask)
             penalty = self.model.coupling_penalty()
             self.optimizer.zero_grad(set_to_none=True)
-            objective += self.weighting.backward(per_task, w, penalty, self.model)
+            objective += self.weighting.backward(per_task, w, penalty, self.model, known)
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
@@ -360,6 +373,8 @@ class Trainer:
         result = RunResult(self.run_dir, self.tasks, self.best_epoch, self.best_val, len(self.history),
                            self.history, val, test, test_summary, self.info())
         write_outputs(result, self.cfg)
+        if self.affinity is not None and self.affinity.probes:
+            self.affinity.write(self.run_dir / ARTIFACTS)
         self.callbacks.on_train_end(result)
         return result
 
