@@ -25,7 +25,7 @@ import numpy as np
 
 from mtlsweep.data.basset_hdf5 import DEFAULT_LABEL_MAP, SPLITS, atomic_h5_file
 from mtlsweep.data.errors import DataError
-from mtlsweep.data.peaks import (SKIP_REASONS, ChromCodes, SplitPlan, _check_chroms, _skip_text,
+from mtlsweep.data.peaks import (SKIP_REASONS, ChromCodes, SplitPlan, _check_args, _check_chroms, _skip_text,
                                  check_outputs, cut_codes, fasta_index_path, fasta_lengths, format_extras,
                                  open_fasta)
 from mtlsweep.data.signal import TrackSet, TrackSpec, check_tracks, parse_transforms
@@ -47,11 +47,16 @@ def _label_table(label_map: Optional[Mapping]) -> dict[str, int]:
     return table
 
 
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == b"\x1f\x8b"
+
+
 def _open_text(path: Path):
     import gzip
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", encoding="utf-8", newline="") if gz else open(path, encoding="utf-8", newline="")
+    if _is_gzip(path):
+        return gzip.open(path, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
 
 
 def read_header(path: Path) -> list[str]:
@@ -115,7 +120,7 @@ class _Parser:
         import pandas as pd
         try:
             reader = pd.read_csv(self.path, sep="\t", header=0, dtype=str, na_filter=False, chunksize=chunk_rows,
-                                 compression="gzip" if self._gz() else None, engine="c")
+                                 compression="gzip" if _is_gzip(self.path) else None, engine="c")
             line = 2
             for df in reader:
                 yield line, df
@@ -125,10 +130,6 @@ class _Parser:
                             f"{3 + len(self.tasks)} tab-separated columns, as the header)") from None
         except (OSError, EOFError, UnicodeDecodeError) as e:
             raise DataError(f"--labels {self.path}: cannot read ({type(e).__name__}: {e})") from None
-
-    def _gz(self) -> bool:
-        with open(self.path, "rb") as fh:
-            return fh.read(2) == b"\x1f\x8b"
 
     def _skip(self, reason: str, lines: np.ndarray, why: str) -> None:
         if not len(lines):
@@ -202,10 +203,8 @@ class _Parser:
                        f"{chrom[i]}:{start[i]}-{stop[i]} resized to [{ws[i]}, {ws[i] + L}) runs off the "
                        f"chromosome (length {clen[i]})")
             ok &= ~off
-        split = np.zeros(n, dtype=np.int8)
-        held = np.array([self._held.get(c, 0) for c in chrom], dtype=np.int8)
-        split[:] = held
-        pool = held == 0
+        split = np.array([self._held.get(c, 0) for c in chrom], dtype=np.int8)
+        pool = split == 0
         u = _uniform(lines, self.plan.seed)
         vf = 0.0 if self.plan.valid_chroms else self.plan.valid_frac
         tf = 0.0 if self.plan.test_chroms else self.plan.test_frac
@@ -222,13 +221,10 @@ def build_from_labels(labels: str | os.PathLike, fasta: str | os.PathLike, out_d
                       track_transform: Optional[str] = None, track_resolution: int = 1,
                       overwrite: bool = False, chunk_rows: int = CHUNK_ROWS, progress: bool = True) -> dict:
     """labels TSV + FASTA (+ tracks) -> out_dir/store.h5 and out_dir/build_report.json; the report."""
-    from mtlsweep.data.peaks import _check_args
     t0 = time.perf_counter()
     plan = SplitPlan(tuple(valid_chroms), tuple(test_chroms), valid_frac, test_frac, seed)
-    if seq_len is not None:
-        _check_args(seq_len, 0, "basset", on_error, on_outside, "N41L", plan)
-    else:
-        _check_args(1, 0, "basset", on_error, on_outside, "N41L", plan)
+    # Peaks' checks of the shared flags; the length is checked once known when it comes from the rows.
+    _check_args(seq_len if seq_len is not None else 1, 0, "basset", on_error, on_outside, "N41L", plan)
     transforms = parse_transforms(track_transform)
     check_tracks(tracks)
     table = _label_table(label_map)

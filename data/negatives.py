@@ -23,6 +23,7 @@ from mtlsweep.data.onehot import N_CODE
 
 NEGATIVES = ("peaks", "background", "flank")
 GC_BIN = 0.05
+N_GC_BINS = int(round(1 / GC_BIN))
 _ROUNDS = 20
 
 
@@ -63,7 +64,7 @@ def gc_and_n(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def gc_bins(gc: np.ndarray) -> np.ndarray:
-    return np.minimum((gc / GC_BIN).astype(np.int64), int(round(1 / GC_BIN)) - 1)
+    return np.minimum((gc / GC_BIN).astype(np.int64), N_GC_BINS - 1)
 
 
 def _windows(chrom_codes: np.ndarray, starts: np.ndarray, L: int) -> np.ndarray:
@@ -90,8 +91,7 @@ def sample_background(load_codes, lengths: Mapping[str, int], blocked: Blocked, 
     L = seq_len
     rng = np.random.default_rng([seed, 1])
     pos_bins = gc_bins(pos_gc)
-    n_bins = int(round(1 / GC_BIN))
-    need = np.round(ratio * np.bincount(pos_bins, minlength=n_bins)).astype(np.int64)
+    need = np.round(ratio * np.bincount(pos_bins, minlength=N_GC_BINS)).astype(np.int64)
     target = int(need.sum())
     room = np.array([max(lengths[c] - L + 1, 0) for c in names], dtype=np.float64)
     if room.sum() <= 0:
@@ -170,9 +170,8 @@ def sample_flanks(lengths: Mapping[str, int], blocked: Blocked, pos_chrom: np.nd
 
 def gc_summary(pos_gc: np.ndarray, neg_gc: np.ndarray) -> dict:
     """Positives' and negatives' GC (mean, and the largest difference of the binned distributions)."""
-    n_bins = int(round(1 / GC_BIN))
-    hp = np.bincount(gc_bins(pos_gc), minlength=n_bins) / max(len(pos_gc), 1)
-    hn = np.bincount(gc_bins(neg_gc), minlength=n_bins) / max(len(neg_gc), 1)
+    hp = np.bincount(gc_bins(pos_gc), minlength=N_GC_BINS) / max(len(pos_gc), 1)
+    hn = np.bincount(gc_bins(neg_gc), minlength=N_GC_BINS) / max(len(neg_gc), 1)
     return {"positives_gc_mean": round(float(pos_gc.mean()), 4) if len(pos_gc) else None,
             "negatives_gc_mean": round(float(neg_gc.mean()), 4) if len(neg_gc) else None,
             "max_gc_bin_difference": round(float(np.abs(hp - hn).max()), 4)}

@@ -227,7 +227,8 @@ class TrackSet:
         self.seq_len = seq_len
         self.files = [open_signal(s.path) for s in specs]
         self.reports = [TrackReport(s.name, str(s.path), f.format) for s, f in zip(specs, self.files)]
-        z = [n for n, _ in self.transforms].index("zscore") if any(n == "zscore" for n, _ in self.transforms) else None
+        names = [n for n, _ in self.transforms]
+        z = names.index("zscore") if "zscore" in names else None
         self._pre = self.transforms if z is None else self.transforms[:z]
         self._post = [] if z is None else self.transforms[z + 1:]
         self.needs_stats = z is not None

@@ -91,6 +91,8 @@ class MultiTaskNet(nn.Module):
         self.group_layer_names = self.layer_names[self.shared_layers:self.shared_layers + m]
         self.tower_layer_names = self.layer_names[self.shared_layers + m:]
         self._group_streams = [f"group:{g}" for g in range(n_groups)]
+        # Which group's output each task reads; a buffer, so it moves with the model (not in state_dict).
+        self.register_buffer("_group_index", torch.tensor(self.groups or [], dtype=torch.long), persistent=False)
         self.hard = not self.tower_layer_names and not self.group_layer_names
         self.backend = cfg.backend
         self.coupling = cfg.sharing.coupling
@@ -208,8 +210,7 @@ class MultiTaskNet(nn.Module):
             h = self.layers[name].forward_batched(h, shared_in, [gens[n] for n in self._group_streams])
             shared_in = False
         G = len(self._group_streams)
-        idx = torch.tensor(self.groups, device=h.device)
-        return h.reshape(h.shape[0], G, -1, *h.shape[2:])[:, idx].reshape(h.shape[0], -1, *h.shape[2:])
+        return h.reshape(h.shape[0], G, -1, *h.shape[2:])[:, self._group_index].reshape(h.shape[0], -1, *h.shape[2:])
 
     def from_shared(self, h: Tensor) -> Tensor:
         """Logits [B, T] from the shared representation."""

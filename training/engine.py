@@ -104,7 +104,7 @@ class Trainer:
         self.track_inputs = {"shared": [self.store.track_names[i] for i in shared],
                              "per_task": [self.store.track_names[i] for i in per_task]}
         cols = input_columns(shared, per_task)
-        self._cols = None if cols == list(range(4 + len(self.store.track_names))) else torch.tensor(cols)
+        self._cols = None if cols == list(range(4 + len(self.store.track_names))) else torch.tensor(cols, device=self.device)
         in_channels = len(cols)
         self.in_channels = in_channels
         self.groups = resolve_groups(cfg.model.sharing, self.tasks, cfg.data.path)
@@ -213,7 +213,7 @@ class Trainer:
     def _batch(self, split, idx):
         x, y, mask = to_device(split, idx, self.device)
         if self._cols is not None:
-            x = x.index_select(1, self._cols.to(x.device))
+            x = x.index_select(1, self._cols)
         return x, y, mask
 
     def epoch_rows(self, epoch: int) -> np.ndarray | None:
