@@ -23,6 +23,11 @@ STUDY_RESULTS = "docs/ground_truth.md"     # written by `python -m mtlsweep.stud
 def _type_name(ann) -> str:
     origin = typing.get_origin(ann)
     args = typing.get_args(ann)
+    if origin is typing.Annotated:             # a constrained item: its type, then its bounds
+        marks = [c for m in args[1:] for c in (getattr(m, "metadata", None) or [m])]
+        bounds = [f"{op} {getattr(c, a)}" for c in marks for a, op in (("ge", "≥"), ("gt", ">"), ("le", "≤"))
+                  if getattr(c, a, None) is not None]
+        return _type_name(args[0]) + (f" ({', '.join(bounds)})" if bounds else "")
     if origin is typing.Literal:
         return " \\| ".join(str(a) for a in args)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
@@ -73,8 +78,8 @@ def demo_results(workspace: Path) -> str:
     latest = runs[-1]
     with open(latest, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    cols = ["family", "role", "trials", "auroc_mean", "delta_auroc_mean", "wilcoxon_p", "tasks_improved", "tasks_total",
-            "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s", "n_params"]
+    cols = ["family", "role", "trials", "certified", "auroc_mean", "delta_auroc_mean", "wilcoxon_p", "tasks_improved",
+            "tasks_total", "oracle_auroc", "gap_closed", "train_val_gap", "n_params", "flops_per_seq", "epoch_s"]
 
     def fmt(v: str) -> str:
         try:
@@ -89,10 +94,17 @@ def demo_results(workspace: Path) -> str:
     out = [f"From `{latest.parent.name}` (`mtlsweep demo`; regenerate with `mtlsweep readme --demo-workspace "
            f"workspace`). Validation AUROC at each run's best epoch; Δ against the single-task baseline towers, "
            "tuned by their own search as each family; p: Wilcoxon signed-rank over tasks; oracle_auroc: the "
-           "benchmark's ceiling; gap_closed: share of the towers' gap to it a run closes.", "",
+           "benchmark's ceiling; gap_closed: share of the towers' gap to it a run closes; certified: converged and "
+           "every tuned value inside its range (why not, under the table); n_params: parameters (tree nodes for "
+           "motif_gbm).", "",
            "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in rows:
         out.append("| " + " | ".join(fmt(r.get(c, "")) for c in cols) + " |")
+    # the resume command names this machine's paths: the CSV and HTML keep it, the README the reason
+    failed = [f"- {r['role']} ({r['family']}): {re.sub(r'; finish it: [^;]*', '', r['certificate'])}"
+              for r in rows if r.get("certified") == "no"]
+    if failed:
+        out += ["", "Not certified:", *failed]
     return "\n".join(out)
 
 

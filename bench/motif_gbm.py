@@ -29,7 +29,7 @@ from mtlsweep.data.store import Store  # noqa: E402
 from mtlsweep.data.synthetic import SynthSpec, write_synthetic  # noqa: E402
 from mtlsweep.config.run import GbmConfig  # noqa: E402
 from mtlsweep.models.motif_gbm import fit_gbm  # noqa: E402
-from mtlsweep.training.gbm_runner import evaluate  # noqa: E402
+from mtlsweep.training.reference_runner import evaluate  # noqa: E402
 
 
 def feature_speed(codes: np.ndarray, motifs, repeats: int = 2) -> list[tuple[str, str, float]]:

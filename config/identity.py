@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from mtlsweep.config.run import InitConfig, RunConfig, ScheduleConfig, SharingConfig, flatten
+from mtlsweep.config.run import PRESET_KEYS, InitConfig, RunConfig, ScheduleConfig, SharingConfig, flatten
 
 ROLE_TAG = "role"
 FP_TAG = "baseline_fp"
@@ -32,14 +32,25 @@ CANDIDATE = "baseline_candidate"
 
 # The dimensions a baseline is tuned over: optimizer and regularization, nothing about sharing.
 REGULARIZATION_KEYS = ("optim.", "model.arch.dropout", "data.batch_size")
+# What every arm and its baseline may be tuned over alike: those, and the trunk's architecture (a
+# preset, its lists). A design's variant that sets its own architecture is another arm, compared
+# with the towers of that architecture; one that sets its own optimizer keeps the base's towers.
+TUNED_ALIKE_KEYS = REGULARIZATION_KEYS + ("model.arch.",)
 # Keys that do not change what a run computes: where it is written and logged, on what it runs.
 NOT_IDENTITY = ("tracking.", "train.out_dir", "train.device", "train.num_threads", "train.compile",
                 "train.eval_batch_size", "train.grad_flow_", "train.affinity_", "data.path", "data.tasks",
-                "model.backend", "gbm.n_jobs", "gbm.cache_dir")
+                "model.backend", "gbm.n_jobs", "gbm.cache_dir", "kmer.n_jobs")
+# The reference families (no CNN, nothing shared) and the config section each one reads.
+FAMILY_SECTIONS = {"motif_gbm": "gbm", "kmer_linear": "kmer"}
+REFERENCE_FAMILIES = tuple(FAMILY_SECTIONS)
 
 
 def is_regularization(key: str) -> bool:
     return key.startswith(REGULARIZATION_KEYS)
+
+
+def is_tuned_alike(key: str) -> bool:
+    return key.startswith(TUNED_ALIKE_KEYS)
 
 
 def baseline_config(cfg: RunConfig, seed: Optional[int] = None) -> RunConfig:
@@ -47,7 +58,9 @@ def baseline_config(cfg: RunConfig, seed: Optional[int] = None) -> RunConfig:
     random init, all tasks from the first step, equal weights; data, architecture, width,
     budget, optimizer and regularization unchanged."""
     sharing = SharingConfig(shared_layers=0, tower_init=cfg.model.sharing.tower_init)
-    model = cfg.model.model_copy(update={"family": "cnn", "sharing": sharing})
+    # Nothing shared: the shared layers' width and its capacity match do not apply to the towers.
+    model = cfg.model.model_copy(update={"family": "cnn", "sharing": sharing, "capacity": "as_set",
+                                         "shared_width": 1.0})
     train = cfg.train.model_copy(update={"affinity_every": 0})   # a measurement that needs shared layers
     out = cfg.model_copy(update={"model": model, "init": InitConfig(), "schedule": ScheduleConfig(), "train": train})
     if seed is not None:
@@ -60,8 +73,10 @@ def run_identity(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str],
     leave_out = tuple(leave_out)
     flat = {k: v for k, v in cfg.flatten().items()
             if not k.startswith(NOT_IDENTITY) and k not in leave_out}
-    if cfg.model.family == "cnn":
-        flat = {k: v for k, v in flat.items() if not k.startswith("gbm.")}
+    # A family's own section is part of its identity, the other families' sections are not.
+    flat = {k: v for k, v in flat.items()
+            if not any(k.startswith(f"{section}.") and cfg.model.family != family
+                       for family, section in FAMILY_SECTIONS.items())}
     return {"data": data_fingerprint, "tasks": list(tasks), "config": flat}
 
 
@@ -84,8 +99,12 @@ def baseline_fingerprint(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[
 
 def comparison_key(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str],
                    tuned_keys: Iterable[str] = ()) -> str:
-    """What ``cfg`` and its baseline share: the counterpart's identity without the tuned keys."""
-    return _digest(run_identity(baseline_config(cfg), data_fingerprint, tasks, leave_out=tuned_keys))
+    """What ``cfg`` and its baseline share: the counterpart's identity without the tuned keys
+    (a tuned preset takes the trunk lists it sets with it)."""
+    tuned = tuple(tuned_keys)
+    if "model.arch.preset" in tuned:
+        tuned += tuple(f"model.arch.{k}" for k in PRESET_KEYS)
+    return _digest(run_identity(baseline_config(cfg), data_fingerprint, tasks, leave_out=tuned))
 
 
 @dataclass
@@ -96,17 +115,25 @@ class Protocol:
     keys: tuple[str, ...] = ()
     trials: int = 1
     spec: str = ""                  # the search: a space's dimensions or a grid's values, as text
+    own: tuple[str, ...] = ()       # optimizer/regularization keys a design's variants set for themselves
+
+    @property
+    def free(self) -> tuple[str, ...]:
+        """The keys a run may differ in from the baseline it is compared with (comparison_key)."""
+        return tuple(dict.fromkeys(self.keys + self.own))
 
     @property
     def fingerprint(self) -> str:
-        return _digest({"kind": self.kind, "keys": list(self.keys), "trials": self.trials, "spec": self.spec})
+        return _digest({"kind": self.kind, "keys": list(self.keys), "trials": self.trials, "spec": self.spec,
+                        **({"own": list(self.own)} if self.own else {})})
 
     def describe(self) -> str:
+        own = f"; the variants set their own {', '.join(self.own)}" if self.own else ""
         if self.kind == "fixed" or not self.keys:
             why = "" if self.kind == "fixed" else " (the space searches no optimizer or regularization key)"
-            return f"fixed: the base config's optimizer and regularization{why}"
+            return f"fixed: the base config's optimizer and regularization{why}{own}"
         return (f"tuned: {self.trials} trial(s) over {', '.join(self.keys)}, as each family; "
-                "the best on validation AUROC")
+                f"the best on validation AUROC{own}")
 
 
 
@@ -114,19 +141,18 @@ def model_family(cfg: RunConfig) -> str:
     """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
     control (towers with the zero-pull control of l2: shrinkage without sharing), grouped
     (layers shared within task groups, sharing.group_layers)."""
-    if cfg.model.family == "motif_gbm":
-        return "motif_gbm"
+    if cfg.model.family in REFERENCE_FAMILIES:
+        return cfg.model.family
     s = cfg.model.sharing
-    if s.group_layers:
+    if cfg.model.n_group:
         return "grouped"
-    n_layers = len(cfg.model.arch.conv_channels) + len(cfg.model.arch.dense)
-    if s.shared_layers == n_layers:
+    if cfg.model.n_shared == cfg.model.n_layers:
         return "hard"
     if s.coupling == "l2_zero" and s.strength > 0:
         return "control"
     if s.coupling == "cross_stitch" or (s.coupling in ("l2", "trace_norm") and s.strength > 0):
         return "soft"
-    return "single" if s.shared_layers == 0 else "branched"
+    return "single" if cfg.model.n_shared == 0 else "branched"
 
 
 def run_config(params: dict[str, str]) -> Optional[RunConfig]:
@@ -141,9 +167,9 @@ def run_config(params: dict[str, str]) -> Optional[RunConfig]:
                 flat[k] = yaml.safe_load(v)
             except yaml.YAMLError:
                 flat[k] = v
-    # model.family is logged refined (single/hard/soft/...): the config's own is cnn or motif_gbm.
-    if params.get("model.family") == "motif_gbm":
-        flat["model.family"] = "motif_gbm"
+    # model.family is logged refined (single/hard/soft/...): the config's own is cnn or a reference's.
+    if params.get("model.family") in REFERENCE_FAMILIES:
+        flat["model.family"] = params["model.family"]
     try:
         return RunConfig.from_flat(flat)
     except ValueError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -23,10 +23,17 @@ class _Section(BaseModel):
     @classmethod
     def _no_bool_as_number(cls, v, info):
         # YAML's true/false must not pass for 1/0 in a numeric field (pydantic's lax mode allows it).
-        if isinstance(v, bool) and cls.model_fields[info.field_name].annotation in (int, float, Optional[int],
-                                                                                    Optional[float]):
+        if isinstance(v, bool) and _numeric(cls.model_fields[info.field_name].annotation):
             raise ValueError(f"expected a number, got {str(v).lower()}")
         return v
+
+
+def _numeric(annotation) -> bool:
+    """Is an int or a float among what the annotation admits (Optional, Union, Annotated unwrapped)?"""
+    from typing import get_args
+    if annotation in (int, float):
+        return True
+    return any(_numeric(a) for a in get_args(annotation) if a is not type(None))
 
 
 class DataConfig(_Section):
@@ -46,12 +53,44 @@ class DataConfig(_Section):
                                          "use the full splits.")
 
 
+# Named trunks, usable as a search dimension (model.arch.preset). Pool 0 is a global max-pool
+# over whatever length the convolution leaves, so a preset fits any sequence length it can read.
+ARCH_PRESETS: dict[str, dict[str, list[int]]] = {
+    # Basset itself (Kelley et al. 2016): 600 bp -> 10 positions after three conv blocks.
+    "basset": {"conv_channels": [300, 200, 200], "conv_widths": [19, 11, 7], "pool": [3, 4, 4], "dense": [1000, 1000]},
+    # The earlier studies' trunk: Basset's shape at a fifth of its width.
+    "deep": {"conv_channels": [64, 32, 32], "conv_widths": [15, 7, 5], "pool": [3, 4, 4], "dense": [64, 64]},
+    # One layer of motif detectors, the best match anywhere in the sequence, a small read-out.
+    "motif": {"conv_channels": [64], "conv_widths": [15], "pool": [0], "dense": [32]},
+}
+PRESET_KEYS = ("conv_channels", "conv_widths", "pool", "dense")
+
+
 class ArchConfig(_Section):
+    preset: Optional[Literal["basset", "deep", "motif"]] = Field(
+        None, description="Named trunk: basset (Basset's 3 conv + 2 dense), deep (the same shape, ~1/5 the width), "
+                          "motif (one conv layer of 64 width-15 filters, global max-pool, dense 32). It sets "
+                          "conv_channels, conv_widths, pool and dense; null = those lists as given.")
     conv_channels: list[int] = Field([300, 200, 200], min_length=1, description="Filters per conv layer.")
     conv_widths: list[int] = Field([19, 11, 7], min_length=1, description="Kernel width per conv layer.")
-    pool: list[int] = Field([3, 4, 4], min_length=1, description="Max-pool width per conv layer (ceil mode).")
+    pool: list[int] = Field([3, 4, 4], min_length=1, description="Max-pool width per conv layer (ceil mode); "
+                                                               "0 = global (over the whole remaining length).")
     dense: list[int] = Field([1000, 1000], description="Units per dense layer.")
     dropout: float = Field(0.3, ge=0.0, lt=1.0, description="Dropout after each dense layer.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _expand_preset(cls, data):
+        if not isinstance(data, dict) or data.get("preset") not in ARCH_PRESETS:
+            return data
+        name, data = data["preset"], dict(data)
+        for key, value in ARCH_PRESETS[name].items():
+            if key not in data:
+                data[key] = list(value)
+            elif list(data[key]) != value:
+                raise ValueError(f"{key}={list(data[key])} differs from preset {name}'s {value}; "
+                                 f"leave {key} out, or set preset null to give your own lists")
+        return data
 
     @model_validator(mode="after")
     def _same_lengths(self):
@@ -60,14 +99,22 @@ class ArchConfig(_Section):
             raise ValueError(
                 f"conv_channels, conv_widths and pool must have the same length "
                 f"(got {n}, {len(self.conv_widths)}, {len(self.pool)})")
-        for name in ("conv_channels", "conv_widths", "pool", "dense"):
+        for name in ("conv_channels", "conv_widths", "dense"):
             if any(v < 1 for v in getattr(self, name)):
                 raise ValueError(f"{name} entries must be >= 1")
+        if any(v < 0 for v in self.pool):
+            raise ValueError("pool entries must be >= 1, or 0 for a global max-pool")
         return self
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.conv_channels) + len(self.dense)
 
 
 class SharingConfig(_Section):
-    shared_layers: int = Field(5, ge=0, description="First k trunk layers shared by all tasks; the rest are per-task towers.")
+    shared_layers: Union[Annotated[int, Field(ge=0)], Literal["all", "convs"]] = Field(
+        "all", description="First k trunk layers shared by all tasks; the rest are per-task towers. all: every layer "
+                       "(the hard model), convs: the conv layers, whatever the trunk's depth.")
     coupling: Literal["none", "l2", "trace_norm", "cross_stitch", "l2_zero"] = Field(
         "none", description="Soft coupling between towers (l2, trace_norm, cross_stitch); l2_zero is the "
                             "no-sharing control of l2: the same pull, toward zero instead of the towers' mean.")
@@ -81,8 +128,9 @@ class SharingConfig(_Section):
         None, description="Task groups for group_layers: lists of task names or indices, truth (the synthetic "
                           "benchmark's truth.json beside data.path) or auto:K (K clusters of the affinity matrix "
                           "in sharing.affinity).")
-    group_layers: int = Field(0, ge=0, description="After the k shared layers, this many layers shared within "
-                                                   "each group (full width); the rest are per-task towers.")
+    group_layers: Union[Annotated[int, Field(ge=0)], Literal["all"]] = Field(
+        0, description="After the k shared layers, this many layers shared within each group (full width); the "
+                       "rest are per-task towers. all: every layer after the shared ones (a hard model per group).")
     affinity: Optional[str] = Field(None, description="groups auto:K: a run directory trained with "
                                                       "train.affinity_every, or its affinity.json.")
 
@@ -97,25 +145,47 @@ class SharingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["cnn", "motif_gbm"] = Field(
-        "cnn", description="cnn: the sharing continuum; motif_gbm: JASPAR motif scores + gradient-boosted trees (gbm:).")
+    family: Literal["cnn", "motif_gbm", "kmer_linear"] = Field(
+        "cnn", description="cnn: the sharing continuum; motif_gbm: JASPAR motif scores + gradient-boosted trees "
+                           "(gbm:); kmer_linear: k-mer counts of both strands + logistic regression (kmer:).")
     arch: ArchConfig = Field(default_factory=ArchConfig)
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     width: float = Field(1.0, gt=0.0, le=4.0, description="Scale of tower layer widths (shared layers keep arch widths).")
+    shared_width: float = Field(1.0, gt=0.0, le=16.0, description="Scale of shared and group layer widths.")
+    capacity: Literal["as_set", "match_towers"] = Field(
+        "as_set", description="match_towers: scale the shared and group layers (instead of shared_width) so that "
+                              "the model has as many parameters as the single-task towers of the same config: the "
+                              "capacity-matched control of a shared trunk.")
     backend: Literal["auto", "loop", "batched"] = Field("auto", description="How towers are computed.")
+
+    @property
+    def n_layers(self) -> int:
+        return self.arch.n_layers
+
+    @property
+    def n_shared(self) -> int:
+        """sharing.shared_layers as a layer count (all and convs resolved against the trunk)."""
+        k = self.sharing.shared_layers
+        return {"all": self.n_layers, "convs": len(self.arch.conv_channels)}.get(k, k) if isinstance(k, str) else k
+
+    @property
+    def n_group(self) -> int:
+        """sharing.group_layers as a layer count (all: every layer after the shared ones)."""
+        m = self.sharing.group_layers
+        return self.n_layers - self.n_shared if m == "all" else m
 
     @model_validator(mode="after")
     def _k_in_range(self):
-        n_layers = len(self.arch.conv_channels) + len(self.arch.dense)
-        if self.sharing.shared_layers > n_layers:
+        n_layers, k = self.n_layers, self.n_shared
+        if k > n_layers:
             raise ValueError(
-                f"sharing.shared_layers must be between 0 and {n_layers} (the trunk's layer count), "
+                f"sharing.shared_layers must be between 0 and {n_layers} (the trunk's layer count), all or convs, "
                 f"got {self.sharing.shared_layers}")
         sh = self.sharing
-        if sh.group_layers:
-            if sh.shared_layers + sh.group_layers > n_layers:
+        if self.n_group:
+            if k + self.n_group > n_layers:
                 raise ValueError(f"sharing.shared_layers + sharing.group_layers must be at most {n_layers} (the "
-                                 f"trunk's layer count), got {sh.shared_layers} + {sh.group_layers}")
+                                 f"trunk's layer count), got {k} + {self.n_group}")
             if sh.groups is None:
                 raise ValueError("sharing.group_layers needs sharing.groups (lists of tasks, truth or auto:K)")
             if sh.coupling != "none":
@@ -262,6 +332,26 @@ class GbmConfig(_Section):
         return self
 
 
+class KmerConfig(_Section):
+    """The ``kmer:`` section (model.family: kmer_linear): k-mer counts of both strands + logistic regression."""
+    k: list[Annotated[int, Field(ge=1, le=8)]] = Field(
+        [4, 5, 6], min_length=1, description="k-mer lengths tried (canonical k-mers of both strands; 4^k/2 features).")
+    C: list[Annotated[float, Field(gt=0.0)]] = Field(
+        [0.001, 0.01, 0.1, 1.0], min_length=1, description="Inverse L2 penalties tried (scikit-learn's C).")
+    select: Literal["joint", "per_task"] = Field(
+        "joint", description="joint: the (k, C) best on mean validation AUROC for all tasks, as a CNN arm's "
+                             "learning rate; per_task: each task its own best.")
+    max_iter: int = Field(1000, ge=1, description="lbfgs iterations per fit (a fit that needs more is not converged).")
+    n_jobs: Optional[int] = Field(None, ge=1, description="Threads for features and fits (null = all cores).")
+
+    @field_validator("k", "C")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        if len(set(v)) != len(v):
+            raise ValueError(f"lists a value twice ({v})")
+        return sorted(v)
+
+
 def parse_gbm_config(tree: Any, source: str = "gbm") -> GbmConfig:
     """A GbmConfig from a mapping; a bad value raises ConfigError naming ``gbm.<field>``."""
     if tree is None:
@@ -283,6 +373,7 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     gbm: GbmConfig = Field(default_factory=GbmConfig)
+    kmer: KmerConfig = Field(default_factory=KmerConfig)
 
     @model_validator(mode="after")
     def _cross_section(self):
@@ -292,14 +383,14 @@ class RunConfig(_Section):
         if ws.task is not None and ws.epochs >= self.train.epochs and not ws.until_plateau:
             raise ValueError(f"schedule.warm_start.epochs={ws.epochs} leaves no epoch for the other tasks "
                              f"(train.epochs={self.train.epochs})")
-        if self.schedule.weighting in ("pcgrad", "gradnorm") and self.model.sharing.shared_layers == 0:
+        if self.schedule.weighting in ("pcgrad", "gradnorm") and self.model.n_shared == 0:
             raise ValueError(
                 f"schedule.weighting={self.schedule.weighting} needs shared parameters; "
                 "model.sharing.shared_layers is 0")
-        if self.model.sharing.group_layers and self.init.kind in ("checkpoint", "from_hard", "from_single"):
+        if self.model.n_group and self.init.kind in ("checkpoint", "from_hard", "from_single"):
             raise ValueError(f"init.kind={self.init.kind} copies layers stack by stack, which group layers do not "
                              "have; use random or motifs with model.sharing.group_layers")
-        if self.train.affinity_every and self.model.sharing.shared_layers == 0:
+        if self.train.affinity_every and self.model.n_shared == 0:
             raise ValueError("train.affinity_every measures affinity through shared layers; "
                              "model.sharing.shared_layers is 0")
         if self.schedule.order_by == "affinity" and not self.schedule.affinity:
@@ -331,6 +422,13 @@ class RunConfig(_Section):
                                   f"(e.g. model.sharing.strength)")
             flat = {k: v for k, v in flat.items() if not (k == key or k.startswith(key + "."))}
             flat[key] = value
+        # A preset names the trunk's lists: setting one fills them (unless given alongside), and
+        # setting a list by hand leaves the preset (the trunk is then the lists as given).
+        lists = [f"model.arch.{k}" for k in PRESET_KEYS]
+        if overrides.get("model.arch.preset") is not None:
+            flat = {k: v for k, v in flat.items() if k not in lists or k in overrides}
+        elif any(k in overrides for k in lists) and "model.arch.preset" not in overrides:
+            flat["model.arch.preset"] = None
         return RunConfig.from_flat(flat, source)
 
     def to_yaml(self) -> str:

@@ -26,7 +26,6 @@ import json
 import os
 import uuid
 from dataclasses import dataclass
-from itertools import product
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from mtlsweep.config.run import GBM_CACHE_DIR, GBM_FEATURES
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, log_odds
+from mtlsweep.data.kmers import kmer_names, window_index
 from mtlsweep.data.onehot import ALPHABET, N_CODE, codes_to_onehot_np, reverse_complement
 
 FEATURES = GBM_FEATURES
@@ -108,10 +108,6 @@ def motif_set_hash(motifs: Sequence[Motif]) -> str:
         pfm = np.ascontiguousarray(m.pfm, dtype="<f8")
         h.update(m.matrix_id.encode("utf-8") + b"\0" + str(pfm.shape).encode() + pfm.tobytes())
     return h.hexdigest()
-
-
-def kmer_names(k: int) -> list[str]:
-    return ["".join(p) for p in product(ALPHABET, repeat=k)]
 
 
 def width_groups(widths: Sequence[int], max_groups: int) -> list[np.ndarray]:
@@ -354,16 +350,8 @@ def gc_fraction(codes: np.ndarray) -> np.ndarray:
 def kmer_frequencies(codes: np.ndarray, k: int) -> np.ndarray:
     """[N, 4^k] float32: each forward-strand k-mer's share of the N-free windows (0 with none)."""
     codes = np.asarray(codes)
-    n, L = codes.shape
-    n_win = L - k + 1
-    if n_win < 1:
-        return np.zeros((n, 4 ** k), dtype=np.float32)
-    index = np.zeros((n, n_win), dtype=np.int64)
-    ok = np.ones((n, n_win), dtype=bool)
-    for j in range(k):
-        c = codes[:, j:j + n_win]
-        index = index * 4 + np.minimum(c, 3)
-        ok &= c < N_CODE
+    n = codes.shape[0]
+    index, ok = window_index(codes, k)
     flat = (np.arange(n, dtype=np.int64)[:, None] * 4 ** k + index)[ok]
     counts = np.bincount(flat, minlength=n * 4 ** k).reshape(n, 4 ** k).astype(np.float32)
     total = ok.sum(axis=1, keepdims=True)

@@ -31,9 +31,10 @@ import hashlib
 import json
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -85,6 +86,12 @@ class SynthSpec(BaseModel):
     motif_tax_group: str = "vertebrates"
     motif_release: Optional[str] = "JASPAR2026"              # pinned so that a seed means the same data next year
     motif_file: Optional[str] = None                         # JASPAR or MEME file used as the motif pool instead
+    # denovo: random PWMs drawn for this spec (columns ~ Dirichlet(denovo_alpha)) instead of a JASPAR pool
+    motif_source: Literal["jaspar", "denovo"] = "jaspar"
+    denovo_alpha: float = Field(0.15, gt=0.0, le=1.0)        # lower: more peaked columns
+    # "COLLECTION/tax_group" (CORE/vertebrates is what motif_gbm scans by default): no planted motif or decoy
+    # aligns with any of those at max_similarity or more, so a model that scans them gets no prior from them
+    avoid_motifs: Optional[str] = None
     min_ic: float = Field(10.0, ge=0.0)                      # bits over the whole motif
     min_width: int = Field(6, ge=1)
     max_width: int = 19                                      # Basset's first-layer filters are 19 wide
@@ -103,7 +110,8 @@ class SynthSpec(BaseModel):
     def _no_bools(cls, v, info):
         if isinstance(v, bool):                              # True is not 1 here
             raise ValueError("expected a number")
-        if isinstance(v, str) and v.lower() in ("none", "null") and info.field_name in ("motif_release", "motif_file"):
+        if isinstance(v, str) and v.lower() in ("none", "null") and info.field_name in ("motif_release", "motif_file",
+                                                                                       "avoid_motifs"):
             return None
         if isinstance(v, np.generic):
             return v.item()
@@ -138,6 +146,8 @@ class SynthSpec(BaseModel):
                            f"allowed: {', '.join(sorted(jaspar_releases))} or null (newest)")
         if self.motif_file is not None and not Path(self.motif_file).is_file():
             raise _Bad("motif_file", self.motif_file, "the file does not exist")
+        if self.avoid_motifs is not None and not re.fullmatch(r"[^/\s]+/[^/\s]+", self.avoid_motifs):
+            raise _Bad("avoid_motifs", self.avoid_motifs, "allowed: COLLECTION/tax_group, e.g. CORE/vertebrates")
         return self
 
     @property
@@ -163,6 +173,16 @@ class SynthSpec(BaseModel):
 class _Bad(ValueError):
     def __init__(self, field: str, value, allowed: str):
         super().__init__(f"{field}={value!r} is not allowed; {allowed}")
+
+
+def written_with(truth_path: Path, spec: SynthSpec) -> bool:
+    """Was the benchmark beside ``truth_path`` written from ``spec``? (A knob added since it was
+    written counts as its default, which the files were made with.)"""
+    try:
+        written = json.loads(Path(truth_path).read_text()).get("spec", {})
+        return spec_from_dict(written) == spec
+    except (OSError, ValueError, DataError):
+        return False
 
 
 def spec_from_dict(d: dict | None) -> SynthSpec:
@@ -243,8 +263,38 @@ def _site_model(m: Motif, spec: SynthSpec) -> _SiteModel | None:
                       possible + f + int(low.sum()), tail / tail[0])
 
 
-def _motif_pool(spec: SynthSpec) -> list[Motif]:
-    if spec.motif_file is not None:
+DENOVO_POOL = 1000      # candidate PWMs drawn for a de novo benchmark (enough for any spec that fits)
+
+
+def _denovo_pool(spec: SynthSpec, rng: np.random.Generator) -> list[Motif]:
+    """Random PWMs of widths min_width..max_width whose columns are Dirichlet(denovo_alpha) draws:
+    motifs like no known one (the similarity filters of _choose_motifs still apply)."""
+    out = []
+    for i in range(DENOVO_POOL):
+        width = int(rng.integers(spec.min_width, spec.max_width + 1))
+        pfm = rng.dirichlet(np.full(4, spec.denovo_alpha), size=width).T
+        pfm = np.maximum(pfm, 1e-3)
+        pfm = pfm / pfm.sum(axis=0)
+        pfm.setflags(write=False)
+        out.append(Motif(f"denovo{spec.seed}.{i:04d}", f"denovo_{i:04d}", pfm))
+    return out
+
+
+def avoided_motifs(spec: SynthSpec) -> list[Motif]:
+    """The motifs no planted motif may resemble (avoid_motifs), from the spec's JASPAR release."""
+    if spec.avoid_motifs is None:
+        return []
+    collection, tax_group = spec.avoid_motifs.split("/")
+    try:
+        return load_motifs(collection, tax_group, spec.motif_release)
+    except DataError as e:
+        raise DataError(f"synthetic spec: avoid_motifs={spec.avoid_motifs!r}: {e}") from None
+
+
+def _motif_pool(spec: SynthSpec, rng: np.random.Generator) -> list[Motif]:
+    if spec.motif_source == "denovo":
+        motifs = _denovo_pool(spec, rng)
+    elif spec.motif_file is not None:
         motifs = read_motif_file(spec.motif_file)
     else:
         try:
@@ -261,10 +311,15 @@ def _choose_motifs(spec: SynthSpec, rng: np.random.Generator) -> list[_SiteModel
     _SHARED_RESOLUTION of the planted sites), so that each task of a group can be given its own
     threshold without a jump in how many sites it responds to.
     """
-    pool = _motif_pool(spec)
+    pool = _motif_pool(spec, rng)
+    avoid = [m.pfm for m in avoided_motifs(spec)]
+    avoid_ids = {m.matrix_id.split(".")[0] for m in avoided_motifs(spec)}
     need_shared = spec.n_groups * spec.n_shared
     need_other = spec.n_activating - need_shared + spec.n_decoys
-    source = spec.motif_file or f"{spec.motif_release} {spec.motif_collection} {spec.motif_tax_group}"
+    source = ("de novo PWMs" if spec.motif_source == "denovo" else
+              spec.motif_file or f"{spec.motif_release} {spec.motif_collection} {spec.motif_tax_group}")
+    if spec.avoid_motifs:
+        source += f" outside {spec.avoid_motifs}"
     shared: list[_SiteModel] = []
     other: list[_SiteModel] = []
     order = rng.permutation(len(pool))
@@ -274,6 +329,9 @@ def _choose_motifs(spec: SynthSpec, rng: np.random.Generator) -> list[_SiteModel
         if len(shared) == need_shared and len(other) == need_other:
             break
         cand = pool[int(i)]
+        if avoid and (cand.matrix_id.split(".")[0] in avoid_ids or
+                      pfm_similarity_many(cand.pfm, avoid).max() >= spec.max_similarity):
+            continue
         if spec.max_similarity < 1.0 and (shared or other):
             taken = [c.motif.pfm for c in shared + other]
             if pfm_similarity_many(cand.pfm, taken).max() >= spec.max_similarity:

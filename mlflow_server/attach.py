@@ -59,19 +59,40 @@ def train_tracking(cfg: RunConfig, uri: str, run_dir: Path, data_fingerprint: st
     from mtlsweep.config.identity import FP_TAG, RUN_TAG, baseline_config, baseline_fingerprint, run_identity
     from mtlsweep.mlflow_server.registry import find_identical, load_baseline
     from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+    client = MlflowClient(uri)
+    run_id = None
+    if resume and (Path(run_dir) / RUN_ID_FILE).is_file():
+        run_id = (Path(run_dir) / RUN_ID_FILE).read_text().strip()
+        # Continued: its role, sweep and baseline stay what they were (a trial trained longer).
+        base_id = client.get_run(run_id).data.tags.get(RUN_TAG)
+        baseline = load_baseline(client, client.get_run(base_id)).auroc if base_id else None
+        return Tracking(uri, cfg.tracking.experiment, run_name=Path(run_dir).name, baseline=baseline, run_id=run_id)
     fp = baseline_fingerprint(cfg, data_fingerprint, tasks)
     tags = {"role": "train", "checkpoint": str(Path(run_dir) / "best.pt")}
     baseline = None
     if run_identity(cfg, data_fingerprint, tasks) == run_identity(baseline_config(cfg), data_fingerprint, tasks):
         tags.update({"role": "baseline", FP_TAG: fp})
     else:
-        client = MlflowClient(uri)
         run = find_identical(client, get_or_create_experiment(client, cfg.tracking.experiment), fp)
         if run is not None:
             baseline = load_baseline(client, run).auroc
             tags[RUN_TAG] = run.info.run_id
-    run_id = None
-    if resume and (Path(run_dir) / RUN_ID_FILE).is_file():
-        run_id = (Path(run_dir) / RUN_ID_FILE).read_text().strip()
-    return Tracking(uri, cfg.tracking.experiment, run_name=Path(run_dir).name, tags=tags, baseline=baseline,
-                    run_id=run_id)
+    return Tracking(uri, cfg.tracking.experiment, run_name=Path(run_dir).name, tags=tags, baseline=baseline)
+
+
+def continue_run(run_dir: Path, overrides: dict, uri: Optional[str], progress: bool = False):
+    """Train a finished or interrupted run longer (``overrides``: train.epochs, train.patience),
+    as `mtlsweep train --config RUN/config.yaml --resume RUN --set ...` does: the same checks
+    (its data, its config but for its budget), its own MLflow run continued. Returns the RunResult."""
+    from mtlsweep.config.run import load_config
+    from mtlsweep.data.store import open_dataset
+    from mtlsweep.training.engine import check_resume
+    from mtlsweep.training.run import run
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml", [f"{k}={v}" for k, v in overrides.items()])
+    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    tasks = list(store.task_names)
+    check_resume(cfg, run_dir, store.fingerprint, tasks)
+    tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, tasks, resume=True) if uri else None
+    callbacks, _ = run_callbacks(cfg, tracking)
+    return run(cfg, run_dir, callbacks=callbacks, store=store, resume=True, progress=progress)

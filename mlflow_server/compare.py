@@ -23,7 +23,10 @@ import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-FAMILIES = ("single", "hard", "soft", "branched", "control", "motif_gbm", "grouped")
+from mtlsweep.config.identity import REFERENCE_FAMILIES
+from mtlsweep.mlflow_server.run_logger import CONVERGED_TAG, CONVERGENCE_TAG, INNER_TUNING_TAG, RANGES_TAG
+
+FAMILIES = ("single", "hard", "soft", "branched", "control", "grouped", "motif_gbm", "kmer_linear")
 AUROC_PREFIX = "best/val/auroc/"
 CANDIDATE = "baseline_candidate"
 
@@ -64,6 +67,53 @@ class RunRow:
     def completed(self) -> bool:
         return self.status == "FINISHED" and not self.pruned and "orphaned" not in self.tags
 
+    # ---- certificates (training.certificates) -------------------------------------------
+    @property
+    def converged(self) -> Optional[bool]:
+        """None when the run carries no certificate (logged before runs had one, or never ended)."""
+        v = self.tags.get(CONVERGED_TAG)
+        return None if v is None else v == "yes"
+
+    def tuning_edges(self) -> list:
+        """The tuned values of this run at the edge of the range they were searched in: the
+        sweep's ranges (search_ranges) and what a reference family tuned in its own fit."""
+        from mtlsweep.training.certificates import tuning_edges
+        ranges = _json_tag(self.tags, RANGES_TAG)
+        chosen = {}
+        for k in ranges:
+            try:
+                chosen[k] = yaml.safe_load(self.params.get(k, "null"))
+            except yaml.YAMLError:
+                chosen[k] = None
+        inner = _json_tag(self.tags, INNER_TUNING_TAG)
+        ranges.update({k: {"values": v["values"]} for k, v in inner.items()})
+        chosen.update({k: v["chosen"] for k, v in inner.items()})
+        return tuning_edges(chosen, ranges)
+
+    def certificate(self) -> tuple[bool, str]:
+        """(certified, why not): converged and tuned to an interior optimum."""
+        why = []
+        if self.converged is None:
+            why.append("no convergence certificate")
+        elif not self.converged:
+            why.append(self.tags.get(CONVERGENCE_TAG, "not converged"))
+        why += [str(e) for e in self.tuning_edges()]
+        return not why, "; ".join(why)
+
+    @property
+    def data_key(self) -> tuple[str, str]:
+        """What a reference family's run shares with any baseline it can be compared with."""
+        return self.params.get("data.fingerprint", ""), self.params.get("data.task_names", "")
+
+
+def _json_tag(tags: dict, name: str) -> dict:
+    import json
+    try:
+        v = json.loads(tags.get(name) or "{}")
+    except ValueError:
+        return {}
+    return v if isinstance(v, dict) else {}
+
 
 def run_fingerprint(params: dict[str, str]) -> Optional[str]:
     """The fingerprint of the baseline a run must be compared with, from its logged params
@@ -99,18 +149,34 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
         if row.role == "baseline" and row.status == "FINISHED":
             by_id[row.run_id] = row
             by_fp.setdefault(row.tags.get("baseline_fp"), row)
+    by_data: dict[tuple, list[RunRow]] = {}
+    for row in by_id.values():
+        by_data.setdefault(row.data_key, []).append(row)
     for row in rows:
         row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else \
             (row.tags.get("compare_fp") or run_fingerprint(row.params))
         if row.role != "baseline":
             # A sweep names each trial's baseline (tuned or fixed); a lone run matches by identity.
             row.baseline = by_id.get(row.tags.get("baseline_run_id")) or by_fp.get(row.baseline_fp)
+            if row.baseline is None and row.family in REFERENCE_FAMILIES:
+                row.baseline = reference_baseline(row, by_data.get(row.data_key, []))
     if sweep:
         def in_sweep(x):
             return x.tags.get("mlflow.parentRunId") == sweep or x.tags.get("sweep") == sweep
         rows = [r for r in rows if in_sweep(r) or (r.role == "baseline" and any(x.baseline is r for x in rows
                                                                                  if in_sweep(x)))]
     return rows
+
+
+def reference_baseline(row: RunRow, baselines: list[RunRow]) -> Optional[RunRow]:
+    """A reference family (motif_gbm, kmer_linear) trains no CNN, so no CNN key of its config says
+    which towers it faces: any finished baseline on the same data and tasks will do; the one of
+    its seed if there is one, then the best on validation."""
+    if not baselines:
+        return None
+    same_seed = [b for b in baselines if b.params.get("train.seed") == row.params.get("train.seed")] or baselines
+    return max(same_seed, key=lambda b: b.m("best/val/auroc_mean") if math.isfinite(b.m("best/val/auroc_mean"))
+               else -math.inf)
 
 
 @dataclass
@@ -146,11 +212,13 @@ def wilcoxon_p(d: np.ndarray) -> float:
     return float(wilcoxon(d).pvalue)
 
 
-COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "auroc_median", "auprc_mean", "delta_auroc_mean",
-           "wilcoxon_p", "tasks_improved", "tasks_total", "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s",
-           "samples_per_s", "s_to_target", "n_params", "baseline"]
-TEXT_COLUMNS = ["run", "family", "role", "trials", "auroc_mean", "auprc_mean", "delta_auroc_mean", "wilcoxon_p",
-                "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap", "epoch_s", "baseline"]
+COLUMNS = ["run", "family", "role", "trials", "certified", "auroc_mean", "auroc_median", "auprc_mean",
+           "delta_auroc_mean", "wilcoxon_p", "tasks_improved", "tasks_total", "oracle_auroc", "gap_closed",
+           "train_val_gap", "epoch_s", "samples_per_s", "s_to_target", "n_params", "flops_per_seq", "baseline",
+           "certificate"]
+TEXT_COLUMNS = ["run", "family", "role", "trials", "certified", "auroc_mean", "auprc_mean", "delta_auroc_mean",
+                "wilcoxon_p", "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap", "n_params", "epoch_s",
+                "baseline"]
 
 
 def gap_closed(run: float, baseline: float, oracle: float) -> float:
@@ -183,24 +251,31 @@ def _trials(runs: list[RunRow]) -> str:
 
 def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
                client: Optional[MlflowClient] = None) -> list[dict]:
-    """The baseline(s), the best *completed* run of each family (a family with none says so),
-    then the top completed runs overall. Pruned, failed and orphaned runs are never chosen."""
+    """The baseline(s), the best *certified* run of each family (converged, tuned to an interior
+    optimum; without one its best completed run, labelled uncertified, or a line saying none
+    completed), then the top certified runs overall. Pruned, failed and orphaned runs are never
+    chosen; an uncertified run is shown, never ranked."""
     key = f"best/{metric}" if not metric.startswith(("best/", "test/")) else metric
     contenders = [r for r in rows if r.role not in ("baseline", CANDIDATE)]
     ranked = sorted([r for r in contenders if r.completed and math.isfinite(r.m(key))], key=lambda r: -r.m(key))
+    certified = [r for r in ranked if r.certificate()[0]]
     chosen: list[tuple[str, Optional[RunRow], str]] = []      # (role label, run or None, trials)
     for fam in FAMILIES:
         members = [r for r in contenders if r.family == fam]
         if not members:
             continue
-        best = next((r for r in ranked if r.family == fam), None)
-        chosen.append((f"best {fam}" if best else f"no completed {fam}", best, _trials(members)))
+        best = next((r for r in certified if r.family == fam), None)
+        label = f"best {fam}"
+        if best is None:        # shown with its certificate's "no": never ranked above a certified run
+            best = next((r for r in ranked if r.family == fam), None)
+            label = label if best else f"no completed {fam}"
+        chosen.append((label, best, _trials(members)))
     if not contenders:
         best = max((r for r in rows if r.role == "baseline" and math.isfinite(r.m(key))), key=lambda r: r.m(key),
                    default=None)
         if best is not None:
             chosen.append(("baseline", best, ""))
-    for r in ranked[:top]:
+    for r in certified[:top]:
         if all(r is not c for _, c, _ in chosen):
             chosen.append(("top", r, ""))
     for _, r, _ in list(chosen):
@@ -210,11 +285,14 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
     out = []
     for label, r, trials in chosen:
         if r is None:
-            out.append({c: math.nan for c in COLUMNS} | {"run": "-", "family": label.split()[-1], "role": label,
+            out.append({c: math.nan for c in COLUMNS} | {"run": f"({label})", "family": label.split()[-1], "role": label,
                                                           "trials": trials, "tasks_improved": "", "tasks_total": "",
-                                                          "n_params": "", "baseline": "", "_row": None, "_cmp": None})
+                                                          "n_params": "", "flops_per_seq": "", "baseline": "",
+                                                          "certified": "", "certificate": "", "_row": None,
+                                                          "_cmp": None})
             continue
         c = compare_to_baseline(r)
+        ok, why = r.certificate()
         base = r.baseline
         oracle = r.m("oracle/val/auroc_mean")
         out.append({
@@ -231,11 +309,19 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
             "s_to_target": seconds_to_target(client, r, base.m("best/val/auroc_mean") if base
                                              else (r.m("best/val/auroc_mean") if r.role == "baseline" else math.nan))
             if client is not None else math.nan,
-            "n_params": r.params.get("model.n_params", ""),
+            "n_params": _int(r.params.get("model.n_params")), "flops_per_seq": _int(r.params.get("model.flops_per_sample")),
+            "certified": "yes" if ok else "no", "certificate": why or "converged; every tuned value interior",
             "baseline": (base.name if base else ("-" if r.role == "baseline" else "no matching baseline")),
             "_row": r, "_cmp": c,
         })
     return out
+
+
+def _int(v) -> object:
+    try:
+        return int(float(v))
+    except (TypeError, ValueError):
+        return ""
 
 
 def caption(rows: list[dict]) -> str:
@@ -243,10 +329,16 @@ def caption(rows: list[dict]) -> str:
     protocols = sorted({r["_row"].tags.get("baseline_protocol", "") for r in rows
                         if r["_row"] is not None and r["role"] == "baseline"} - {""})
     lines = ["Validation AUROC at each run's best epoch; delta against the single-task baseline each run was "
-             "compared with; p: Wilcoxon signed-rank over tasks.",
-             "Best of a family: its best completed trial (trials: completed/all); pruned trials are never best."]
+             "compared with; p: Wilcoxon signed-rank over tasks; better: tasks improved.",
+             "Best of a family: its best certified trial, else its best completed one marked uncertified (trials: "
+             "completed/all); pruned trials are never best."]
     if protocols:
         lines.append("Baseline: " + "; ".join(protocols) + ".")
+    from mtlsweep.training.certificates import RULE, TUNING_RULE
+    lines.append(f"Certified (cert.): {RULE}, and {TUNING_RULE}. An uncertified run is shown, never ranked; "
+                 "params: parameters (tree nodes for motif_gbm).")
+    lines += [f"  not certified, {r['role']} {r['run']}: {r['certificate']}" for r in rows
+              if r.get("certified") == "no"]
     if any(r["role"] != "baseline" and math.isfinite(r.get("oracle_auroc", math.nan)) for r in rows):
         lines.append("oracle (oracle_auroc): the data's ceiling (true motifs and label rule); gap closed (gap_closed): "
                      "share of the baseline's gap to it that a run closes; train-val (train_val_gap): train minus "
@@ -306,10 +398,11 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
 
 # Short headers for the terminal (the CSV and HTML keep the column names); the caption says what they are.
 TEXT_LABELS = {"auroc_mean": "AUROC", "auprc_mean": "AUPRC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p",
-               "tasks_improved": "improved",
+               "tasks_improved": "better", "n_params": "params", "certified": "cert.",
                "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch"}
 # Columns the text table leaves out first when the terminal is narrow (all are in comparison.csv).
-OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_auroc", "auprc_mean", "baseline", "role")
+OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_auroc", "auprc_mean", "baseline",
+                 "family", "role", "n_params")     # a best run's role names its family
 
 
 def render_text(rows: list[dict], width: Optional[int] = None) -> str:
@@ -355,8 +448,8 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
     from mtlsweep.plots import subplots
     out = []
     fig, ax = subplots(figsize=(6, 4.2))
-    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown",
-                                 "tab:red")))
+    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red",
+                                 "tab:brown", "tab:olive")))
     for fam in FAMILIES:
         pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
         pts = [p for p in pts if all(map(math.isfinite, p))]

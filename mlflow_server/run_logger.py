@@ -24,6 +24,12 @@ from mtlsweep.config.run import RunConfig
 from mtlsweep.config.identity import model_family
 
 PARENT_TAG = "mlflow.parentRunId"
+# A run's certificates (training.certificates): converged yes/no and why; the ranges its tuned
+# values were searched in (set by a sweep) and what a reference family tuned inside its own fit.
+CONVERGED_TAG = "converged"
+CONVERGENCE_TAG = "convergence"
+RANGES_TAG = "search_ranges"
+INNER_TUNING_TAG = "inner_tuning"
 RUN_ID_FILE = "mlflow_run_id.txt"      # in the run directory: the run a resumed `mtlsweep train` continues
 # Artifacts rendered at the end of a run. Sweep trials skip the learning curves: MLflow charts
 # every logged metric's history itself, and each plot costs a trial ~0.3 s.
@@ -118,13 +124,16 @@ class MlflowRunLogger(Callback):
         self.cfg = cfg
         self.baseline = baseline
         self.experiment_id = get_or_create_experiment(self.client, experiment)
-        all_tags = {"family": model_family(cfg), "role": "trial"}
+        # A continued run keeps the role and tags it was created with (a sweep's trial resumed by
+        # `mtlsweep train --resume` to train it longer stays that sweep's trial).
+        all_tags = {"family": model_family(cfg), **({} if run_id else {"role": "trial"})}
         all_tags.update(tags or {})
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         # Epochs a continued run already logged (a trial killed after logging an epoch but before
         # its checkpoint replays that epoch on resume, with the same values): not sent twice.
         self.logged_epochs: set[int] = set()
+        self.new_epochs = 0              # epochs this process trained and logged (a resumed run's new ones)
         self.continued = run_id is not None
         if run_id is None:
             run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
@@ -154,6 +163,8 @@ class MlflowRunLogger(Callback):
         self.keys = sanitize_names(self.tasks)
         log = self._fast(run_dir)
         params = {k: param_value(v) for k, v in self.cfg.flatten().items()}
+        if self.cfg.model.capacity != "as_set" and "shared_width" in info:
+            params["model.shared_width_used"] = str(info["shared_width"])
         params.update({"model.family": model_family(self.cfg), "model.n_params": str(info["n_params"]),
                        "model.flops_per_sample": str(info["flops_per_sample"]),
                        "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
@@ -169,7 +180,10 @@ class MlflowRunLogger(Callback):
         from mtlsweep.config.identity import baseline_fingerprint
         # Every run carries the fingerprint of the baseline it must be compared with.
         compare_fp = baseline_fingerprint(self.cfg, str(info["data_fingerprint"]), self.tasks)
-        log.set_tags({**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp})
+        tags = {**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp}
+        if info.get("tuned"):         # what a reference family tuned inside its own fit, on validation
+            tags[INNER_TUNING_TAG] = json.dumps(info["tuned"])
+        log.set_tags(tags)
         ceiling = oracle_metrics(info.get("oracle"), self.tasks)
         if ceiling and not self.logged_epochs:      # a continued run logged them when it began
             log.log_metrics(self._rename(ceiling), step=0)
@@ -202,6 +216,7 @@ class MlflowRunLogger(Callback):
         self.history.append({"epoch": epoch, **m})
         if epoch in self.logged_epochs:
             return
+        self.new_epochs += 1
         if metrics.get("best"):
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
             m.update({f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)})
@@ -222,6 +237,10 @@ class MlflowRunLogger(Callback):
     def on_train_end(self, result):
         log = self._fast(result.run_dir)
         final = dict(result.test_summary)
+        if result.convergence is not None:
+            final["cert/converged"] = float(result.convergence.converged)
+            log.set_tags({CONVERGED_TAG: "yes" if result.convergence.converged else "no",
+                          CONVERGENCE_TAG: result.convergence.detail[:5000]})
         base = self._baseline_array()
         if base is not None and result.test is not None:
             final.update(delta_metrics(result.test.auroc, base, self.tasks, prefix="test"))
@@ -236,9 +255,10 @@ class MlflowRunLogger(Callback):
             self._spool_status("FINISHED", exc)
 
     def _already_tested(self) -> bool:
-        """A continued run whose end was logged before (a restart after its last epoch): its test
-        metrics are not sent a second time."""
-        if not self.continued:
+        """A continued run whose end was logged before and that trained nothing new (a restart after
+        its last epoch): its test metrics are not sent a second time. A run continued for more
+        epochs logs them again, at its new best epoch."""
+        if not self.continued or self.new_epochs:
             return False
         try:
             return bool(self.client.get_metric_history(self.run_id, "test/auroc_mean"))

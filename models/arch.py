@@ -1,8 +1,9 @@
 """The layer plan: names, shapes and sharing of every trunk layer, worked out from the config.
 
 Layer i (0-based) of the trunk is shared when ``i < shared_layers``; a group layer, stacked
-once per task group at full width, when ``shared_layers <= i < shared_layers + group_layers``
-(with groups); otherwise it is a tower layer, stacked once per task and scaled by ``width``. Convolutions have no padding and pool
+once per task group, when ``shared_layers <= i < shared_layers + group_layers`` (with groups);
+otherwise it is a tower layer, stacked once per task. Shared and group layers are scaled by
+``shared_width``, tower layers by ``width``; a pool of 0 is a global max-pool. Convolutions have no padding and pool
 with stride = width in ceil mode (Basset: 600 -> 582 -> 194 -> 184 -> 46 -> 40 -> 10).
 """
 from __future__ import annotations
@@ -51,8 +52,8 @@ def layer_names(cfg: ModelConfig) -> list[str]:
 
 def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
          n_groups: int = 0) -> tuple[list[LayerSpec], HeadSpec]:
-    arch, k = cfg.arch, cfg.sharing.shared_layers
-    m = cfg.sharing.group_layers if n_groups else 0
+    arch, k = cfg.arch, cfg.n_shared
+    m = cfg.n_group if n_groups else 0
 
     def role(i: int) -> tuple[bool, bool, int]:
         """(shared, grouped, stacks) of layer i."""
@@ -72,11 +73,12 @@ def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
                 f"model.arch.conv_widths: {name} has width {kernel} but its input is only {length} positions "
                 f"long (seq_len {seq_len}); use a longer sequence or narrower/fewer conv layers")
         conv_len = length - kernel + 1
+        pool = pool or conv_len                  # 0: one max over the whole length
         if conv_len < pool:
             raise ValueError(
                 f"model.arch.pool: {name} pools by {pool} but its output is only {conv_len} positions long "
                 f"(seq_len {seq_len}); use a longer sequence or smaller pools")
-        units = out if shared or grouped else scaled(out, cfg.width)
+        units = scaled(out, cfg.shared_width) if shared or grouped else scaled(out, cfg.width)
         out_len = math.ceil(conv_len / pool)
         specs.append(LayerSpec(name, "conv", shared, stacks, channels, units,
                                kernel, pool, length, conv_len, out_len, grouped=grouped))
@@ -84,7 +86,7 @@ def plan(cfg: ModelConfig, n_tasks: int, in_channels: int, seq_len: int,
     features = channels * length
     for j, out in enumerate(arch.dense):
         shared, grouped, stacks = role(i)
-        units = out if shared or grouped else scaled(out, cfg.width)
+        units = scaled(out, cfg.shared_width) if shared or grouped else scaled(out, cfg.width)
         specs.append(LayerSpec(f"fc{j + 1}", "dense", shared, stacks, features, units,
                                dropout=arch.dropout, grouped=grouped))
         features, i = units, i + 1

@@ -57,7 +57,7 @@ class Source:
 
     @property
     def shared_layers(self) -> int:
-        return self.cfg.sharing.shared_layers
+        return self.cfg.n_shared
 
     def is_shared(self, name: str) -> bool:
         return self.layer_names.index(name) < self.shared_layers

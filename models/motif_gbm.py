@@ -2,7 +2,7 @@
 
 One fit trains one model per task (or, with multi_output and xgboost, one vector-leaf model for
 all tasks) on data.motif_features tables, stopping early on the validation split, and predicts
-every split; training/gbm_runner.py turns a fit into a run like a CNN's. The models (xgboost
+every split; training/reference_runner.py turns a fit into a run like a CNN's. The models (xgboost
 JSON or joblib) and the motif set go to ``run_dir/gbm/``; ``GbmModel.load(run_dir)`` predicts
 from codes again.
 
@@ -12,7 +12,6 @@ a 5.6 MB CPU-only wheel; needed for multi_output).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ import numpy as np
 from mtlsweep.config.run import GbmConfig
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, load_motifs, read_motif_file
+from mtlsweep.models.threads import limited_threads
 from mtlsweep.data.motif_features import (FeatureOptions, MotifScanner, compute_features, feature_table,
                                           select_motifs, track_summary)
 
@@ -40,24 +40,6 @@ def feature_options(gbm: GbmConfig) -> FeatureOptions:
 # ----------------------------------------------------------------------------- backends
 
 
-@contextlib.contextmanager
-def _threads(n_jobs: Optional[int]):
-    """Cap torch and OpenMP threads (features, scikit-learn) for the run, then restore them."""
-    if n_jobs is None:
-        yield
-        return
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n_jobs)
-    try:
-        with threadpool_limits(limits=n_jobs):
-            yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
@@ -65,6 +47,7 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 class _SklearnTask:
     kind = "sklearn"
     suffix = ".joblib"
+    stopped = False          # early stopping ended the fit before n_estimators (set by fit)
 
     def __init__(self, est):
         self.est = est
@@ -83,7 +66,9 @@ class _SklearnTask:
             est.fit(X, y, X_val=Xv, y_val=yv)
         else:
             est.fit(X, y)
-        return cls(est)
+        out = cls(est)
+        out.stopped = stop and est.n_iter_ < gbm.n_estimators
+        return out
 
     @property
     def rounds(self) -> int:
@@ -113,6 +98,7 @@ class _XgbModel:
 
     kind = "xgboost"
     suffix = ".json"
+    stopped = False
 
     def __init__(self, booster):
         self.booster = booster
@@ -136,7 +122,7 @@ class _XgbModel:
                 kw["early_stopping_rounds"] = gbm.early_stopping_rounds
         booster = xgb.train(cls.params(gbm, seed), dtrain, num_boost_round=gbm.n_estimators,
                             verbose_eval=False, **kw)
-        return cls(_best(booster))
+        return cls.stopping(booster, gbm)
 
     @classmethod
     def fit_multi(cls, gbm: GbmConfig, seed: int, X, Y, Xv, Yv, active: np.ndarray) -> "_XgbModel":
@@ -174,7 +160,14 @@ class _XgbModel:
                 kw["early_stopping_rounds"] = gbm.early_stopping_rounds
         booster = xgb.train(params, dtrain, num_boost_round=gbm.n_estimators, obj=objective,
                             verbose_eval=False, **kw)
-        return cls(_best(booster))
+        return cls.stopping(booster, gbm)
+
+    @classmethod
+    def stopping(cls, booster, gbm: GbmConfig) -> "_XgbModel":
+        """The booster cut at its best round; ``stopped``: early stopping ended it before the cap."""
+        out = cls(_best(booster))
+        out.stopped = gbm.early_stopping_rounds is not None and booster.num_boosted_rounds() < gbm.n_estimators
+        return out
 
     @property
     def rounds(self) -> int:
@@ -258,7 +251,7 @@ def _atomic(path: Path, write) -> None:
 
 @dataclass
 class GbmFit:
-    """Everything one fit produced; training.gbm_runner turns it into a RunResult."""
+    """Everything one fit produced; training.reference_runner turns it into a RunResult."""
     task_names: list[str]
     backend: str
     feature_names: list[str]
@@ -266,6 +259,7 @@ class GbmFit:
     multi: Optional[Any]                   # the one model (multi_output mode)
     skipped: list[int]                     # tasks with one class (or none) among known train labels
     rounds: dict[int, int]
+    stopped: dict[int, bool]               # task -> early stopping ended its fit before the round cap
     probs: dict[str, np.ndarray]           # split -> [N, T] (0.5 in skipped columns)
     timings: dict[str, float]
     n_nodes: int
@@ -273,6 +267,31 @@ class GbmFit:
     n_motifs: int
     features_cached: bool
     motifs: list[Motif] = field(default_factory=list)
+    gbm: Optional[GbmConfig] = None
+
+    # What training.reference_runner reads of every reference family's fit.
+    @property
+    def n_params(self) -> int:
+        return self.n_nodes
+
+    def tuned(self) -> dict[str, dict]:
+        return {}                          # nothing tuned inside a fit: early stopping sets the rounds
+
+    def metrics(self) -> dict[str, float]:
+        return {"cost/features_cached": float(self.features_cached),
+                "gbm/n_features": float(len(self.feature_names)), "gbm/n_motifs": float(self.n_motifs),
+                "gbm/tasks_skipped": float(len(self.skipped)),
+                "gbm/rounds_mean": float(np.mean(list(self.rounds.values()))) if self.rounds else float("nan")}
+
+    def info(self) -> dict:
+        return {"backend": self.backend, "n_features": len(self.feature_names), "n_motifs": self.n_motifs}
+
+    def convergence_terms(self) -> tuple[str, str]:
+        return ("early stopping ended the boosting before gbm.n_estimators",
+                "raise gbm.n_estimators (or set gbm.early_stopping_rounds)")
+
+    def save(self, run_dir: Path) -> Path:
+        return save_models(self, self.gbm, run_dir)
 
 
 # ----------------------------------------------------------------------------- fitting
@@ -313,7 +332,7 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
     X: dict[str, np.ndarray] = {}
     names: list[str] = []
     before = _cache_counts()
-    with _threads(gbm.n_jobs):
+    with limited_threads(gbm.n_jobs):
         for s in splits:
             t0 = time.perf_counter()
             X[s], names = feature_table(store, s, scanner, options, cache_dir=gbm.cache_dir, progress=progress)
@@ -326,10 +345,12 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
         models: dict[int, Any] = {}
         multi = None
         rounds: dict[int, int] = {}
+        stopped: dict[int, bool] = {}
         t0 = time.perf_counter()
         if gbm.multi_output:
             multi = _XgbModel.fit_multi(gbm, seed, X["train"], Y["train"], X["valid"], Y["valid"], active)
             rounds = {t: multi.rounds for t in range(T) if active[t]}
+            stopped = {t: multi.stopped for t in rounds}
         else:
             cls = _XgbModel if backend == "xgboost" else _SklearnTask
             tasks = [t for t in range(T) if active[t]]
@@ -345,6 +366,7 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
                 yv = Y["valid"][vknown, t] if vknown.any() else None
                 models[t] = cls.fit(gbm, seed, Xt, Y["train"][known, t], Xv, yv)
                 rounds[t] = models[t].rounds
+                stopped[t] = models[t].stopped
         timings["fit_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -359,8 +381,8 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
         timings["predict_s"] = time.perf_counter() - t0
     n_nodes = multi.n_nodes() if multi is not None else sum(m.n_nodes() for m in models.values())
     flops = 2 * scanner.macs_per_sample(store.seq_len) if scanner is not None else 0
-    return GbmFit(list(store.task_names), backend, names, models, multi, skipped, rounds, probs,
-                  timings, n_nodes, flops, len(motifs), cached, list(motifs))
+    return GbmFit(list(store.task_names), backend, names, models, multi, skipped, rounds, stopped, probs,
+                  timings, n_nodes, flops, len(motifs), cached, list(motifs), gbm)
 
 
 def _with_tracks(X: np.ndarray, names: list[str], values: np.ndarray, store_tracks: Sequence[str],

@@ -37,6 +37,7 @@ from mtlsweep.config.run import ModelConfig
 
 from . import flops as _flops
 from .arch import plan
+from .capacity import match_towers
 from .couplings import PENALTIES, CrossStitch, check_coupling, nuclear, penalty, spread, unfold
 from .layers import StackedConv, StackedDense, StackedHead
 from .seeding import SHARED, TOWERS, make_generator, stable_seed, stream_name
@@ -70,9 +71,9 @@ class MultiTaskNet(nn.Module):
         self.seed = seed
         if task_channels not in (0, self.n_tasks):
             raise ValueError(f"task_channels is {task_channels}; allowed: 0 or one per task ({self.n_tasks})")
-        if task_channels and cfg.sharing.shared_layers > 0:
+        if task_channels and cfg.n_shared > 0:
             raise ValueError(f"data.task_tracks gives each task its own track, but model.sharing.shared_layers="
-                             f"{cfg.sharing.shared_layers} shares the first layer, which would see every task's "
+                             f"{cfg.n_shared} shares the first layer, which would see every task's "
                              f"track; per-task tracks need shared_layers 0 (towers or a soft coupling), or give "
                              f"the tracks to all tasks with data.tracks")
         self.task_channels = task_channels
@@ -83,10 +84,11 @@ class MultiTaskNet(nn.Module):
                              "use per-task tracks without model.sharing.group_layers")
         n_groups = max(self.groups) + 1 if self.groups is not None else 0
         layer_in = self.common_channels + (1 if task_channels else 0)
+        self.cfg = cfg = match_towers(cfg, self.n_tasks, layer_in, seq_len, n_groups)
         self.specs, self.head_spec = plan(cfg, self.n_tasks, layer_in, seq_len, n_groups)
         self.layer_names: list[str] = [s.name for s in self.specs]
-        self.shared_layers: int = cfg.sharing.shared_layers
-        m = cfg.sharing.group_layers if self.groups is not None else 0
+        self.shared_layers: int = cfg.n_shared
+        m = cfg.n_group if self.groups is not None else 0
         self.shared_layer_names = self.layer_names[:self.shared_layers]
         self.group_layer_names = self.layer_names[self.shared_layers:self.shared_layers + m]
         self.tower_layer_names = self.layer_names[self.shared_layers + m:]
@@ -115,7 +117,7 @@ class MultiTaskNet(nn.Module):
         self._init_random()
 
     def _check_groups(self, cfg: ModelConfig, groups: Optional[Sequence[int]]) -> Optional[list[int]]:
-        if not cfg.sharing.group_layers:
+        if not cfg.n_group:
             return None
         if groups is None:
             raise ValueError("model.sharing.group_layers needs the group of every task (model.sharing.groups)")

@@ -22,9 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from mtlsweep.config.identity import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Protocol, baseline_config, baseline_fingerprint, comparison_key, is_regularization, run_config)
+from mtlsweep.config.identity import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Protocol, baseline_config, baseline_fingerprint, comparison_key, is_regularization, is_tuned_alike, run_config)
 
 from mtlsweep.mlflow_server.registry import (Baseline, best_on_validation, find_baseline, find_identical, load_baseline)
+from mtlsweep.mlflow_server.run_logger import RANGES_TAG
 from mtlsweep.search.grid import GridSpace
 from mtlsweep.search.space import SearchSpace
 from mtlsweep.config.errors import ConfigError
@@ -63,11 +64,14 @@ def sweep_protocol(args, space, cfg: RunConfig, num_samples: int) -> tuple[Proto
     """The sweep's protocol and, for a tuned Optuna sweep, the baseline's own search space."""
     if isinstance(space, GridSpace):
         keys = tuple(space.tune)
+        own = tuple(dict.fromkeys(k for o in space.variants.values() for k in o if is_regularization(k)
+                                  and k not in keys))
         if args.baseline == "fixed" or not keys:
-            return Protocol("fixed", keys, 1, json.dumps({k: cfg.flatten()[k] for k in keys}, default=str)), None
+            return Protocol("fixed", keys, 1, json.dumps({k: cfg.flatten()[k] for k in keys}, default=str),
+                            own), None
         n = math.prod(len(v) for v in space.tune.values())
-        return Protocol("tuned", keys, n, json.dumps(space.tune, sort_keys=True, default=str)), None
-    sub = space.subspace(is_regularization)
+        return Protocol("tuned", keys, n, json.dumps(space.tune, sort_keys=True, default=str), own), None
+    sub = space.subspace(is_tuned_alike)
     keys = tuple(d.key for d in sub.dims)
     flat = cfg.flatten()
     if args.baseline == "fixed" or not keys:
@@ -88,8 +92,11 @@ def needed_keys(sweep: Sweep, space, protocol: Protocol) -> dict[str, RunConfig]
     else:
         seeds = list(sweep.args.baseline_seeds) or [sweep.cfg.train.seed]
         configs = [sweep.cfg.with_overrides({"train.seed": s}) for s in seeds]
+    base = sweep.cfg.flatten()
     for c in configs:
-        out.setdefault(sweep.key(c, protocol.keys), baseline_config(c))
+        # Keys a variant sets for itself are the base config's for the towers it is compared with.
+        out.setdefault(sweep.key(c, protocol.free),
+                       baseline_config(c).with_overrides({k: base[k] for k in protocol.own}, source="baseline"))
     return out
 
 
@@ -123,19 +130,22 @@ def ensure_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Op
                                for point in space.tune_points()]
     else:
         candidates = {key: [bcfg] for key, bcfg in todo.items()}
-    found.update(train_and_choose(sweep, candidates, protocol))
+    found.update(train_and_choose(sweep, candidates, protocol,
+                                  space.ranges() if isinstance(space, GridSpace) else None))
     return found
 
 
-def _tags(protocol: Protocol, key: str, fp: str, role: str, seed: int) -> dict[str, str]:
+def _tags(protocol: Protocol, key: str, fp: str, role: str, seed: int, ranges: Optional[dict] = None) -> dict[str, str]:
     return {ROLE_TAG: role, FP_TAG: fp, KEY_TAG: key, PROTOCOL_TAG: protocol.describe(),
             PROTOCOL_FP_TAG: protocol.fingerprint, "family": "single",
-            "mlflow.runName": f"baseline-{fp[:8]}-s{seed}"}
+            "mlflow.runName": f"baseline-{fp[:8]}-s{seed}", **({RANGES_TAG: json.dumps(ranges)} if ranges else {})}
 
 
-def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], protocol: Protocol) -> dict[str, Baseline]:
+def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], protocol: Protocol,
+                     ranges: Optional[dict] = None) -> dict[str, Baseline]:
     """Train every candidate not already finished (at once, as the cluster allows), then keep
-    the best on validation for each key: it becomes role=baseline, the others candidates."""
+    the best on validation for each key: it becomes role=baseline, the others candidates.
+    ``ranges``: what the candidates of a key were tuned over (a grid's tune: lists)."""
     import ray
     client, log = sweep.client, sweep.log
     pending = []
@@ -144,6 +154,7 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
             fp = sweep.fingerprint(c)
             if find_identical(client, sweep.experiment_id, fp, roles=("baseline", CANDIDATE)) is not None:
                 continue
+            close_interrupted(client, sweep.experiment_id, fp)
             what = f"{len(cands)} candidates, " if len(cands) > 1 else ""
             log(f"baseline (seed {c.train.seed}, key {key}, {what}fingerprint {fp}): training single-task towers "
                 f"for {sweep.store_of(c).n_tasks} tasks")
@@ -151,7 +162,8 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
             run_dir.mkdir(parents=True, exist_ok=True)
             role = "baseline" if len(cands) == 1 else CANDIDATE
             pending.append(train_reference(c, sweep.store_of(c), run_dir, sweep.tracking_uri, c.tracking.experiment,
-                                           _tags(protocol, key, fp, role, c.train.seed),
+                                           _tags(protocol, key, fp, role, c.train.seed,
+                                                 ranges if len(cands) > 1 else None),
                                            sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
     ray.get(pending)
     out = {}
@@ -167,6 +179,17 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
             log(f"baseline (key {key}): kept {best.info.run_name} of {len(cands)} candidates "
                 f"(val AUROC {best.data.metrics['best/val/auroc_mean']:.4f})")
     return out
+
+
+def close_interrupted(client, experiment_id: str, fp: str) -> None:
+    """A baseline (or candidate) of this identity still RUNNING when it is about to be trained was
+    interrupted with the driver that started it (a Ray task dies with it): KILLED and tagged, so
+    the rerun that trains it again leaves one finished run, not a second one beside a ghost."""
+    for r in client.search_runs([experiment_id], max_results=100, filter_string=(
+            f"tags.{FP_TAG} = '{fp}' and attributes.status = 'RUNNING'")):
+        if r.data.tags.get(ROLE_TAG) in ("baseline", CANDIDATE):
+            client.set_tag(r.info.run_id, "orphaned", "driver stopped before the run ended")
+            client.set_terminated(r.info.run_id, "KILLED")
 
 
 def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
@@ -194,7 +217,7 @@ def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol:
     ctx = SweepContext(base=bcfg.flatten(), tracking_uri=sweep.tracking_uri, experiment=bcfg.tracking.experiment,
                        parent_run_id=sweep.parent_id, sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
                        role=CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
-                       ray_logs=sweep.args.verbose >= 2)
+                       ray_logs=sweep.args.verbose >= 2, ranges=space.ranges())
     fit(sweep, ctx, space, protocol.trials, name)
     runs = sweep.client.search_runs(
         [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' "
@@ -210,13 +233,14 @@ def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol:
 
 
 def train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, experiment: str,
-                    tags: dict[str, str], cpus: float, gpus: float):
-    """Start one reference run (a baseline) as a Ray task, so on a cluster it lands on a worker;
-    returns its object ref (the MLflow run id), so that several train at once."""
+                    tags: dict[str, str], cpus: float, gpus: float, baseline: Optional[dict] = None):
+    """Start one run outside Tune's trials (a baseline, a reference family) as a Ray task, so on a
+    cluster it lands on a worker; returns its object ref (the MLflow run id), so that several train
+    at once. ``baseline``: task -> validation AUROC of the baseline it is compared with."""
     import ray
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
-    def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags):
+    def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags, baseline):
         import torch
         torch.set_num_threads(max(1, int(cpus)))
         from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
@@ -225,8 +249,8 @@ def train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, exp
         c = RunConfig.from_flat(cfg_flat)
         tags = {**tags, "checkpoint": str(Path(run_dir) / "best.pt")}
         callbacks, logger = run_callbacks(c, Tracking(tracking_uri, experiment, run_name=tags.get("mlflow.runName"),
-                                                      tags=tags, async_=False))
+                                                      tags=tags, async_=False, baseline=baseline))
         run(c, run_dir, store=store, callbacks=[*callbacks, ConsoleReporter(sys.stdout)], progress=False)
         return logger.run_id
 
-    return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags)
+    return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags, baseline)

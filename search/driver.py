@@ -49,6 +49,7 @@ class SweepArgs:
     baseline: str = "tuned"                # tuned: its own search, as each family; fixed: the base config's
     baseline_trials: Optional[int] = None  # default: the trials of each family
     max_failures: int = 2
+    references: Sequence[str] = ()         # reference families fitted once per data set beside the trials
     overrides: Sequence[str] = ()
     extra_callbacks: tuple = ()
     verbose: int = 1
@@ -85,6 +86,9 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
         raise ConfigError(f"--baseline {args.baseline!r}: use tuned (its own search, as each family) or fixed")
     if args.baseline_trials is not None and args.baseline_trials < 1:
         raise ConfigError("--baseline-trials must be >= 1")
+    from mtlsweep.search.references import parse_references, reference_config
+    for name in parse_references(",".join(args.references)):
+        reference_config(cfg, name, cfg.data.path, args.cpus_per_trial)
     return cfg, space
 
 
@@ -116,20 +120,37 @@ def _check_task_choices(space: "SearchSpace | GridSpace", stores: dict) -> None:
                                       f"indices 0..{len(names) - 1} or names such as {', '.join(names[:3])})")
 
 
+def _check_trunks(space: "SearchSpace | GridSpace", base: RunConfig, stores: dict) -> None:
+    """Every trunk the design may build (each model.arch.preset it names, the base's own) fits
+    the sequences of every data set: refused here, before any trial, not as failed trials."""
+    from mtlsweep.models.arch import plan
+    if isinstance(space, GridSpace):
+        presets = [o["model.arch.preset"] for o in space.variants.values() if o.get("model.arch.preset")]
+        presets += [v for k, vs in space.axes.items() if k == "model.arch.preset" for v in vs if v]
+    else:
+        presets = [v for d in space.dims if d.key == "model.arch.preset" for v in (d.values or []) if v]
+    for preset in [None, *dict.fromkeys(presets)]:
+        cfg = base.with_overrides({"model.arch.preset": preset}) if preset else base
+        for path, store in stores.items():
+            try:
+                plan(cfg.model.model_copy(update={"sharing": cfg.model.sharing.model_copy(
+                    update={"shared_layers": 0})}), store.n_tasks, 4, store.seq_len)
+            except ValueError as exc:
+                where = f"model.arch.preset={preset}" if preset else "the base config's trunk"
+                raise ConfigError(f"{space.source}: {where} does not fit {path} ({store.seq_len} bp): "
+                                  f"{str(exc).splitlines()[0]}") from None
+
+
 def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
-    """Connect to a running cluster when there is one (address, RAY_ADDRESS or 'auto'), else
-    start an embedded one on this machine's cores."""
+    """Connect to the cluster named (--address ADDR|auto, or RAY_ADDRESS), else start an embedded
+    one on this machine's cores: never a cluster nobody named, which may be another sweep's and
+    end under this one."""
     import ray
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    try:
-        ray.init(address="auto", log_to_driver=True)
-        return
-    except (ConnectionError, RuntimeError, ValueError):
-        pass
     start_embedded(num_cpus)
 
 
@@ -155,6 +176,17 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
 
     cfg, space = _validate(args)                       # before any cluster work
     grid = isinstance(space, GridSpace)
+    # Trials chdir into their own directories: every path they read must be absolute.
+    absolute = {"data.path": cfg.data.path, "train.out_dir": cfg.train.out_dir, "gbm.cache_dir": cfg.gbm.cache_dir,
+                "gbm.motif_file": cfg.gbm.motif_file}
+    cfg = cfg.with_overrides({k: str(Path(v).resolve()) for k, v in absolute.items() if v and "://" not in v})
+    if grid:      # a design may cross data sets: every path absolute, every store opened once
+        space.resolve_paths()
+    paths = [cfg.data.path] + (space.data_paths() if grid else [])
+    # The data, and what the design asks of it, are checked before anything is written.
+    stores = {p: open_dataset(p).select_tasks(cfg.data.tasks) for p in dict.fromkeys(paths)}
+    _check_task_choices(space, stores)
+    _check_trunks(space, cfg, stores)
     num_samples = args.num_samples or (1 if grid else 12)
     workspace = Path(args.workspace).resolve()
     tracking_uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir=str(workspace))
@@ -169,15 +201,6 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     if args.resume and not restoring:
         raise ConfigError(f"--resume: no sweep named {name!r} in {state_file.parent}")
 
-    # Trials chdir into their own directories: every path they read must be absolute.
-    absolute = {"data.path": cfg.data.path, "train.out_dir": cfg.train.out_dir, "gbm.cache_dir": cfg.gbm.cache_dir,
-                "gbm.motif_file": cfg.gbm.motif_file}
-    cfg = cfg.with_overrides({k: str(Path(v).resolve()) for k, v in absolute.items() if v and "://" not in v})
-    if grid:      # a design may cross data sets: every path absolute, every store opened once
-        space.resolve_paths()
-    paths = [cfg.data.path] + (space.data_paths() if grid else [])
-    stores = {p: open_dataset(p).select_tasks(cfg.data.tasks) for p in dict.fromkeys(paths)}
-    _check_task_choices(space, stores)
     if args.gpus_per_trial > 0 and cfg.train.device == "cpu":
         cfg = cfg.with_overrides({"train.device": "auto"})
     protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
@@ -217,10 +240,14 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
                        parent_run_id=parent_id, sweep_name=name, references=references,
                        extra_callbacks=tuple(args.extra_callbacks), cpus_per_trial=args.cpus_per_trial,
                        variants=space.variants if grid else {}, families={} if grid else space.families,
-                       baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.keys,
-                       ray_logs=args.verbose >= 2)
+                       baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.free,
+                       ray_logs=args.verbose >= 2, ranges=space.ranges())
     results = fit(sweep, ctx, space, num_samples, name)
     n_errors = sum(1 for r in results if r.error is not None)
+    if args.references:
+        from mtlsweep.search.references import fit_references
+        fit_references(sweep, list(args.references), (space.data_paths() if grid else []) or [cfg.data.path],
+                       baselines, protocol.free)
     from mtlsweep.search.summary import summarize_sweep
     summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, workspace / "compare" / name, log=log)
     client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")

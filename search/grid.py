@@ -57,6 +57,10 @@ class GridSpace:
         return [{VARIANT_KEY: name, **dict(zip(keys, combo))}
                 for name in names for combo in itertools.product(*axes.values())]
 
+    def ranges(self) -> dict[str, dict]:
+        """The tune: lists, the ranges the certificate judges a chosen value against."""
+        return {k: {"values": list(v)} for k, v in self.tune.items()}
+
     def tune_points(self) -> list[dict[str, Any]]:
         """Every combination of the tune: values ([{}] when there are none)."""
         return [dict(zip(self.tune, combo)) for combo in itertools.product(*self.tune.values())]
@@ -134,9 +138,9 @@ def parse_grid(tree: dict, source: str = "space") -> GridSpace:
     both = sorted(set(grid) & set(tune))
     if both:
         raise ConfigError(f"{source}: {both[0]}: in both grid and tune; a key is either crossed or tuned")
-    from mtlsweep.config.identity import is_regularization
+    from mtlsweep.config.identity import is_tuned_alike
     for key in tune:
-        if not is_regularization(key):
-            raise ConfigError(f"{source}: tune.{key}: only optimizer and regularization keys are tuned "
-                              "(optim.*, model.arch.dropout, data.batch_size); cross it under grid: instead")
+        if not is_tuned_alike(key):
+            raise ConfigError(f"{source}: tune.{key}: only optimizer, regularization and architecture keys are "
+                              "tuned (optim.*, model.arch.*, data.batch_size); cross it under grid: instead")
     return GridSpace({str(n): dict(o or {}) for n, o in variants.items()}, grid, source, tune)

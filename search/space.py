@@ -61,6 +61,13 @@ class Dimension:
             return list(self.values)
         return [self.low, self.high]
 
+    def range_spec(self) -> Optional[dict]:
+        """What training.certificates.edge reads to tell whether a chosen value sits at the edge of
+        this dimension; None for a categorical choice (unordered: it has no edge)."""
+        if self.type == "categorical":
+            return None
+        return {"low": self.low, "high": self.high, "log": self.log, **({"int": True} if self.type == "int" else {})}
+
 
 def _holds(op: str, arg: Any, value: Any) -> bool:
     if op == "eq":
@@ -104,6 +111,10 @@ class SearchSpace:
             if fam not in found:
                 found.append(fam)
         return found or [model_family(base)]
+
+    def ranges(self) -> dict[str, dict]:
+        """key -> its searched range, for every ordered dimension (the tuning certificate's input)."""
+        return {d.key: d.range_spec() for d in self.dims if d.range_spec() is not None}
 
     def subspace(self, keep) -> "SearchSpace":
         """The dimensions whose key (and every condition's key) ``keep`` accepts; no families."""

@@ -1,6 +1,6 @@
 """The sweep's entry script. The same arguments work with
 
-    ray submit search/clusters/aws-gpu.yaml search/sweep.py -- --base B.yaml --space S.yaml
+    ray submit search/clusters/aws-gpu.yaml search/sweep.py -- --address auto --base B.yaml --space S.yaml
     ray job submit --working-dir . -- python -m mtlsweep.search.sweep --base B.yaml --space S.yaml
     python -m mtlsweep.search.sweep --base B.yaml --space S.yaml      (embedded Ray on this machine)
 
@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="sweep name (rerun with the same name to resume it)")
     p.add_argument("--storage", help="Ray Tune storage path: local, NFS or s3:// (default workspace/ray_results)")
     p.add_argument("--resume", action="store_true", help="continue the sweep called --name")
-    p.add_argument("--address", help="Ray cluster address (default: running cluster, else embedded)")
+    p.add_argument("--address", help="Ray cluster to attach to: ADDR or auto (default: an embedded cluster of this "
+                   "process; RAY_ADDRESS also names one)")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: config, MLFLOW_TRACKING_URI, local SQLite)")
     p.add_argument("--workspace", default="workspace", help="local state: baselines, sweep state, default storage")
     p.add_argument("--seed", type=int, default=0, help="Optuna sampler seed")
@@ -39,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "fixed: the base config's setting")
     p.add_argument("--baseline-trials", type=int, help="trials of the tuned baseline's search (default: as each family)")
     p.add_argument("--max-failures", type=int, default=2, help="retries of a failing trial from its checkpoint")
+    p.add_argument("--references", default="", metavar="FAMILIES",
+                   help="reference families fitted once per data set beside the trials and compared with the same "
+                        "baseline: motif_gbm, kmer_linear (comma-separated)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     p.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], default=1,
                    help="Ray Tune's verbosity; 2 and up also shows Ray's per-checkpoint log lines")
@@ -46,13 +50,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def args_from_namespace(ns):
     from mtlsweep.search.driver import SweepArgs
+    from mtlsweep.search.references import parse_references
     return SweepArgs(base=ns.base, space=ns.space, num_samples=ns.num_samples, max_concurrent=ns.max_concurrent,
                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial, scheduler=ns.scheduler,
                      grace_period=ns.grace_period, objective=ns.objective, name=ns.name, storage=ns.storage,
                      resume=ns.resume, address=ns.address, tracking_uri=ns.tracking_uri, workspace=ns.workspace,
                      seed=ns.seed, baseline_seeds=ns.baseline_seeds, baseline=ns.baseline,
                      baseline_trials=ns.baseline_trials, max_failures=ns.max_failures,
-                     overrides=ns.set, verbose=ns.verbose)
+                     references=parse_references(ns.references), overrides=ns.set, verbose=ns.verbose)
 
 
 def run(ns) -> int:

@@ -6,6 +6,7 @@ MLflow run. Per-task metrics go to MLflow, not to Tune, to keep Tune's results s
 """
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ class SweepContext:
     baselines: dict[str, tuple[str, dict[str, float]]] = field(default_factory=dict)
     tuned_keys: tuple[str, ...] = ()               # what the baselines were tuned over
     role: str = "trial"                            # "baseline_candidate" in a tuned baseline's search
+    ranges: dict[str, dict] = field(default_factory=dict)       # key -> its searched range (certificates)
     ray_logs: bool = False                         # Ray Train's per-checkpoint INFO lines (Tune verbose >= 2)
 
 
@@ -54,25 +56,26 @@ def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
     from mtlsweep.search.grid import VARIANT_KEY
-    flat = dict(ctx.base)
+    from mtlsweep.search.space import FAMILY_KEY
+    over: dict[str, Any] = {}
     if VARIANT_KEY in sampled:
         name = sampled[VARIANT_KEY]
         if name not in ctx.variants:
             raise ValueError(f"trial asks for variant {name!r}, which this sweep does not define")
-        flat.update(ctx.variants[name])
+        over.update(ctx.variants[name])
         sampled = {k: v for k, v in sampled.items() if k != VARIANT_KEY}
-    from mtlsweep.search.space import FAMILY_KEY
     if FAMILY_KEY in sampled:
         if sampled[FAMILY_KEY] not in ctx.families:
             raise ValueError(f"trial asks for family {sampled[FAMILY_KEY]!r}, which this sweep does not define")
-        flat.update(ctx.families[sampled[FAMILY_KEY]])
-    flat.update(to_overrides(sampled))
-    ck = flat.get("init.checkpoint")
+        over.update(ctx.families[sampled[FAMILY_KEY]])
+    over.update(to_overrides(sampled))
+    ck = over.get("init.checkpoint", ctx.base.get("init.checkpoint"))
     if isinstance(ck, str) and ck in REFERENCES:
         if ck not in ctx.references:
             raise ValueError(f"init.checkpoint={ck}: this sweep has no {ck[1:]} reference run")
-        flat["init.checkpoint"] = ctx.references[ck]
-    return RunConfig.from_flat(flat, source="trial config")
+        over["init.checkpoint"] = ctx.references[ck]
+    # with_overrides, not a dict update: a preset in the overrides sets the trunk lists with it.
+    return RunConfig.from_flat(ctx.base, source="trial config").with_overrides(over, source="trial config")
 
 
 class TuneReporter(Callback):
@@ -181,13 +184,16 @@ def _report_finished(run, tracking_uri: str) -> None:
         tune.report(last, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, trial_dir: Path,
+def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, run_dir: Path,
               run_id: Optional[str], config_fp: Optional[str] = None):
     from mtlsweep.config.identity import CONFIG_FP_TAG, KEY_TAG, RUN_TAG, comparison_key
     from mtlsweep.mlflow_server.attach import Tracking
-    from mtlsweep.mlflow_server.run_logger import TRIAL_PLOTS
+    from mtlsweep.mlflow_server.run_logger import RANGES_TAG, TRIAL_PLOTS
+    from mtlsweep.search.space import NOT_APPLICABLE
+    ranges = {k: v for k, v in ctx.ranges.items() if k in config and config[k] != NOT_APPLICABLE}
     tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
             **({CONFIG_FP_TAG: config_fp} if config_fp else {}),
+            **({RANGES_TAG: json.dumps(ranges)} if ranges else {}),
             **({"variant": str(config["variant"])} if "variant" in config else {}),
             **({"arm": str(config["family"])} if "family" in config else {})}  # the space's family name
     baseline = None
@@ -200,7 +206,7 @@ def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: 
     return Tracking(ctx.tracking_uri, ctx.experiment, run_name=f"{ctx.sweep_name}/{trial_id}", tags=tags,
                     parent_run_id=ctx.parent_run_id, run_id=run_id,
                     baseline=baseline[1] if baseline is not None else None,
-                    spool_dir=trial_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
+                    spool_dir=run_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] = None) -> None:
@@ -223,8 +229,9 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
         cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
     store = (stores or {}).get(cfg.data.path)
     tune_ctx = tune.get_context()
-    trial_dir = Path(tune_ctx.get_trial_dir()).resolve()   # trials chdir: keep paths absolute
-    run_dir = trial_dir / "run"
+    # The run lives under train.out_dir (absolute in a sweep), not in Ray's session directory:
+    # its checkpoints, spool and the command that finishes it outlive the Ray session.
+    run_dir = Path(cfg.train.out_dir).resolve() / (ctx.sweep_name or "sweep") / tune_ctx.get_trial_id()
     run_dir.mkdir(parents=True, exist_ok=True)
     resume, run_id = _restore(run_dir)
     tracking = None
@@ -238,7 +245,7 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
             # result stands as logged; training it again would log its test metrics twice.
             _report_finished(own, ctx.tracking_uri)
             return
-        tracking = _tracking(cfg, config, ctx, store, trial_id, trial_dir, own.info.run_id if own else None, fp)
+        tracking = _tracking(cfg, config, ctx, store, trial_id, run_dir, own.info.run_id if own else None, fp)
     callbacks, logger = run_callbacks(cfg, tracking)
     run(cfg, run_dir, callbacks=[*callbacks, *ctx.extra_callbacks, TuneReporter(run_dir, logger)], store=store,
         resume="force" if resume else False, progress=False)

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mtlsweep.studies.ground_truth import ensure_data, load_regimes
+from mtlsweep.studies.ground_truth import ensure_data, load_design
 
 SPACES = Path(__file__).resolve().parents[1] / "search" / "spaces" / "ground_truth"
 
@@ -116,9 +116,16 @@ def main(argv=None) -> int:
     ap.add_argument("--arms", action="store_true", help="also train hard, towers and the group-wise arms")
     ap.add_argument("--jobs", type=int, default=1, help="data sets at once (each on one thread)")
     a = ap.parse_args(argv)
-    regimes, seeds = load_regimes(SPACES / "regimes.yaml")
-    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else seeds
+    design = load_design(SPACES / "regimes.yaml", SPACES / "variants.yaml")
+    regimes = design.regimes
+    seeds = [int(s) for s in a.seeds.split(",")] if a.seeds else design.seeds
     base = yaml.safe_load((SPACES / "base.yaml").read_text())
+    # This study's protocol, pinned: the deep trunk (5 layers, ARMS' k = 3 and 5), adam lr 0.005, at
+    # most 60 epochs with early stopping after 8; the ground-truth study tunes and searches these.
+    base["model"]["arch"] = {"preset": "deep", "dropout": 0.1}
+    base["model"]["sharing"] = {"shared_layers": 5}
+    base["optim"]["lr"] = 0.005
+    base["train"].update(epochs=60, patience=8)
     ws = Path(a.workspace)
     jobs = [(regime, seed, regimes[regime], ws, base, a) for regime in a.regimes.split(",") for seed in seeds]
     t0 = time.time()

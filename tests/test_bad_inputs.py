@@ -38,6 +38,7 @@ def home(tmp_path_factory, signal_store_path):
         Path("store.h5").write_bytes(Path(signal_store_path).read_bytes())
         Path("run.yaml").write_text("data: {path: store.h5}\n")
         Path("space.yaml").write_text("model.sharing.shared_layers: {choice: [0, 5]}\n")
+        Path("basset_space.yaml").write_text("model.arch.preset: {type: categorical, values: [motif, basset]}\n")
         assert main(["train", "--config", "run.yaml", "--name", "done", "--no-progress", *TINY]) == 0
         _write_fasta(Path("genome.fa"), rng)
         Path("peaks").mkdir()
@@ -102,6 +103,21 @@ CASES = [
     ("synth-exists", "data synth --out synth --tasks 2 --groups 1 --seqs 200 --length 100", "pass --force"),
     ("convert-exists", "data convert built/basset.h5 store.h5", "pass --force"),
     ("server-port-busy", "server start --dir new_server --port {port}", "--port {port}: already in use"),
+    ("preset-unknown", "train --config run.yaml --set model.arch.preset=huge", "model.arch.preset: must be one of"),
+    ("preset-and-own-lists", "train --config run.yaml --set model.arch.preset=motif",
+     "differs from preset motif's [64]"),
+    ("shared-layers-word", "train --config run.yaml --set model.sharing.shared_layers=most",
+     "model.sharing.shared_layers"),
+    ("kmer-k-too-long", "train --config run.yaml --set model.family=kmer_linear --set kmer.k=[9]",
+     "kmer.k.0: must be <= 8"),
+    ("sweep-references-unknown", "sweep --base run.yaml --space basset_space.yaml --references xgb",
+     "--references 'xgb': allowed: motif_gbm, kmer_linear"),
+    ("sweep-preset-too-long", "sweep --base run.yaml --space basset_space.yaml --set model.arch.preset=motif",
+     "model.arch.preset=basset does not fit"),
+    ("sweep-base-trunk-too-long", "sweep --base run.yaml --space basset_space.yaml",
+     "the base config's trunk does not fit"),
+    ("synth-avoid-bad", "data synth --out new_synth --tasks 2 --groups 1 --seqs 200 --set avoid_motifs=vertebrates",
+     "avoid_motifs='vertebrates' is not allowed"),
 ]
 
 

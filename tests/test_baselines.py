@@ -63,3 +63,31 @@ def test_protocols_differ_by_what_they_search_and_fixed_ones_by_their_values():
         Protocol("fixed", ("optim.lr",), 1, '{"optim.lr": 0.02}').fingerprint
     assert "tuned: 3 trial(s) over optim.lr" in t.describe()
     assert t.describe() != Protocol("fixed").describe()
+
+
+def test_a_tuned_preset_leaves_the_trunk_it_sets_out_of_the_key_and_own_keys_keep_the_base_towers():
+    motif = RunConfig().with_overrides({"model.arch.preset": "motif"})
+    deep = RunConfig().with_overrides({"model.arch.preset": "deep"})
+    assert comparison_key(motif, "d", TASKS) != comparison_key(deep, "d", TASKS)
+    tuned = ["model.arch.preset", "optim.lr"]
+    assert comparison_key(motif, "d", TASKS, tuned) == comparison_key(deep, "d", TASKS, tuned)
+    # capacity matching and the shared width do not apply to towers: the same baseline
+    assert fp(**{"model.capacity": "match_towers"}) == fp() and fp(**{"model.shared_width": 2.0}) == fp()
+    p = Protocol("fixed", (), 1, "{}", own=("optim.lr",))
+    assert p.free == ("optim.lr",) and "the variants set their own optim.lr" in p.describe()
+    assert p.fingerprint != Protocol("fixed", (), 1, "{}").fingerprint
+
+
+def test_a_baseline_left_running_by_a_stopped_driver_is_closed_before_it_is_trained_again(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mtlsweep.search.baseline_search import close_interrupted
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("b")
+    ghost = client.create_run(exp, tags={"role": "baseline_candidate", "baseline_fp": "fp1"}).info.run_id
+    other = client.create_run(exp, tags={"role": "baseline_candidate", "baseline_fp": "fp2"}).info.run_id
+    done = client.create_run(exp, tags={"role": "baseline", "baseline_fp": "fp1"}).info.run_id
+    client.set_terminated(done, "FINISHED")
+    close_interrupted(client, exp, "fp1")
+    assert client.get_run(ghost).info.status == "KILLED" and "orphaned" in client.get_run(ghost).data.tags
+    assert client.get_run(other).info.status == "RUNNING" and client.get_run(done).info.status == "FINISHED"

@@ -234,7 +234,7 @@ def tiny_sweep(signal_store_path, tmp_path):
     MlflowClient(uri).create_experiment("onprem", artifact_location=(d / "artifacts").as_uri())
     args = ["--base", str(d / "base.yaml"), "--space", str(d / "space.yaml"), "--num-samples", "2",
             "--max-concurrent", "2", "--scheduler", "none", "--name", "onprem", "--workspace", str(d / "ws"),
-            "--storage", str(d / "ray_results"), "--tracking-uri", uri]
+            "--storage", str(d / "ray_results"), "--tracking-uri", uri, "--address", "auto"]
     return {"args": args, "uri": uri, "storage": d / "ray_results", "artifacts": d / "artifacts"}
 
 

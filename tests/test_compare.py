@@ -18,8 +18,9 @@ def csv_head(tmp) -> str:
     return (tmp / "out" / "comparison.csv").read_text().splitlines()[0]
 
 
-def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0, status="FINISHED", extra=None):
-    tags = {"family": family, "role": role, **(extra_tags or {})}
+def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1.0, status="FINISHED", extra=None,
+         params=None):
+    tags = {"family": family, "role": role, "converged": "yes", **(extra_tags or {})}
     if role == "baseline":
         tags["baseline_fp"] = fp
     else:
@@ -35,6 +36,8 @@ def _run(client, exp, name, family, role, aurocs, fp, extra_tags=None, epoch_s=1
         client.log_metric(rid, "val/auroc_mean", frac * sum(aurocs) / len(aurocs), step=step)
         client.log_metric(rid, "cost/epoch_s", epoch_s, step=step)
     client.log_param(rid, "model.n_params", "1000")
+    for k, v in (params or {}).items():
+        client.log_param(rid, k, v)
     for k, v in (extra or {}).items():
         client.log_metric(rid, k, v)
     client.set_terminated(rid, status)
@@ -72,7 +75,7 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     # A run with no matching baseline is shown without deltas, never against the wrong one.
     orphan = by["orphan"]
     assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])
-    assert "hard1" in text and "no matching baseline" in text
+    assert "hard1" in text and "no matching baseline" in (tmp / "out" / "comparison.csv").read_text()
     # The terminal table fits the terminal (COLUMNS, default 100), naming what it left out.
     assert max(len(line) for line in text.splitlines() if line.startswith(("┃", "│"))) <= 100
     narrow = render_text(rows, width=60)
@@ -84,7 +87,7 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     assert head.index("AUROC") < head.index("AUPRC") and "0.3000" in wide and "left out" not in wide
     assert "auprc_mean" in csv_head(tmp)
     csv_text = (tmp / "out" / "comparison.csv").read_text()
-    assert csv_text.splitlines()[0].startswith("run,family,role,trials,auroc_mean")
+    assert csv_text.splitlines()[0].startswith("run,family,role,trials,certified,auroc_mean")
     html = (tmp / "out" / "comparison.html").read_text()
     assert "data:image/png;base64," in html and "pareto.png" in html and "hard1" in html
 
@@ -107,7 +110,7 @@ def test_a_pruned_trial_is_never_best_and_a_family_without_completed_trials_says
     text, rows = compare(uri, "prune", out_dir=tmp_path / "out")
     by_role = {r["role"]: r for r in rows}
     assert by_role["best hard"]["run"] == "hard_done" and by_role["best hard"]["trials"] == "1/2 (1 pruned)"
-    assert "best soft" not in by_role and by_role["no completed soft"]["run"] == "-"
+    assert "best soft" not in by_role and by_role["no completed soft"]["run"] == "(no completed soft)"
     assert by_role["no completed soft"]["trials"] == "0/2 (1 pruned) (1 failed)"
     assert all(r["run"] not in ("hard_pruned", "soft_pruned", "cand") for r in rows)
     assert by_role["best branched"]["baseline"] == "base"
@@ -189,3 +192,36 @@ def test_group_by_variant_over_seeds_by_hand(tmp_path):
     r = subprocess.run([sys.executable, "-m", "mtlsweep.app.cli", "compare", "--experiment", "grid", "--tracking-uri", uri,
                         "--group-by", "nosuchtag", "--out", str(tmp_path / "g2")], cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 2 and "no finished runs tagged 'nosuchtag'" in r.stderr
+
+
+def test_reference_families_face_the_towers_of_their_data_and_certificates_gate_the_ranking(tmp_path):
+    """motif_gbm and kmer_linear train no CNN, so no CNN key of theirs names a baseline: they are
+    compared with the towers trained on the same data and tasks. A run that is not converged, or
+    whose tuned value sits at the edge of its range, is shown but never best."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp = client.create_experiment("refs")
+    data = {"data.fingerprint": "d" * 16, "data.task_names": str(TASKS).replace("'", '"'), "train.seed": "0"}
+    _run(client, exp, "towers", "single", "baseline", [0.70, 0.60, 0.80, 0.75, 0.65], "fpA", params=data)
+    _run(client, exp, "other-data", "single", "baseline", [0.5] * 5, "fpB", params={**data, "data.fingerprint": "e" * 16})
+    _run(client, exp, "gbm", "motif_gbm", "train", [0.90, 0.85, 0.95, 0.91, 0.88], "fpGBM", params=data)
+    _run(client, exp, "kmer", "kmer_linear", "train", [0.75, 0.70, 0.82, 0.80, 0.70], "fpK", params=data,
+         extra_tags={"inner_tuning": '{"kmer.C": {"values": [0.01, 0.1, 1.0], "chosen": [0.1, 0.1, 1.0, 0.1, 0.1]}}'})
+    _run(client, exp, "hard-capped", "hard", "trial", [0.95] * 5, "fpA",
+         extra_tags={"converged": "no", "convergence": "not converged: best epoch 20 of 20"})
+    _run(client, exp, "hard-edge", "hard", "trial", [0.80] * 5, "fpA", params={"optim.lr": "0.0125"},
+         extra_tags={"search_ranges": '{"optim.lr": {"values": [0.002, 0.005, 0.0125]}}'})
+    _run(client, exp, "hard-ok", "hard", "trial", [0.72] * 5, "fpA", params={"optim.lr": "0.005"},
+         extra_tags={"search_ranges": '{"optim.lr": {"values": [0.002, 0.005, 0.0125]}}'})
+    text, rows = compare(uri, "refs", out_dir=tmp_path / "out")
+    by = {r["role"]: r for r in rows}
+    gbm, kmer = by["best motif_gbm"], by["best kmer_linear"]
+    assert gbm["baseline"] == "towers" and kmer["baseline"] == "towers"
+    assert gbm["delta_auroc_mean"] == pytest.approx(0.198, abs=1e-9) and gbm["tasks_improved"] == 5
+    assert gbm["certified"] == "yes" and kmer["certified"] == "no"
+    assert "kmer.C=1.0 at the high edge of {0.01, 0.1, 1} for 1/5 tasks: widen" in kmer["certificate"]
+    # the best hard is the certified one, not the higher-scoring runs whose certificates failed
+    assert by["best hard"]["run"] == "hard-ok" and by["best hard"]["certified"] == "yes"
+    assert all(r["run"] not in ("hard-capped", "hard-edge") for r in rows if r["role"] == "top")
+    assert "not certified, best kmer_linear kmer: kmer.C=1.0" in text
+    assert by["best hard"]["n_params"] == 1000

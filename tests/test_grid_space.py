@@ -51,7 +51,7 @@ def test_tune_values_cross_every_variant_and_are_the_baselines_candidates(tmp_pa
     ({"grid": {"variant": ["a"]}}, r"grid\.variant: reserved"),
     ({"variants": {"a": {}}, "seeds": [0]}, r"unknown top-level key\(s\) \['seeds'\]"),
     ({"variants": ["a", "b"]}, r"variants: expected a mapping"),
-    ({"tune": {"model.sharing.strength": [0.1, 1.0]}}, r"tune\.model\.sharing\.strength: only optimizer and regularization"),
+    ({"tune": {"model.sharing.strength": [0.1, 1.0]}}, r"tune\.model\.sharing\.strength: only optimizer, regularization and architecture"),
     ({"grid": {"optim.lr": [0.1]}, "tune": {"optim.lr": [0.1, 0.2]}}, r"optim\.lr: in both grid and tune"),
 ])
 def test_invalid_grids_are_refused_before_ray(tmp_path, tree, pattern):
@@ -60,17 +60,22 @@ def test_invalid_grids_are_refused_before_ray(tmp_path, tree, pattern):
 
 
 def test_the_ground_truth_study_design_is_valid():
+    from mtlsweep.config.identity import model_family
+    from mtlsweep.studies.ground_truth import AFFINITY_ARM, load_design
     study = REPO / "search" / "spaces" / "ground_truth"
     base = load_config(study / "base.yaml", ["data.path=/nonexistent/store.h5"])
     space = load_space(study / "variants.yaml", base)
-    assert space.tune and all(len(v) >= 2 for v in space.tune.values())     # every arm tuned alike
-    fams = set()
-    for name in space.variants:
-        c = base.with_overrides(space.overrides({"variant": name}))
-        fams.add(c.model.sharing.coupling if c.model.sharing.shared_layers < 5 else "hard")
-    assert {"hard", "l2", "l2_zero"} <= fams                  # sharing, and its no-sharing control
-    from mtlsweep.studies.ground_truth import load_regimes
-    regimes, seeds = load_regimes(study / "regimes.yaml")
-    assert len(seeds) >= 3                                   # data seeds, not only training seeds
-    assert {r["shared_fraction"] for r in regimes.values()} == {0.67, 0.0}
-    assert min(r["n_seqs"] for r in regimes.values()) * 0.7 <= 2000 < max(r["n_seqs"] for r in regimes.values())
+    # every arm tuned alike over the learning rate jointly with the weight decay, with an interior point
+    assert set(space.tune) == {"optim.lr", "optim.weight_decay"} and all(len(v) >= 3 for v in space.tune.values())
+    fams = {model_family(base.with_overrides(space.overrides({"variant": n}))) for n in space.variants}
+    assert {"hard", "soft", "control", "branched", "grouped"} <= fams          # sharing and its controls
+    trunks = {base.with_overrides(space.overrides({"variant": n})).model.arch.preset for n in space.variants}
+    assert trunks == {"motif", "deep"}                                        # the trunk is not one constant
+    design = load_design(study / "regimes.yaml", study / "variants.yaml")
+    assert len(design.seeds) >= 3                                             # data seeds, not training seeds
+    assert {r["shared_fraction"] for r in design.regimes.values()} == {0.67, 0.0}
+    assert any(r.get("motif_source") == "denovo" for r in design.regimes.values())   # motif_gbm without its prior
+    assert set(design.references) == {"motif_gbm", "kmer_linear"}
+    assert AFFINITY_ARM in design.arms["related"] and "deep_hard" in design.arms["related"]
+    quick = load_design(study / "regimes.yaml", study / "variants.yaml", quick=True)
+    assert set(quick.regimes) == {"related", "unrelated"} and not any(a.startswith("deep_") for a in quick.arms["related"])

@@ -14,7 +14,7 @@ from mtlsweep.config.run import RunConfig
 from mtlsweep.training.metrics import task_metrics
 from mtlsweep.config.run import GbmConfig, parse_gbm_config
 from mtlsweep.models.motif_gbm import GbmModel, fit_gbm
-from mtlsweep.training.gbm_runner import evaluate, run_gbm
+from mtlsweep.training.reference_runner import evaluate, run_gbm
 
 FAST = dict(n_estimators=80, learning_rate=0.2, max_depth=3, early_stopping_rounds=10, n_jobs=1)
 

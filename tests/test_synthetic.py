@@ -189,6 +189,8 @@ def test_unknown_rate_marks_labels_unknown():
         ({"motif_release": "JASPAR1999"}, "motif_release"),
         ({"motif_file": "/nonexistent/motifs.meme"}, "motif_file"),
         ({"bogus_knob": 1}, "bogus_knob"),
+        ({"avoid_motifs": "vertebrates"}, "avoid_motifs"),
+        ({"motif_source": "random"}, "motif_source"),
     ],
 )
 def test_bad_knobs_name_the_field(knobs, field):
@@ -325,3 +327,27 @@ def test_the_ceiling_is_found_beside_the_store_and_is_above_a_trained_model(tmp_
     result = trainer.fit()
     assert result.test_summary["test/auroc_mean"] < truth["oracle"]["mean"]["test"]["auroc"]
     assert "train/auroc_mean" in result.history[-1] and "gap/auroc" in result.history[-1]
+
+
+def test_de_novo_motifs_outside_a_collection_plant_nothing_motif_gbm_scans():
+    """The knob that tells motif_gbm's prior apart from learning: no planted motif (or decoy) is, or
+    aligns at max_similarity with, any motif motif_gbm scans by default."""
+    from mtlsweep.config.run import GbmConfig
+    from mtlsweep.data.jaspar import pfm_similarity_many
+    from mtlsweep.data.synthetic import _choose_motifs
+    from mtlsweep.models.motif_gbm import load_motif_set
+    spec = SynthSpec(**{**SMALL, "motif_source": "denovo", "avoid_motifs": "CORE/vertebrates", "min_ic": 12.0})
+    scanned = load_motif_set(GbmConfig())
+    planted = _choose_motifs(spec, np.random.Generator(np.random.PCG64(spec.seed)))
+    assert len(planted) == spec.n_activating + spec.n_decoys
+    ids = {m.matrix_id for m in scanned}
+    for sm in planted:
+        assert sm.motif.matrix_id not in ids
+        assert pfm_similarity_many(sm.motif.pfm, [m.pfm for m in scanned]).max() < spec.max_similarity
+    names, splits, truth = generate(spec)
+    assert truth["spec"]["motif_source"] == "denovo" and truth["oracle"]["mean"]["test"]["auroc"] > 0.9
+    # the same knobs, the same motifs and data; JASPAR-drawn benchmarks keep theirs
+    assert generate(spec)[2]["fingerprint"] == truth["fingerprint"]
+    jaspar = SynthSpec(**SMALL)
+    assert all(mid in ids or mid.split(".")[0] in {i.split(".")[0] for i in ids}
+               for mid in generate(jaspar)[2]["motifs"])

@@ -27,6 +27,7 @@ from mtlsweep.models import build_model
 from mtlsweep.models.initialization import apply_init
 from mtlsweep.schedules import build_schedule, build_weighting
 from mtlsweep.training.callbacks import Callback, CallbackList
+from mtlsweep.training.certificates import Convergence, epoch_convergence
 from mtlsweep.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import RunConfig
@@ -54,6 +55,7 @@ class RunResult:
     test: Optional[TaskMetrics]
     test_summary: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    convergence: Optional[Convergence] = None
 
     @property
     def final_metrics(self) -> dict[str, float]:
@@ -321,7 +323,7 @@ class Trainer:
             "n_params": self.model.n_params(), "flops_per_sample": self.model.flops_per_sample(),
             "n_train": self.store.n("train"), "steps_per_epoch": self.steps_per_epoch,
             "start_epoch": self.start_epoch, "data_fingerprint": self.store.fingerprint,
-            "device": str(self.device), "oracle": self.oracle,
+            "device": str(self.device), "oracle": self.oracle, "shared_width": self.model.cfg.shared_width,
         }
 
     def run_epoch(self, epoch: int) -> dict[str, float]:
@@ -370,8 +372,10 @@ class Trainer:
             test = self.evaluate("test")
             test_summary = {f"test/{k}": v for k, v in test.summary().items()}
             test_summary.update(_task_metric_dict("test/auroc", self.tasks, test.auroc))
+        cert = epoch_convergence(self.best_epoch, len(self.history), self.run_dir, self.cfg.train.epochs,
+                                 self.cfg.train.patience)
         result = RunResult(self.run_dir, self.tasks, self.best_epoch, self.best_val, len(self.history),
-                           self.history, val, test, test_summary, self.info())
+                           self.history, val, test, test_summary, self.info(), cert)
         write_outputs(result, self.cfg)
         if self.affinity is not None and self.affinity.probes:
             self.affinity.write(self.run_dir / ARTIFACTS)
@@ -394,7 +398,8 @@ def write_outputs(result: RunResult, cfg: RunConfig) -> None:
     (d / "config.yaml").write_text(cfg.to_yaml())
     payload = {"best_epoch": result.best_epoch, "best_val_auroc": result.best_val_auroc,
                "epochs_run": result.epochs_run, "final": result.final_metrics,
-               "history": result.history, "info": result.info}
+               "history": result.history, "info": result.info,
+               "convergence": result.convergence.as_dict() if result.convergence else None}
     (d / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
     with open(d / "per_task.csv", "w", newline="") as fh:
         w = csv.writer(fh)

@@ -3,8 +3,8 @@ trial and the baselines all use.
 
     result = run(cfg, run_dir, callbacks=[...], store=store, resume=False)
 
-Families register a runner here (cnn: the training engine; motif_gbm: motif scores + boosted
-trees). Whatever ends a run early — an error, Ctrl-C, or a scheduler stopping it — reaches every
+Families register a runner here (cnn: the training engine; the reference families motif_gbm:
+motif scores + boosted trees, kmer_linear: k-mer counts + logistic regression). Whatever ends a run early — an error, Ctrl-C, or a scheduler stopping it — reaches every
 callback's ``on_train_abort`` before it propagates, so a tracker can close its run in the right
 state; nothing here knows Ray or MLflow.
 """
@@ -17,7 +17,7 @@ from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import RunConfig
 from mtlsweep.training.callbacks import Callback, CallbackList
 from mtlsweep.training.engine import LAST, RunResult, Trainer
-from mtlsweep.training.gbm_runner import run_gbm
+from mtlsweep.training.reference_runner import run_gbm, run_kmer_linear
 
 
 def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume, progress: bool,
@@ -36,7 +36,15 @@ def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store
     return run_gbm(cfg, run_dir, [callbacks], store=store, progress=progress)
 
 
-FAMILIES: dict[str, Callable[..., RunResult]] = {"cnn": _run_cnn, "motif_gbm": _run_motif_gbm}
+def _run_kmer_linear(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume,
+                     progress: bool, prepared: None = None) -> RunResult:
+    if resume:
+        raise ConfigError(f"{run_dir}: a kmer_linear run is one fit tuned on validation; there is nothing to resume")
+    return run_kmer_linear(cfg, run_dir, [callbacks], store=store, progress=progress)
+
+
+FAMILIES: dict[str, Callable[..., RunResult]] = {"cnn": _run_cnn, "motif_gbm": _run_motif_gbm,
+                                                 "kmer_linear": _run_kmer_linear}
 
 
 def prepare(cfg: RunConfig, run_dir: str | Path, store, progress: bool = True) -> Optional[Trainer]:
