@@ -37,20 +37,19 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
+import torch
 
+from mtlsweep.analysis.defaults import COST_ARCHS as ARCHS
+from mtlsweep.analysis.defaults import COST_FAMILIES as FAMILIES
+from mtlsweep.config.run import ModelConfig, OptimConfig
 from mtlsweep.data.errors import DataError
+from mtlsweep.data.onehot import codes_to_onehot
+from mtlsweep.models import build_model
+from mtlsweep.plots import save_figure, subplots
+from mtlsweep.training.cost import current_rss_mb, peak_rss_mb
+from mtlsweep.training.loss import masked_bce_per_task
+from mtlsweep.training.optim import build_optimizer
 
-FAMILIES = ("single", "hard", "soft")
-ARCHS = {
-    # Tests and quick looks.
-    "tiny": {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2, 2], "dense": [16, 16], "dropout": 0.3},
-    # The arch of search/configs/*.yaml.
-    "small": {"conv_channels": [64, 48, 48], "conv_widths": [15, 7, 5], "pool": [3, 4, 4], "dense": [64, 64],
-              "dropout": 0.2},
-    # Basset (Kelley et al. 2016), config.run.ArchConfig's defaults.
-    "basset": {"conv_channels": [300, 200, 200], "conv_widths": [19, 11, 7], "pool": [3, 4, 4],
-               "dense": [1000, 1000], "dropout": 0.3},
-}
 METRICS = ("time_per_step_s", "samples_per_s", "epoch_s", "mem_mb", "n_params", "flops_per_sample")
 
 
@@ -71,7 +70,6 @@ class CostPoint:
 
 def model_config(family: str, arch: str | dict, width: float = 1.0, soft_coupling: str = "l2",
                  strength: float = 0.01):
-    from mtlsweep.config.run import ModelConfig
     a = ARCHS[arch] if isinstance(arch, str) else arch
     n_layers = len(a["conv_channels"]) + len(a["dense"])
     if family == "single":
@@ -102,7 +100,6 @@ def measure_point(family: str, n_tasks: int, *, arch: str | dict = "small", step
                   threads: Optional[int] = None) -> CostPoint:
     """Train ``steps`` steps of one configuration in this process and time them (with
     ``threads`` torch threads if given; the previous setting is restored)."""
-    import torch
     before = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -116,14 +113,7 @@ def measure_point(family: str, n_tasks: int, *, arch: str | dict = "small", step
 
 def _measure(family, n_tasks, *, arch, steps, warmup, batch, seq_len, device, epoch_seqs, width, soft_coupling,
              seed, isolated) -> CostPoint:
-    import torch
 
-    from mtlsweep.data.onehot import codes_to_onehot
-    from mtlsweep.models import build_model
-    from mtlsweep.config.run import OptimConfig
-    from mtlsweep.training.cost import current_rss_mb, peak_rss_mb
-    from mtlsweep.training.loss import masked_bce_per_task
-    from mtlsweep.training.optim import build_optimizer
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DataError(f"--device {device}: CUDA is not available on this machine")
@@ -218,7 +208,6 @@ def run_study(tasks: Sequence[int], families: Sequence[str], *, isolate: bool = 
 
 
 def plot_study(points: Sequence[CostPoint], exps: dict, path: Path, title: str) -> Path:
-    from mtlsweep.plots import save_figure, subplots
     panels = [("time_per_step_s", "time per step (s)"), ("samples_per_s", "samples / s"),
               ("epoch_s", "epoch time estimate (s)"), ("mem_mb", "peak memory above baseline (MiB)"),
               ("n_params", "parameters"), ("flops_per_sample", "FLOPs / sample (forward)")]

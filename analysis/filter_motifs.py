@@ -36,10 +36,20 @@ from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from matplotlib.font_manager import FontProperties
+from matplotlib.patches import PathPatch
+from matplotlib.textpath import TextPath
+from matplotlib.transforms import Affine2D
 
+from mtlsweep.analysis.similarity import load_probe, load_run
 from mtlsweep.data.errors import DataError
-from mtlsweep.data.jaspar import ALPHABET, Motif, information_content
+from mtlsweep.data.jaspar import ALPHABET, Motif, information_content, load_motifs, read_motif_file
 from mtlsweep.data.onehot import reverse_complement
+from mtlsweep.data.task_keys import sanitize_names
+from mtlsweep.models.layers import BN_EPS
+from mtlsweep.plots import save_figure, subplots
 
 COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
 
@@ -48,10 +58,7 @@ COLORS = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839"}
 def first_layer_activation(model, x: torch.Tensor) -> torch.Tensor:
     """[B, filters, positions]: conv -> BatchNorm (running statistics) -> ReLU of the first
     layer, before pooling; filters of every stack (one for a shared layer, T for towers)."""
-    import torch
-    import torch.nn.functional as F
 
-    from mtlsweep.models.layers import BN_EPS
     layer = model.layers[model.layer_names[0]]
     s, c, cin, w = layer.weight.shape
     with torch.no_grad():
@@ -63,7 +70,6 @@ def first_layer_activation(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def filter_names(model) -> list[str]:
-    from mtlsweep.data.task_keys import sanitize_names
     layer = model.layers[model.layer_names[0]]
     s, c = layer.weight.shape[:2]
     if s == 1:
@@ -89,7 +95,6 @@ def filter_pfms(model, probe, batch: int = 256, device: str = "cpu", threshold: 
                 columns: Optional[Sequence[int]] = None) -> FilterPFMs:
     """Two passes over the probe: each filter's maximum, then its sites above threshold × max.
     ``columns``: the probe's channels the model reads (LoadedRun.columns; default the first in_channels)."""
-    import torch
     if not 0.0 < threshold < 1.0:
         raise DataError(f"--threshold must be between 0 and 1 (a fraction of each filter's maximum), got {threshold}")
     width = model.layers[model.layer_names[0]].weight.shape[-1]
@@ -144,7 +149,6 @@ class MotifDB:
     width the list of allowed alignments (motif, strand, shift) as column indices."""
 
     def __init__(self, motifs: Sequence[Motif]):
-        import torch
         if not motifs:
             raise DataError("motif database is empty")
         self.motifs = list(motifs)
@@ -186,7 +190,6 @@ class Alignments:
 
     @classmethod
     def build(cls, db: MotifDB, wq: int, min_overlap: int) -> "Alignments":
-        import torch
         i = np.arange(wq)
         cols, motif, strand, shift, starts = [], [], [], [], []
         n = 0
@@ -217,7 +220,6 @@ def compare(query: np.ndarray, db: MotifDB, n_shuffles: int = 200, min_overlap: 
     permutations and all alignments are one matrix product.
 
     Returns (scores [M], best alignment per motif as (strand "+"/"-", shift), null [n_shuffles, M])."""
-    import torch
     wq = query.shape[1]
     al = db.alignments(wq, min_overlap)
     q = torch.from_numpy(_standardize(query)).float()                 # [4, Wq]
@@ -319,7 +321,6 @@ def planted_recall(results: Sequence[FilterResult], truth: dict, alpha: float, t
 
 def database_for(truth: Optional[dict], collection: str, tax_group: str, release: Optional[str]) -> list[Motif]:
     """The synthetic benchmark's own motif pool when a truth file is given, so ids line up."""
-    from mtlsweep.data.jaspar import load_motifs, read_motif_file
     if truth is not None:
         spec = truth.get("spec", {})
         if spec.get("motif_file"):
@@ -332,10 +333,6 @@ def database_for(truth: Optional[dict], collection: str, tax_group: str, release
 # ---- logos ----------------------------------------------------------------------------------
 def draw_logo(ax, pfm: np.ndarray, x0: float = 0.0) -> None:
     """Letters stacked by information content (bits), the tallest on top."""
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.patches import PathPatch
-    from matplotlib.textpath import TextPath
-    from matplotlib.transforms import Affine2D
     font = FontProperties(family="DejaVu Sans", weight="bold")
     ic = information_content(pfm)
     for j in range(pfm.shape[1]):
@@ -358,7 +355,6 @@ def draw_logo(ax, pfm: np.ndarray, x0: float = 0.0) -> None:
 
 def plot_logos(results: Sequence[FilterResult], db: MotifDB, path: Path, n: int = 12) -> Path:
     """For the top filters: the filter's logo and, under it, its best JASPAR match aligned."""
-    from mtlsweep.plots import save_figure, subplots
     shown = [r for r in results if r.pfm is not None and r.pfm.shape[1] > 0][:n]
     rows = max(1, len(shown))
     fig, axes = subplots(2 * rows, 1, figsize=(7, 2.2 * rows), squeeze=False)
@@ -453,7 +449,6 @@ def analyze(run_ref: str, *, probe: int = 2000, split: str = "valid", seed: int 
             logos: int = 12, out: str | Path = "workspace/analysis/motifs", locate=None,
             publish: Optional[Callable[..., str]] = None) -> MotifReport:
     """First-layer filters of a run matched to JASPAR, written to ``out``; ``publish`` records it."""
-    from mtlsweep.analysis.similarity import load_probe, load_run
     if not 0.0 < alpha < 1.0:
         raise DataError(f"--alpha must be between 0 and 1, got {alpha}")
     if shuffles + 1 < 1.0 / alpha:

@@ -40,9 +40,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from mtlsweep import plots
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.tags import ARTIFACT_DIR
+from mtlsweep.models.arch import layer_names
 from mtlsweep.models.seeding import SHARED, make_generator, stable_seed, stream_name
+from mtlsweep.plots import save_figure, subplots
 from mtlsweep.training.callbacks import Callback
-from mtlsweep.training.engine import ARTIFACTS as ARTIFACT_DIR
 from mtlsweep.training.loss import masked_bce_per_task
 
 MODES = ("train", "eval")
@@ -419,7 +423,7 @@ class GradFlowCallback(Callback):
         self._written: list[Path] = []
 
     def on_train_start(self, info):
-        self.recorder = GradFlowRecorder(info["task_names"], self.threshold, self.early)
+        self.recorder = GradFlowRecorder(info.task_names, self.threshold, self.early)
         self._written = []
 
     def on_batch_end(self, trainer, epoch, step, batch):
@@ -437,9 +441,9 @@ class GradFlowCallback(Callback):
                     budget_mb=self.budget_mb, sketch=self.sketch)
         self.recorder.add(global_step, epoch, m)
 
-    def on_epoch_end(self, epoch, metrics):
+    def on_epoch_end(self, report):
         if self.recorder is not None:
-            metrics.update(self.recorder.epoch_metrics(epoch))
+            report.metrics.update(self.recorder.epoch_metrics(report.epoch))
 
     def on_train_end(self, result):
         if self.recorder is None or not self.recorder.steps:
@@ -452,7 +456,6 @@ class GradFlowCallback(Callback):
         return list(self._written)
 
     def write(self, out_dir: Path) -> list[Path]:
-        from mtlsweep import plots
         rec = self.recorder
         out_dir.mkdir(parents=True, exist_ok=True)
         payload = rec.to_json()
@@ -479,7 +482,6 @@ class GradFlowCallback(Callback):
 
 def norm_heatmap(rec: GradFlowRecorder, layer: str, path: Path) -> Path:
     """Tasks × steps, log10 gradient norm; a red × where a task died (its final dead run began)."""
-    from mtlsweep.plots import save_figure, subplots
     with np.errstate(divide="ignore", invalid="ignore"):
         logn = np.log10(rec.matrix(layer).T)
     logn[~np.isfinite(logn)] = np.nan
@@ -511,8 +513,6 @@ def maybe_grad_flow(cfg, publish: Optional[Callable[[list[Path]], None]] = None)
     t = cfg.train
     if not t.grad_flow_every:
         return None
-    from mtlsweep.models.arch import layer_names
-    from mtlsweep.config.errors import ConfigError
     names = layer_names(cfg.model)
     for n in t.grad_flow_param_layers:
         if n not in names:

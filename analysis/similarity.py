@@ -19,10 +19,19 @@ from pathlib import Path
 from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
+import torch
 
+from mtlsweep import plots
+from mtlsweep.analysis.cka import MIN_BATCH, MinibatchCKA
+from mtlsweep.analysis.defaults import DEFAULT_TOWER_TASKS
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import ModelConfig, RunConfig, load_config
 from mtlsweep.data.errors import DataError
-
-DEFAULT_TOWER_TASKS = 4
+from mtlsweep.data.store import SplitArrays, open_dataset, to_device
+from mtlsweep.data.task_keys import sanitize_names
+from mtlsweep.models import build_model
+from mtlsweep.training.checkpoint import load_checkpoint
+from mtlsweep.training.track_inputs import input_columns, select_tracks
 
 
 # ---- runs -----------------------------------------------------------------------------------
@@ -41,8 +50,6 @@ class LoadedRun:
 
     def columns(self, probe: "Probe") -> list[int]:
         """The probe's input channels this run's model reads (its data.tracks / data.task_tracks)."""
-        from mtlsweep.config.errors import ConfigError
-        from mtlsweep.training.track_inputs import input_columns, select_tracks
         try:
             cols = input_columns(*select_tracks(self.cfg.data, probe.track_names, self.tasks, probe.source))
         except ConfigError as exc:
@@ -57,9 +64,6 @@ def load_run(ref: str, device: str = "cpu", locate: Optional[Callable[[str], tup
     """A run directory (best.pt + config.yaml as training/engine.py writes them), a checkpoint
     file, or a run id that ``locate`` turns into (run directory, run id) (the app passes an
     MLflow lookup: mtlsweep.mlflow_server.analysis_runs.locator)."""
-    from mtlsweep.models import build_model
-    from mtlsweep.training.checkpoint import load_checkpoint
-    from mtlsweep.config.run import ModelConfig, RunConfig, load_config
     path = Path(ref)
     run_id = None
     if path.is_file():
@@ -114,8 +118,6 @@ class Probe:
 
     def batches(self, batch: int, columns: Sequence[int], device: str = "cpu") -> Iterator[torch.Tensor]:
         """Model inputs: the one-hot and tracks, reduced to ``columns`` (LoadedRun.columns)."""
-        import torch
-        from mtlsweep.data.store import to_device
         cols = None if list(columns) == list(range(4 + len(self.track_names))) else torch.tensor(list(columns))
         for start in range(0, self.n, batch):
             idx = np.arange(start, min(self.n, start + batch))
@@ -125,7 +127,6 @@ class Probe:
 
 def load_probe(data_path: str, n: int, seed: int = 0, split: str = "valid") -> Probe:
     """``n`` sequences drawn without replacement from ``split`` (all of it when smaller)."""
-    from mtlsweep.data.store import SplitArrays, open_dataset
     if n < 1:
         raise DataError(f"--probe must be >= 1, got {n}")
     if not Path(data_path).exists():
@@ -151,7 +152,6 @@ class Rep:
 
 
 def representations(model, layers: Sequence[str], tasks: Sequence[str]) -> list[Rep]:
-    from mtlsweep.data.task_keys import sanitize_names
     keys = sanitize_names(model.tasks)
     reps = []
     for layer in layers:
@@ -163,7 +163,6 @@ def representations(model, layers: Sequence[str], tasks: Sequence[str]) -> list[
 
 
 def activations(model, x: torch.Tensor, reps: Sequence[Rep]) -> dict[str, torch.Tensor]:
-    import torch
     with torch.no_grad():
         outs = model.layer_outputs(x)
     acts = {}
@@ -216,7 +215,6 @@ class SimilarityResult:
 
 def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[Sequence[str]] = None,
                  tasks: Optional[Sequence[str]] = None, batch: int = 256, device: str = "cpu") -> SimilarityResult:
-    from mtlsweep.analysis.cka import MIN_BATCH, MinibatchCKA
     if a.seq_len != b.seq_len or a.seq_len != probe.split.codes.shape[1]:
         raise DataError(f"sequence lengths differ: {a.name} reads {a.seq_len}, {b.name} {b.seq_len}, "
                         f"the probe has {probe.split.codes.shape[1]}")
@@ -236,7 +234,6 @@ def compare_runs(a: LoadedRun, b: LoadedRun, probe: Probe, *, layers: Optional[S
 
 
 def write_similarity(res: SimilarityResult, out_dir: Path, title: str) -> list[Path]:
-    from mtlsweep import plots
     out_dir.mkdir(parents=True, exist_ok=True)
     table = out_dir / "cka.csv"
     with open(table, "w", newline="") as fh:

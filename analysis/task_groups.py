@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from sklearn.metrics import silhouette_score
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.training.sharing_groups import affinity_file, truth_groups
@@ -18,7 +19,6 @@ from mtlsweep.training.task_affinity import adjusted_rand, cluster, groups_of, r
 
 
 def silhouette_k(Z: np.ndarray, k_max: int = 8) -> int:
-    from sklearn.metrics import silhouette_score
     S = symmetric(Z)
     T = S.shape[0]
     if T < 4:

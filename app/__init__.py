@@ -1,1 +1,1 @@
-"""The application: the `mtlsweep` command line, the demo (`make demo`) and the README generator."""
+"""The application: the `mtlsweep` command line, the demo (`make demo`) and the docs generator (`mtlsweep docs`)."""

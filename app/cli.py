@@ -1,12 +1,20 @@
-"""The `mtlsweep` command line. Heavy imports happen inside each command so `--help` is instant."""
+"""The `mtlsweep` command line. Each command imports what it runs inside its function: building the
+parser (every `--help`) imports only the light flag modules, so it stays instant."""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 
-
+from mtlsweep.app.analysis_flags import (
+    add_affinity_arguments,
+    add_cost_arguments,
+    add_motif_arguments,
+    add_similarity_arguments,
+)
 from mtlsweep.config.errors import UserError, guarded
+from mtlsweep.mlflow_server.__main__ import add_arguments as add_server_arguments
+from mtlsweep.search.sweep import add_arguments as add_sweep_arguments
 
 
 # ---- data ----------------------------------------------------------------------------
@@ -86,13 +94,15 @@ def cmd_data_convert(args) -> int:
 
 # ---- train ---------------------------------------------------------------------------
 def cmd_train(args) -> int:
+    import dataclasses
+
     from mtlsweep.config.run import load_config
-    from mtlsweep.data.store import open_dataset
-    from mtlsweep.mlflow_server.attach import run_callbacks, train_tracking
+    from mtlsweep.mlflow_server.attach import attach, train_tracking
     from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
     from mtlsweep.training.callbacks import ConsoleReporter
     from mtlsweep.training.engine import check_resume, prepare_run_dir
-    from mtlsweep.training.run import prepare, run
+    from mtlsweep.training.request import RunRequest, resolve
+    from mtlsweep.training.run import execute, prepare
     cfg = load_config(args.config, args.set)
     if args.tracking_uri:
         cfg = cfg.with_overrides({"tracking.enabled": True})
@@ -101,18 +111,15 @@ def cmd_train(args) -> int:
         uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
         check_reachable(uri)
     # Everything a user can get wrong is checked before a directory, a checkpoint or an MLflow run exists.
-    store = open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
+    run_dir = Path(args.resume).resolve() if args.resume else prepare_run_dir(cfg, args.name, force=args.force)
+    resume = ("force" if args.force else True) if args.resume else False
+    req = resolve(RunRequest(cfg, run_dir, resume=resume, progress=not args.no_progress))
     if args.resume:
-        run_dir = Path(args.resume).resolve()
-        check_resume(cfg, run_dir, store.fingerprint, list(store.task_names), force=args.force)
-    else:
-        run_dir = prepare_run_dir(cfg, args.name, force=args.force)
-    prepared = prepare(cfg, run_dir, store, progress=not args.no_progress)
-    tracking = train_tracking(cfg, uri, run_dir, store.fingerprint, list(store.task_names),
-                              resume=bool(args.resume)) if uri else None
-    callbacks, logger = run_callbacks(cfg, tracking)
-    run(cfg, run_dir, callbacks=[*callbacks, ConsoleReporter()], store=store, prepared=prepared,
-        resume=("force" if args.force else True) if args.resume else False, progress=not args.no_progress)
+        check_resume(req.cfg, run_dir, req.data.fingerprint, list(req.data.task_names), force=args.force)
+    tracking, baseline = train_tracking(req, uri) if uri else (None, None)
+    req, prepared = prepare(dataclasses.replace(req, baseline=baseline))
+    req, logger = attach(req, tracking)
+    execute(req.with_callbacks(ConsoleReporter()), prepared)
     if logger is not None:
         print(f"MLflow run {logger.run_id} in experiment {cfg.tracking.experiment!r} at {logger.uri}")
         from mtlsweep.mlflow_server.runs_view import how_to_open
@@ -214,10 +221,10 @@ def cmd_cost(args) -> int:
     return run_cost(args)
 
 
-def cmd_readme(args) -> int:
-    from mtlsweep.app.readme import update_readme
-    done = update_readme(Path(args.readme), Path(args.demo_workspace) if args.demo_workspace else None)
-    print(f"{args.readme}: regenerated {', '.join(done)}")
+def cmd_docs(args) -> int:
+    from mtlsweep.app.docs import update_docs
+    done = update_docs(Path(args.docs), Path(args.demo_workspace) if args.demo_workspace else None)
+    print(f"{args.docs}: regenerated {', '.join(done)}")
     return 0
 
 
@@ -317,7 +324,6 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tracking-uri", help="log to MLflow here (turns tracking on)")
     t.set_defaults(func=cmd_train)
 
-    from mtlsweep.search.sweep import add_arguments as add_sweep_arguments
     sw = sub.add_parser("sweep", help="search configurations with Optuna on Ray Tune, against single-task baselines")
     add_sweep_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
@@ -348,7 +354,6 @@ def build_parser() -> argparse.ArgumentParser:
     tracking_args(ex)
     ex.set_defaults(func=cmd_export)
 
-    from mtlsweep.mlflow_server.__main__ import add_arguments as add_server_arguments
     sv = sub.add_parser("server", help="start/stop/status of an MLflow tracking server")
     add_server_arguments(sv)
     sv.set_defaults(func=cmd_server)
@@ -358,8 +363,6 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--tracking-uri", help="send to this server instead of the one recorded")
     sy.set_defaults(func=cmd_sync)
 
-    from mtlsweep.app.analyses import (add_affinity_arguments, add_cost_arguments, add_motif_arguments,
-                                       add_similarity_arguments)
     q = sub.add_parser("similarity", help="linear CKA between the layers of two runs (hidden-layer similarity)")
     add_similarity_arguments(q)
     q.set_defaults(func=cmd_similarity)
@@ -373,10 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_cost_arguments(q)
     q.set_defaults(func=cmd_cost)
 
-    rd = sub.add_parser("readme", help="regenerate README.md's generated sections (config reference, demo results)")
-    rd.add_argument("--readme", default="README.md")
+    rd = sub.add_parser("docs", help="regenerate the documentation site's generated blocks (config and CLI "
+                        "reference, demo and study results)")
+    rd.add_argument("--docs", default="docs", help="the site's source folder")
     rd.add_argument("--demo-workspace", help="also refresh the demo results from this workspace's last demo")
-    rd.set_defaults(func=cmd_readme)
+    rd.set_defaults(func=cmd_docs)
 
     m = sub.add_parser("demo", help="the main job on the embedded defaults")
     m.add_argument("--workspace", default="workspace")

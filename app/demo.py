@@ -23,6 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from mlflow.tracking import MlflowClient
+
+from mtlsweep.config.run import load_config
+from mtlsweep.data.synthetic import spec_from_dict, write_synthetic, written_with
+from mtlsweep.mlflow_server.runs_view import how_to_open
+from mtlsweep.mlflow_server.server import resolve_tracking_uri
+from mtlsweep.search.driver import SweepArgs, run_sweep
+from mtlsweep.search.export import export_best
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPACE = REPO / "search" / "spaces" / "demo.yaml"
@@ -51,7 +59,6 @@ def _step(msg: str) -> None:
 
 
 def ensure_data(ws: Path, knobs: dict) -> Path:
-    from mtlsweep.data.synthetic import spec_from_dict, write_synthetic, written_with
     out = ws / "synth"
     store = out / "store.h5"
     spec = spec_from_dict(knobs)
@@ -70,7 +77,6 @@ def ensure_data(ws: Path, knobs: dict) -> Path:
 
 def demo_base(ws: Path, store: Path, experiment: str, overrides: list[str]) -> Path:
     """The demo's base config with this workspace's absolute paths, written beside the data."""
-    from mtlsweep.config.run import load_config
     cfg = load_config(DEMO_BASE, [f"data.path={store}", f"train.out_dir={ws / 'runs'}",
                                   f"tracking.experiment={experiment}", *overrides])
     path = ws / "demo_base.yaml"
@@ -79,10 +85,6 @@ def demo_base(ws: Path, store: Path, experiment: str, overrides: list[str]) -> P
 
 
 def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSettings] = None) -> int:
-    from mtlsweep.mlflow_server.server import resolve_tracking_uri
-    from mtlsweep.search.driver import SweepArgs, run_sweep
-    from mtlsweep.search.export import export_best
-
     s = settings or DemoSettings(Path(workspace))
     ws = s.workspace.resolve()
     ws.mkdir(parents=True, exist_ok=True)
@@ -105,10 +107,8 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
     for p in export_best(uri, s.experiment, ws / "export" / name, sweep=result.parent_run_id, top=s.top):
         print(f"  {p}")
 
-    from mlflow.tracking import MlflowClient
     exp = MlflowClient(uri).get_experiment_by_name(s.experiment)
     venv_bin = Path(sys.executable).parent
     print(f"\ndone in {time.time() - t0:.0f}s ({result.n_trials} trials, {result.n_errors} failed).")
-    from mtlsweep.mlflow_server.runs_view import how_to_open
     print(f"Open the results in the MLflow UI: {how_to_open(uri, exp.experiment_id, shlex.quote(str(venv_bin / 'mlflow')))}")
     return 0 if result.n_errors == 0 else 1

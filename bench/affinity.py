@@ -56,7 +56,7 @@ def step_times(n_tasks: int, steps: int, every: int, max_tasks: int, weighting: 
             probe_s += time.perf_counter() - t
         opt.zero_grad()
         per_task, known = masked_bce_per_task(model(x), y, mask)
-        w.backward(per_task, ones, model.coupling_penalty(), model, known)
+        w.backward(per_task, ones, model, known)
         opt.step()
         w.after_step()
     step(1)                                       # warm-up (not a probe step)

@@ -22,6 +22,7 @@ import tempfile
 import time
 
 import numpy as np
+import pyBigWig
 
 CHROM = 10_000_000
 STEP, WIDTH = 50, 200
@@ -41,7 +42,6 @@ print(json.dumps({"seconds": time.perf_counter() - t0, "rows": rep["rows_read"],
 
 
 def write_inputs(d: str, rows: int, n_tasks: int, seed: int = 0):
-    import pyBigWig
     rng = np.random.default_rng(seed)
     per_chrom = (CHROM - WIDTH) // STEP + 1
     n_chroms = -(-rows // per_chrom)

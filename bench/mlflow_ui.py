@@ -19,6 +19,12 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from mlflow.tracking import MlflowClient
+
+from mtlsweep.app.cli import main as cli
+from mtlsweep.mlflow_server import server
+from mtlsweep.mlflow_server.runs_view import runs_url
+
 
 def screenshot(url: str, png: Path, chromium: str) -> None:
     subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
@@ -33,11 +39,7 @@ def main() -> int:
     a = p.parse_args()
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    from mlflow.tracking import MlflowClient
 
-    from mtlsweep.app.cli import main as cli
-    from mtlsweep.mlflow_server import server
-    from mtlsweep.mlflow_server.runs_view import runs_url
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         info = server.start(tmp / "mlflow")

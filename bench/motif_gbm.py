@@ -23,11 +23,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch
+
+from mtlsweep.config.run import GbmConfig  # noqa: E402
 from mtlsweep.data.jaspar import load_motifs  # noqa: E402
 from mtlsweep.data.motif_features import FeatureOptions, MotifScanner, compute_features, select_motifs  # noqa: E402
 from mtlsweep.data.store import Store  # noqa: E402
 from mtlsweep.data.synthetic import SynthSpec, write_synthetic  # noqa: E402
-from mtlsweep.config.run import GbmConfig  # noqa: E402
 from mtlsweep.models.motif_gbm import fit_gbm  # noqa: E402
 from mtlsweep.training.reference_runner import evaluate  # noqa: E402
 
@@ -86,7 +88,6 @@ def main() -> None:
 
     if not args.no_speed:
         if args.n_jobs:
-            import torch
             torch.set_num_threads(args.n_jobs)
         speed(store, motifs, args.n_speed)
     if args.speed_only:

@@ -22,10 +22,19 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import torch
+
 from mtlsweep.config.run import GbmConfig, KmerConfig  # noqa: E402
 from mtlsweep.data.kmers import both_strand_counts  # noqa: E402
 from mtlsweep.data.motif_features import FeatureOptions, MotifScanner, compute_features  # noqa: E402
-from mtlsweep.models.motif_gbm import load_motif_set  # noqa: E402
+from mtlsweep.data.store import open_dataset
+from mtlsweep.models.kmer_linear import fit_kmer_linear
+from mtlsweep.models.motif_gbm import (
+    fit_gbm,
+    load_motif_set,  # noqa: E402
+)
+from mtlsweep.studies.ground_truth import STUDY, ensure_data, load_design
+from mtlsweep.training.metrics import task_metrics
 
 
 def best_of(fn, repeats: int = 2) -> float:
@@ -49,11 +58,6 @@ def feature_times(codes: np.ndarray, scanner: MotifScanner) -> list[tuple[str, f
 
 
 def fit_once(threads: int) -> None:
-    from mtlsweep.data.store import open_dataset
-    from mtlsweep.models.kmer_linear import fit_kmer_linear
-    from mtlsweep.models.motif_gbm import fit_gbm
-    from mtlsweep.studies.ground_truth import STUDY, ensure_data, load_design
-    from mtlsweep.training.metrics import task_metrics
     design = load_design(STUDY / "regimes.yaml", STUDY / "variants.yaml")
     ws = Path(tempfile.gettempdir()) / "mtlsweep-bench-references"
     store = open_dataset(ensure_data(ws, "related", design.regimes["related"], 0))
@@ -77,7 +81,6 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fit", action="store_true", help="features only")
     a = ap.parse_args()
-    import torch
     torch.set_num_threads(a.threads)
     scanner = MotifScanner(load_motif_set(GbmConfig()))
     rng = np.random.default_rng(0)

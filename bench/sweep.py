@@ -22,13 +22,17 @@ import time
 from pathlib import Path
 
 import numpy as np
+import ray
 import yaml
+from mlflow.tracking import MlflowClient
+
+from mtlsweep.data.store import SplitArrays, Store
+from mtlsweep.search.driver import SweepArgs, run_sweep
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def make_store(n: int, length: int, tasks: int, path: Path):
-    from mtlsweep.data.store import SplitArrays, Store
     rng = np.random.default_rng(0)
 
     def split(k):
@@ -41,9 +45,6 @@ def make_store(n: int, length: int, tasks: int, path: Path):
 
 
 def trial_overhead(tmp: Path, reuse: bool, n_trials: int) -> tuple[float, float]:
-    import ray
-    from mlflow.tracking import MlflowClient
-    from mtlsweep.search.driver import SweepArgs, run_sweep
     base = {"data": {"path": str(tmp / "small.h5"), "batch_size": 64},
             "model": {"arch": {"conv_channels": [8, 8, 8], "conv_widths": [7, 5, 3], "pool": [2, 2, 2],
                                "dense": [16, 16]}, "sharing": {"shared_layers": 5}},
@@ -68,8 +69,6 @@ def trial_overhead(tmp: Path, reuse: bool, n_trials: int) -> tuple[float, float]
 
 
 def shared_memory(store) -> tuple[float, float, float]:
-    import ray
-
     @ray.remote(num_cpus=1)
     class Reader:
         def hold(self, s, copy: bool):
@@ -101,7 +100,6 @@ def main() -> None:
         import psutil  # noqa: F401 - the memory measurement reads USS through it
     except ImportError:
         sys.exit("bench/sweep.py: needs psutil: pip install -e '.[bench]'")
-    import ray
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         make_store(2000, 100, 4, tmp / "small.h5")

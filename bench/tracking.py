@@ -19,9 +19,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from mlflow import MlflowClient
+
+from mtlsweep.data.task_keys import sanitize_names  # noqa: E402
 from mtlsweep.mlflow_server import server  # noqa: E402
 from mtlsweep.mlflow_server.fast_logger import FastLogger  # noqa: E402
-from mtlsweep.data.task_keys import sanitize_names  # noqa: E402
 
 
 def epoch_report(keys: list[str], step: int) -> dict[str, float]:
@@ -51,7 +53,6 @@ def main(argv=None) -> int:
         info = server.start(Path(tmp) / "server")
         print(f"server {info.url} ready in {time.perf_counter() - t0:.1f} s")
         try:
-            from mlflow import MlflowClient
 
             client = MlflowClient(info.url)
             exp = client.create_experiment("bench-tracking")

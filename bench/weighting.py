@@ -16,9 +16,9 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from mtlsweep.config.run import RunConfig  # noqa: E402
 from mtlsweep.models import build_model  # noqa: E402
 from mtlsweep.schedules.factory import build_weighting  # noqa: E402
-from mtlsweep.config.run import RunConfig  # noqa: E402
 from mtlsweep.training.loss import masked_bce_per_task  # noqa: E402
 
 SMALL = {"model.arch.conv_channels": [64, 64, 64], "model.arch.conv_widths": [15, 7, 5],
@@ -48,7 +48,7 @@ def main() -> None:
         def step():
             opt.zero_grad()
             per_task, known = masked_bce_per_task(model(x), y, mask)
-            weighting.backward(per_task, ones, model.coupling_penalty(), model, known)
+            weighting.backward(per_task, ones, model, known)
             opt.step()
             weighting.after_step()
         step()

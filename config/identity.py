@@ -11,7 +11,7 @@
   and regularization dimensions a sweep searches, a grid's ``tune:`` keys).
 - ``Protocol``: ``tuned`` (the baseline gets its own search over those keys, with as many trials
   as each family, best on validation) or ``fixed`` (the base config's setting).
-- the MLflow tag names that carry them (the tracking layer writes and reads them).
+- (the MLflow tags that carry them are named in config/tags.py).
 """
 from __future__ import annotations
 
@@ -20,15 +20,10 @@ import json
 from dataclasses import dataclass
 from typing import Iterable, Optional, Sequence
 
-from mtlsweep.config.run import PRESET_KEYS, InitConfig, RunConfig, ScheduleConfig, SharingConfig, flatten
+import yaml
 
-ROLE_TAG = "role"
-FP_TAG = "baseline_fp"
-KEY_TAG = "compare_key"
-PROTOCOL_TAG = "baseline_protocol"
-PROTOCOL_FP_TAG = "baseline_protocol_fp"
-RUN_TAG = "baseline_run_id"
-CANDIDATE = "baseline_candidate"
+from mtlsweep.config.registry import COUPLINGS, FAMILIES
+from mtlsweep.config.run import PRESET_KEYS, InitConfig, RunConfig, ScheduleConfig, SharingConfig, flatten
 
 # The dimensions a baseline is tuned over: optimizer and regularization, nothing about sharing.
 REGULARIZATION_KEYS = ("optim.", "model.arch.dropout", "data.batch_size")
@@ -41,8 +36,12 @@ NOT_IDENTITY = ("tracking.", "train.out_dir", "train.device", "train.num_threads
                 "train.eval_batch_size", "train.grad_flow_", "train.affinity_", "data.path", "data.tasks",
                 "model.backend", "gbm.n_jobs", "gbm.cache_dir", "kmer.n_jobs")
 # The reference families (no CNN, nothing shared) and the config section each one reads.
-FAMILY_SECTIONS = {"motif_gbm": "gbm", "kmer_linear": "kmer"}
+FAMILY_SECTIONS = {e.name: e.section for e in FAMILIES if e.kind == "reference"}
 REFERENCE_FAMILIES = tuple(FAMILY_SECTIONS)
+# What `compare` groups runs by: the trunk's sharing, then each coupling's label, then the references.
+FAMILY_LABELS = tuple(dict.fromkeys(["single", "hard", "branched", "grouped",
+                                     *(e.label for e in COUPLINGS if e.label),
+                                     *(e.label for e in FAMILIES if e.label)]))
 
 
 def is_regularization(key: str) -> bool:
@@ -82,9 +81,6 @@ def run_identity(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str],
 
 def _digest(tree) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-CONFIG_FP_TAG = "config_fp"
 
 
 def config_fingerprint(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str]) -> str:
@@ -136,28 +132,25 @@ class Protocol:
                 f"the best on validation AUROC{own}")
 
 
-
 def model_family(cfg: RunConfig) -> str:
-    """single (k = 0, no coupling), hard (k = L), soft (towers coupled), branched (0 < k < L),
-    control (towers with the zero-pull control of l2: shrinkage without sharing), grouped
-    (layers shared within task groups, sharing.group_layers)."""
+    """single (k = 0, no coupling), hard (k = L), branched (0 < k < L), grouped (layers shared
+    within task groups, sharing.group_layers), else the coupling's label (soft: towers coupled;
+    control: the zero-pull control of l2, shrinkage without sharing), or a reference family's."""
     if cfg.model.family in REFERENCE_FAMILIES:
-        return cfg.model.family
+        return FAMILIES[cfg.model.family].label
     s = cfg.model.sharing
     if cfg.model.n_group:
         return "grouped"
     if cfg.model.n_shared == cfg.model.n_layers:
         return "hard"
-    if s.coupling == "l2_zero" and s.strength > 0:
-        return "control"
-    if s.coupling == "cross_stitch" or (s.coupling in ("l2", "trace_norm") and s.strength > 0):
-        return "soft"
+    coupling = COUPLINGS[s.coupling]
+    if coupling.kind == "mixing" or (coupling.kind == "penalty" and s.strength > 0):
+        return coupling.label
     return "single" if cfg.model.n_shared == 0 else "branched"
 
 
 def run_config(params: dict[str, str]) -> Optional[RunConfig]:
     """A run's config back from its logged params (None when they do not make one)."""
-    import yaml
 
     known = set(flatten(RunConfig().model_dump(mode="json"))) - {"model.family"}
     flat = {}

@@ -6,18 +6,27 @@ search keys, so ``flatten``/``unflatten`` must round-trip exactly.
 from __future__ import annotations
 
 import re
-
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Optional, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mtlsweep.config.errors import ConfigError, describe_all
+from mtlsweep.config.registry import REGISTRIES
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*")
+    @classmethod
+    def _registered(cls, v, info):
+        # A field backed by a registry (config/registry.py) takes its registered names only.
+        extra = cls.model_fields[info.field_name].json_schema_extra
+        if isinstance(extra, dict) and "registry" in extra:
+            return REGISTRIES[extra["registry"]].check(v)
+        return v
 
     @field_validator("*", mode="before")
     @classmethod
@@ -30,7 +39,6 @@ class _Section(BaseModel):
 
 def _numeric(annotation) -> bool:
     """Is an int or a float among what the annotation admits (Optional, Union, Annotated unwrapped)?"""
-    from typing import get_args
     if annotation in (int, float):
         return True
     return any(_numeric(a) for a in get_args(annotation) if a is not type(None))
@@ -115,9 +123,10 @@ class SharingConfig(_Section):
     shared_layers: Union[Annotated[int, Field(ge=0)], Literal["all", "convs"]] = Field(
         "all", description="First k trunk layers shared by all tasks; the rest are per-task towers. all: every layer "
                        "(the hard model), convs: the conv layers, whatever the trunk's depth.")
-    coupling: Literal["none", "l2", "trace_norm", "cross_stitch", "l2_zero"] = Field(
+    coupling: str = Field(
         "none", description="Soft coupling between towers (l2, trace_norm, cross_stitch); l2_zero is the "
-                            "no-sharing control of l2: the same pull, toward zero instead of the towers' mean.")
+                            "no-sharing control of l2: the same pull, toward zero instead of the towers' mean.",
+        json_schema_extra={"registry": "model.sharing.coupling"})
     strength: float = Field(0.0, ge=0.0, description="Coupling strength lambda (l2, trace_norm, l2_zero).")
     tower_init: Literal["common", "independent"] = Field(
         "common", description="common: every tower starts from one draw, so a coupling pulls towers together, "
@@ -145,9 +154,10 @@ class SharingConfig(_Section):
 
 
 class ModelConfig(_Section):
-    family: Literal["cnn", "motif_gbm", "kmer_linear"] = Field(
+    family: str = Field(
         "cnn", description="cnn: the sharing continuum; motif_gbm: JASPAR motif scores + gradient-boosted trees "
-                           "(gbm:); kmer_linear: k-mer counts of both strands + logistic regression (kmer:).")
+                           "(gbm:); kmer_linear: k-mer counts of both strands + logistic regression (kmer:).",
+        json_schema_extra={"registry": "model.family"})
     arch: ArchConfig = Field(default_factory=ArchConfig)
     sharing: SharingConfig = Field(default_factory=SharingConfig)
     width: float = Field(1.0, gt=0.0, le=4.0, description="Scale of tower layer widths (shared layers keep arch widths).")
@@ -220,10 +230,10 @@ class WarmStartConfig(_Section):
 
 
 class ScheduleConfig(_Section):
-    order: Literal["joint", "task_per_epoch", "round_robin", "curriculum", "annealed", "group_blocks",
-                   "group_round_robin"] = Field(
+    order: str = Field(
         "joint", description="Which tasks count at each step (group_blocks: one task group per block of an epoch; "
-                             "group_round_robin: one group per step; groups from model.sharing.groups).")
+                             "group_round_robin: one group per step; groups from model.sharing.groups).",
+        json_schema_extra={"registry": "schedule.order"})
     order_by: Literal["given", "prevalence", "baseline_auroc", "shuffle", "affinity"] = Field(
         "given", description="How tasks are ordered for task_per_epoch/round_robin/curriculum/group orders "
                              "(affinity: the tasks whose steps help the others most first).")
@@ -236,8 +246,9 @@ class ScheduleConfig(_Section):
     curriculum_epochs: Optional[list[int]] = Field(None, description="Epoch each task enters (null = evenly spread).")
     anneal_floor: float = Field(0.0, ge=0.0, le=1.0, description="annealed: final alpha.")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
-    weighting: Literal["equal", "uncertainty", "gradnorm", "pcgrad", "famo"] = Field(
-        "equal", description="Task weighting (famo: Liu et al. 2023, one backward pass whatever the task count).")
+    weighting: str = Field(
+        "equal", description="Task weighting (famo: Liu et al. 2023, one backward pass whatever the task count).",
+        json_schema_extra={"registry": "schedule.weighting"})
     gradnorm_alpha: float = Field(1.5, ge=0.0, description="GradNorm restoring force.")
     per_task_grad_chunk: int = Field(32, ge=1, description="GradNorm/PCGrad: tasks per vectorized backward pass.")
     famo_lr: float = Field(0.025, gt=0.0, description="FAMO: learning rate of the task logits (Adam).")
@@ -282,7 +293,8 @@ class TrainConfig(_Section):
 
 
 class TrackingConfig(_Section):
-    enabled: bool = Field(False, description="Log to MLflow.")
+    enabled: Optional[bool] = Field(None, description="Log to MLflow: true, false, or null for the command's "
+                                                      "default (train: only with --tracking-uri; a sweep: always).")
     uri: Optional[str] = Field(None, description="Tracking URI (null = MLFLOW_TRACKING_URI or the local SQLite store).")
     experiment: str = Field("mtlsweep", min_length=1, description="Experiment (one per study).")
 

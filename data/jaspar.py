@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from pyjaspar import JASPAR_LATEST_RELEASE, jaspar_releases, jaspardb
 
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.onehot import reverse_complement
@@ -119,8 +120,6 @@ def pfm_similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _open_db(release: str | None):
-    from pyjaspar import JASPAR_LATEST_RELEASE, jaspar_releases, jaspardb
-
     release = JASPAR_LATEST_RELEASE if release is None else release
     if release not in jaspar_releases:
         raise DataError(f"JASPAR release {release!r} is not available; allowed: {', '.join(sorted(jaspar_releases))}")
@@ -165,7 +164,6 @@ def load_motifs(collection: str = "CORE", tax_group: str = "vertebrates", releas
     if not isinstance(collection, str) or not isinstance(tax_group, str):
         raise DataError(f"JASPAR collection and tax_group must be strings, got {collection!r}, {tax_group!r}")
     if release is None:
-        from pyjaspar import JASPAR_LATEST_RELEASE
 
         release = JASPAR_LATEST_RELEASE  # one cache entry whether the release is named or not
     return list(_load_cached(collection, tax_group, release))

@@ -14,6 +14,7 @@ length. The store appears atomically; the build report beside it.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import time
@@ -22,12 +23,25 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
 from mtlsweep.data.basset_hdf5 import DEFAULT_LABEL_MAP, SPLITS, atomic_h5_file
 from mtlsweep.data.errors import DataError
-from mtlsweep.data.peaks import (SKIP_REASONS, ChromCodes, SplitPlan, _check_args, _check_chroms, _skip_text,
-                                 check_outputs, cut_codes, fasta_index_path, fasta_lengths, format_extras,
-                                 open_fasta)
+from mtlsweep.data.peaks import (
+    SKIP_REASONS,
+    ChromCodes,
+    SplitPlan,
+    _check_args,
+    _check_chroms,
+    _skip_text,
+    check_outputs,
+    cut_codes,
+    fasta_index_path,
+    fasta_lengths,
+    format_extras,
+    open_fasta,
+)
 from mtlsweep.data.signal import TrackSet, TrackSpec, check_tracks, parse_transforms
 from mtlsweep.data.store import _Fingerprint, _StoreWriter
 
@@ -53,7 +67,6 @@ def _is_gzip(path: Path) -> bool:
 
 
 def _open_text(path: Path):
-    import gzip
     if _is_gzip(path):
         return gzip.open(path, "rt", encoding="utf-8", newline="")
     return open(path, encoding="utf-8", newline="")
@@ -117,7 +130,6 @@ class _Parser:
         self._held = {c: 1 for c in plan.valid_chroms} | {c: 2 for c in plan.test_chroms}
 
     def chunks(self, chunk_rows: int):
-        import pandas as pd
         try:
             reader = pd.read_csv(self.path, sep="\t", header=0, dtype=str, na_filter=False, chunksize=chunk_rows,
                                  compression="gzip" if _is_gzip(self.path) else None, engine="c")
@@ -370,7 +382,6 @@ def _by_chrom(rows: _Rows, mask: np.ndarray, fn) -> None:
 
 
 def _bar(progress: bool, total, desc: str):
-    from tqdm.auto import tqdm
     return tqdm(total=total, desc=desc, unit="rows", unit_scale=True, leave=False,
                 disable=None if progress else True, mininterval=0.5)
 

@@ -32,12 +32,13 @@ from typing import Iterable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from mtlsweep.config.run import GBM_CACHE_DIR, GBM_FEATURES
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, log_odds
 from mtlsweep.data.kmers import kmer_names, window_index
-from mtlsweep.data.onehot import ALPHABET, N_CODE, codes_to_onehot_np, reverse_complement
+from mtlsweep.data.onehot import N_CODE, codes_to_onehot_np, reverse_complement
 
 FEATURES = GBM_FEATURES
 MOTIF_FEATURES = ("max", "count", "bins")
@@ -383,7 +384,6 @@ def _fill(out: np.ndarray, codes: np.ndarray, scanner: Optional[MotifScanner], o
         n_motif_cols = scanner.n_motifs * (("max" in f) + ("count" in f) + int(options.n_bins) * ("bins" in f))
         bar = None
         if progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=n, desc="motif features", unit="seq", leave=False, disable=None, mininterval=0.5)
         for a in range(0, n, batch_size):
             b = min(n, a + batch_size)

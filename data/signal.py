@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
+import pyBigWig
 
 from mtlsweep.data.errors import DataError
 
@@ -97,7 +98,6 @@ class _BigWig:
     format = "bigWig"
 
     def __init__(self, path: Path):
-        import pyBigWig
         try:
             self._bw = pyBigWig.open(str(path))
         except RuntimeError:

@@ -38,12 +38,14 @@ from typing import Literal, Optional
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pyjaspar import jaspar_releases
+from sklearn.metrics import average_precision_score, roc_auc_score
 
 from mtlsweep.config.errors import describe
-
+from mtlsweep.data.basset_hdf5 import write_basset
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, load_motifs, log_odds, pfm_similarity_many, read_motif_file, scan_max
-from mtlsweep.data.store import SplitArrays
+from mtlsweep.data.store import SplitArrays, Store
 
 SPLITS = ("train", "valid", "test")
 OUTPUT_FILES = {"basset": "basset.h5", "store": "store.h5", "truth": "truth.json"}
@@ -140,7 +142,6 @@ class SynthSpec(BaseModel):
             raise _Bad("test_fraction", self.test_fraction,
                        "valid_fraction + test_fraction must leave training sequences (sum < 1)")
         if self.motif_release is not None:
-            from pyjaspar import jaspar_releases
             if self.motif_release not in jaspar_releases:
                 raise _Bad("motif_release", self.motif_release,
                            f"allowed: {', '.join(sorted(jaspar_releases))} or null (newest)")
@@ -582,7 +583,6 @@ def oracle_scores(codes: np.ndarray, tab: "_Tables", tasks: "_Tasks") -> np.ndar
 
 def _oracle(scores: np.ndarray, labels: np.ndarray, names: list[str], bounds: dict) -> dict:
     """Per split and task, the AUROC/AUPRC of the oracle against the observed (noisy) labels."""
-    from sklearn.metrics import average_precision_score, roc_auc_score
     per_split, means = {}, {}
     for s, (a, b) in bounds.items():
         rows = {}
@@ -699,8 +699,6 @@ def write_synthetic(spec: SynthSpec, out_dir, overwrite: bool = False) -> dict[s
 
     Everything is checked (spec, existing files) and generated before the first byte is written.
     """
-    from mtlsweep.data.basset_hdf5 import write_basset
-    from mtlsweep.data.store import Store
 
     if not isinstance(spec, SynthSpec):
         raise DataError(f"write_synthetic: spec must be a SynthSpec, got {type(spec).__name__}")

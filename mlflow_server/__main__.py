@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtlsweep.config.errors import guarded
 from mtlsweep.mlflow_server import server
 
 DEFAULT_DIR = "workspace"
@@ -75,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mtlsweep server",
                                      description="Start, stop or inspect the MLflow server.")
     add_arguments(parser)
-    from mtlsweep.config.errors import guarded
     return guarded(run, parser.parse_args(argv))
 
 

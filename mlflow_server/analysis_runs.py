@@ -16,11 +16,11 @@ from mlflow.entities import Metric, Param
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from mtlsweep.config import tags as tag
+from mtlsweep.config.tags import Role
 from mtlsweep.data.errors import DataError
 from mtlsweep.mlflow_server.run_logger import get_or_create_experiment, param_value
 from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
-
-ANALYSIS_ROLE = "analysis"
 
 
 def run_dir_of(ref: str, tracking_uri: Optional[str] = None) -> tuple[Path, str]:
@@ -31,7 +31,7 @@ def run_dir_of(ref: str, tracking_uri: Optional[str] = None) -> tuple[Path, str]
         run = MlflowClient(uri).get_run(ref)
     except MlflowException:
         raise DataError(f"{ref}: neither a run directory (with best.pt) nor an MLflow run id at {uri}") from None
-    run_dir = run.data.tags.get("run_dir")
+    run_dir = run.data.tags.get(tag.RUN_DIR)
     if not run_dir:
         raise DataError(f"MLflow run {ref}: has no run_dir tag pointing to its run directory")
     return Path(run_dir), ref
@@ -49,7 +49,7 @@ def log_analysis_run(tracking_uri: str, experiment: str, run_name: str, *, kind:
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri)
     exp_id = get_or_create_experiment(client, experiment)
-    all_tags = {"role": ANALYSIS_ROLE, "analysis": kind, **{k: str(v) for k, v in tags.items()}}
+    all_tags = {tag.ROLE: Role.ANALYSIS, "analysis": kind, **{k: str(v) for k, v in tags.items()}}
     run = client.create_run(exp_id, run_name=run_name, tags=all_tags)
     rid = run.info.run_id
     try:

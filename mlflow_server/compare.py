@@ -10,11 +10,12 @@ import base64
 import csv
 import html
 import io
+import json
 import math
 import os
 import shutil
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -22,13 +23,20 @@ import numpy as np
 import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from rich.console import Console
+from rich.table import Table
+from scipy.stats import wilcoxon
 
-from mtlsweep.config.identity import REFERENCE_FAMILIES
-from mtlsweep.mlflow_server.run_logger import CONVERGED_TAG, CONVERGENCE_TAG, INNER_TUNING_TAG, RANGES_TAG
+from mtlsweep.analysis.cost_scaling import time_to_target
+from mtlsweep.config import tags as tag
+from mtlsweep.config.identity import FAMILY_LABELS, REFERENCE_FAMILIES, baseline_fingerprint, run_config
+from mtlsweep.config.tags import Role
+from mtlsweep.data.task_keys import sanitize_names
+from mtlsweep.plots import subplots
+from mtlsweep.training.certificates import RULE, TUNING_RULE, tuning_edges
 
-FAMILIES = ("single", "hard", "soft", "branched", "control", "grouped", "motif_gbm", "kmer_linear")
+FAMILIES = FAMILY_LABELS
 AUROC_PREFIX = "best/val/auroc/"
-CANDIDATE = "baseline_candidate"
 
 
 @dataclass
@@ -53,7 +61,6 @@ class RunRow:
         """Metric key -> task name (keys are sanitized names; they differ only where a name had to)."""
         try:
             tasks = yaml.safe_load(self.params.get("data.task_names", "null")) or []
-            from mtlsweep.data.task_keys import sanitize_names
             return {v: k for k, v in sanitize_names(tasks).items()}
         except Exception:  # noqa: BLE001 - an old or odd run: show the keys themselves
             return {}
@@ -71,21 +78,20 @@ class RunRow:
     @property
     def converged(self) -> Optional[bool]:
         """None when the run carries no certificate (logged before runs had one, or never ended)."""
-        v = self.tags.get(CONVERGED_TAG)
+        v = self.tags.get(tag.CONVERGED)
         return None if v is None else v == "yes"
 
     def tuning_edges(self) -> list:
         """The tuned values of this run at the edge of the range they were searched in: the
         sweep's ranges (search_ranges) and what a reference family tuned in its own fit."""
-        from mtlsweep.training.certificates import tuning_edges
-        ranges = _json_tag(self.tags, RANGES_TAG)
+        ranges = _json_tag(self.tags, tag.RANGES)
         chosen = {}
         for k in ranges:
             try:
                 chosen[k] = yaml.safe_load(self.params.get(k, "null"))
             except yaml.YAMLError:
                 chosen[k] = None
-        inner = _json_tag(self.tags, INNER_TUNING_TAG)
+        inner = _json_tag(self.tags, tag.INNER_TUNING)
         ranges.update({k: {"values": v["values"]} for k, v in inner.items()})
         chosen.update({k: v["chosen"] for k, v in inner.items()})
         return tuning_edges(chosen, ranges)
@@ -96,7 +102,7 @@ class RunRow:
         if self.converged is None:
             why.append("no convergence certificate")
         elif not self.converged:
-            why.append(self.tags.get(CONVERGENCE_TAG, "not converged"))
+            why.append(self.tags.get(tag.CONVERGENCE, "not converged"))
         why += [str(e) for e in self.tuning_edges()]
         return not why, "; ".join(why)
 
@@ -107,7 +113,6 @@ class RunRow:
 
 
 def _json_tag(tags: dict, name: str) -> dict:
-    import json
     try:
         v = json.loads(tags.get(name) or "{}")
     except ValueError:
@@ -118,7 +123,6 @@ def _json_tag(tags: dict, name: str) -> dict:
 def run_fingerprint(params: dict[str, str]) -> Optional[str]:
     """The fingerprint of the baseline a run must be compared with, from its logged params
     (for runs logged before runs carried a compare_fp tag)."""
-    from mtlsweep.config.identity import baseline_fingerprint, run_config
     cfg = run_config(params)
     try:
         tasks = yaml.safe_load(params.get("data.task_names", "null"))
@@ -137,33 +141,33 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
     rows = []
     for r in runs:
         tags = r.data.tags
-        role = tags.get("role", "")
+        role = tags.get(tag.ROLE, "")
         if role in ("sweep", "analysis"):
             continue
         rows.append(RunRow(
-            r.info.run_id, r.info.run_name or r.info.run_id[:8], tags.get("family", "?"), role, r.info.status,
+            r.info.run_id, r.info.run_name or r.info.run_id[:8], tags.get(tag.FAMILY, "?"), role, r.info.status,
             dict(r.data.metrics), dict(r.data.params), dict(tags),
             per_task={k[len(AUROC_PREFIX):]: v for k, v in r.data.metrics.items() if k.startswith(AUROC_PREFIX)}))
     by_id, by_fp = {}, {}
     for row in rows:
-        if row.role == "baseline" and row.status == "FINISHED":
+        if row.role == Role.BASELINE and row.status == "FINISHED":
             by_id[row.run_id] = row
-            by_fp.setdefault(row.tags.get("baseline_fp"), row)
+            by_fp.setdefault(row.tags.get(tag.BASELINE_FP), row)
     by_data: dict[tuple, list[RunRow]] = {}
     for row in by_id.values():
         by_data.setdefault(row.data_key, []).append(row)
     for row in rows:
-        row.baseline_fp = row.tags.get("baseline_fp") if row.role == "baseline" else \
-            (row.tags.get("compare_fp") or run_fingerprint(row.params))
-        if row.role != "baseline":
+        row.baseline_fp = row.tags.get(tag.BASELINE_FP) if row.role == Role.BASELINE else \
+            (row.tags.get(tag.COMPARE_FP) or run_fingerprint(row.params))
+        if row.role != Role.BASELINE:
             # A sweep names each trial's baseline (tuned or fixed); a lone run matches by identity.
-            row.baseline = by_id.get(row.tags.get("baseline_run_id")) or by_fp.get(row.baseline_fp)
+            row.baseline = by_id.get(row.tags.get(tag.BASELINE_RUN)) or by_fp.get(row.baseline_fp)
             if row.baseline is None and row.family in REFERENCE_FAMILIES:
                 row.baseline = reference_baseline(row, by_data.get(row.data_key, []))
     if sweep:
         def in_sweep(x):
-            return x.tags.get("mlflow.parentRunId") == sweep or x.tags.get("sweep") == sweep
-        rows = [r for r in rows if in_sweep(r) or (r.role == "baseline" and any(x.baseline is r for x in rows
+            return x.tags.get(tag.PARENT) == sweep or x.tags.get(tag.SWEEP) == sweep
+        rows = [r for r in rows if in_sweep(r) or (r.role == Role.BASELINE and any(x.baseline is r for x in rows
                                                                                  if in_sweep(x)))]
     return rows
 
@@ -208,14 +212,43 @@ def wilcoxon_p(d: np.ndarray) -> float:
     d = d[np.isfinite(d)]
     if len(d) < 2 or not np.any(d != 0):
         return math.nan
-    from scipy.stats import wilcoxon
     return float(wilcoxon(d).pvalue)
 
 
-COLUMNS = ["run", "family", "role", "trials", "certified", "auroc_mean", "auroc_median", "auprc_mean",
-           "delta_auroc_mean", "wilcoxon_p", "tasks_improved", "tasks_total", "oracle_auroc", "gap_closed",
-           "train_val_gap", "epoch_s", "samples_per_s", "s_to_target", "n_params", "flops_per_seq", "baseline",
-           "certificate"]
+@dataclass
+class ComparisonRow:
+    """One line of the comparison: a run (or a family with no completed run) against its baseline.
+    The fields up to ``certificate`` are the CSV's and HTML's columns, in order."""
+    run: str
+    family: str
+    role: str                          # baseline, best <family>, no completed <family>, top
+    trials: str = ""                   # completed/all of the family (pruned, failed)
+    certified: str = ""                # yes / no (why: certificate)
+    auroc_mean: float = math.nan
+    auroc_median: float = math.nan
+    auprc_mean: float = math.nan
+    delta_auroc_mean: float = math.nan
+    wilcoxon_p: float = math.nan
+    tasks_improved: object = ""
+    tasks_total: object = ""
+    oracle_auroc: float = math.nan
+    gap_closed: float = math.nan
+    train_val_gap: float = math.nan
+    epoch_s: float = math.nan
+    samples_per_s: float = math.nan
+    s_to_target: float = math.nan
+    n_params: object = ""
+    flops_per_seq: object = ""
+    baseline: str = ""
+    certificate: str = ""
+    source: Optional[RunRow] = field(default=None, repr=False)          # the run the line is about
+    comparison: Optional["Comparison"] = field(default=None, repr=False)
+
+    def values(self) -> dict[str, object]:
+        return {c: getattr(self, c) for c in COLUMNS}
+
+
+COLUMNS = [f.name for f in fields(ComparisonRow)][:-2]
 TEXT_COLUMNS = ["run", "family", "role", "trials", "certified", "auroc_mean", "auprc_mean", "delta_auroc_mean",
                 "wilcoxon_p", "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap", "n_params", "epoch_s",
                 "baseline"]
@@ -232,7 +265,6 @@ def gap_closed(run: float, baseline: float, oracle: float) -> float:
 def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float:
     """Training seconds until the run's mean validation AUROC first reached ``target`` (the
     matched baseline's best), from its learning curve; NaN if it never did."""
-    from mtlsweep.analysis.cost_scaling import time_to_target
     if not math.isfinite(target):
         return math.nan
     hist: dict[int, dict] = {}
@@ -250,13 +282,13 @@ def _trials(runs: list[RunRow]) -> str:
 
 
 def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
-               client: Optional[MlflowClient] = None) -> list[dict]:
+               client: Optional[MlflowClient] = None) -> list[ComparisonRow]:
     """The baseline(s), the best *certified* run of each family (converged, tuned to an interior
     optimum; without one its best completed run, labelled uncertified, or a line saying none
     completed), then the top certified runs overall. Pruned, failed and orphaned runs are never
     chosen; an uncertified run is shown, never ranked."""
     key = f"best/{metric}" if not metric.startswith(("best/", "test/")) else metric
-    contenders = [r for r in rows if r.role not in ("baseline", CANDIDATE)]
+    contenders = [r for r in rows if r.role not in ("baseline", Role.CANDIDATE)]
     ranked = sorted([r for r in contenders if r.completed and math.isfinite(r.m(key))], key=lambda r: -r.m(key))
     certified = [r for r in ranked if r.certificate()[0]]
     chosen: list[tuple[str, Optional[RunRow], str]] = []      # (role label, run or None, trials)
@@ -271,7 +303,7 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
             label = label if best else f"no completed {fam}"
         chosen.append((label, best, _trials(members)))
     if not contenders:
-        best = max((r for r in rows if r.role == "baseline" and math.isfinite(r.m(key))), key=lambda r: r.m(key),
+        best = max((r for r in rows if r.role == Role.BASELINE and math.isfinite(r.m(key))), key=lambda r: r.m(key),
                    default=None)
         if best is not None:
             chosen.append(("baseline", best, ""))
@@ -285,35 +317,29 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
     out = []
     for label, r, trials in chosen:
         if r is None:
-            out.append({c: math.nan for c in COLUMNS} | {"run": f"({label})", "family": label.split()[-1], "role": label,
-                                                          "trials": trials, "tasks_improved": "", "tasks_total": "",
-                                                          "n_params": "", "flops_per_seq": "", "baseline": "",
-                                                          "certified": "", "certificate": "", "_row": None,
-                                                          "_cmp": None})
+            out.append(ComparisonRow(f"({label})", label.split()[-1], label, trials))
             continue
         c = compare_to_baseline(r)
         ok, why = r.certificate()
         base = r.baseline
         oracle = r.m("oracle/val/auroc_mean")
-        out.append({
-            "run": r.name.rsplit("/", 1)[-1], "family": r.family, "role": label, "trials": trials,
-            "auroc_mean": r.m("best/val/auroc_mean"), "auroc_median": r.m("best/val/auroc_median"),
-            "auprc_mean": r.m("best/val/auprc_mean"),
-            "delta_auroc_mean": c.delta_mean if c else math.nan, "wilcoxon_p": c.p_value if c else math.nan,
-            "tasks_improved": c.improved if c else "", "tasks_total": c.compared if c else "",
-            "oracle_auroc": oracle,
-            "gap_closed": gap_closed(r.m("best/val/auroc_mean"), base.m("best/val/auroc_mean"), oracle)
+        out.append(ComparisonRow(
+            run=r.name.rsplit("/", 1)[-1], family=r.family, role=label, trials=trials,
+            certified="yes" if ok else "no",
+            auroc_mean=r.m("best/val/auroc_mean"), auroc_median=r.m("best/val/auroc_median"),
+            auprc_mean=r.m("best/val/auprc_mean"),
+            delta_auroc_mean=c.delta_mean if c else math.nan, wilcoxon_p=c.p_value if c else math.nan,
+            tasks_improved=c.improved if c else "", tasks_total=c.compared if c else "",
+            oracle_auroc=oracle,
+            gap_closed=gap_closed(r.m("best/val/auroc_mean"), base.m("best/val/auroc_mean"), oracle)
             if base is not None else math.nan,
-            "train_val_gap": r.m("best/gap/auroc"),
-            "epoch_s": r.m("cost/epoch_s"), "samples_per_s": r.m("cost/samples_per_s"),
-            "s_to_target": seconds_to_target(client, r, base.m("best/val/auroc_mean") if base
-                                             else (r.m("best/val/auroc_mean") if r.role == "baseline" else math.nan))
+            train_val_gap=r.m("best/gap/auroc"), epoch_s=r.m("cost/epoch_s"), samples_per_s=r.m("cost/samples_per_s"),
+            s_to_target=seconds_to_target(client, r, base.m("best/val/auroc_mean") if base
+                                          else (r.m("best/val/auroc_mean") if r.role == Role.BASELINE else math.nan))
             if client is not None else math.nan,
-            "n_params": _int(r.params.get("model.n_params")), "flops_per_seq": _int(r.params.get("model.flops_per_sample")),
-            "certified": "yes" if ok else "no", "certificate": why or "converged; every tuned value interior",
-            "baseline": (base.name if base else ("-" if r.role == "baseline" else "no matching baseline")),
-            "_row": r, "_cmp": c,
-        })
+            n_params=_int(r.params.get("model.n_params")), flops_per_seq=_int(r.params.get("model.flops_per_sample")),
+            baseline=base.name if base else ("-" if r.role == Role.BASELINE else "no matching baseline"),
+            certificate=why or "converged; every tuned value interior", source=r, comparison=c))
     return out
 
 
@@ -324,22 +350,20 @@ def _int(v) -> object:
         return ""
 
 
-def caption(rows: list[dict]) -> str:
+def caption(rows: list[ComparisonRow]) -> str:
     """What the table's numbers are: the baseline protocol, the ceiling, and what is never 'best'."""
-    protocols = sorted({r["_row"].tags.get("baseline_protocol", "") for r in rows
-                        if r["_row"] is not None and r["role"] == "baseline"} - {""})
+    protocols = sorted({r.source.tags.get(tag.PROTOCOL, "") for r in rows
+                        if r.source is not None and r.role == Role.BASELINE} - {""})
     lines = ["Validation AUROC at each run's best epoch; delta against the single-task baseline each run was "
              "compared with; p: Wilcoxon signed-rank over tasks; better: tasks improved.",
              "Best of a family: its best certified trial, else its best completed one marked uncertified (trials: "
              "completed/all); pruned trials are never best."]
     if protocols:
         lines.append("Baseline: " + "; ".join(protocols) + ".")
-    from mtlsweep.training.certificates import RULE, TUNING_RULE
     lines.append(f"Certified (cert.): {RULE}, and {TUNING_RULE}. An uncertified run is shown, never ranked; "
                  "params: parameters (tree nodes for motif_gbm).")
-    lines += [f"  not certified, {r['role']} {r['run']}: {r['certificate']}" for r in rows
-              if r.get("certified") == "no"]
-    if any(r["role"] != "baseline" and math.isfinite(r.get("oracle_auroc", math.nan)) for r in rows):
+    lines += [f"  not certified, {r.role} {r.run}: {r.certificate}" for r in rows if r.certified == "no"]
+    if any(r.role != Role.BASELINE and math.isfinite(r.oracle_auroc) for r in rows):
         lines.append("oracle (oracle_auroc): the data's ceiling (true motifs and label rule); gap closed (gap_closed): "
                      "share of the baseline's gap to it that a run closes; train-val (train_val_gap): train minus "
                      "valid AUROC (overfitting).")
@@ -371,8 +395,6 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
                width: Optional[int] = None, optional: Sequence[str] = (), labels: Optional[dict] = None) -> str:
     """A rich table rendered to text (left-justified columns ``left``, the rest right), fitted to
     ``width`` (default: the terminal's) by leaving out ``optional`` columns, first named first."""
-    from rich.console import Console
-    from rich.table import Table
     width = width or terminal_width()
     keep = list(columns)
     empty = [c for i, c in enumerate(columns) if c in optional and all(row[i] in ("", "-") for row in cells)]
@@ -405,17 +427,18 @@ OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_aur
                  "family", "role", "n_params")     # a best run's role names its family
 
 
-def render_text(rows: list[dict], width: Optional[int] = None) -> str:
+def render_text(rows: list[ComparisonRow], width: Optional[int] = None) -> str:
     return rich_table("configurations vs single-task baseline (validation, best epoch)", TEXT_COLUMNS,
-                      [[_fmt(r[c]) for c in TEXT_COLUMNS] for r in rows], ("run", "family", "role", "trials", "baseline"),
-                      width, OPTIONAL_TEXT, TEXT_LABELS) + caption(rows) + "\n"
+                      [[_fmt(getattr(r, c)) for c in TEXT_COLUMNS] for r in rows],
+                      ("run", "family", "role", "trials", "baseline"), width, OPTIONAL_TEXT, TEXT_LABELS) \
+        + caption(rows) + "\n"
 
 
-def write_csv(rows: list[dict], path: Path) -> Path:
+def write_csv(rows: list[ComparisonRow], path: Path) -> Path:
     with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w = csv.DictWriter(fh, fieldnames=COLUMNS)
         w.writeheader()
-        w.writerows(rows)
+        w.writerows(r.values() for r in rows)
     return path
 
 
@@ -444,12 +467,12 @@ def _auroc_limits(*arrays: np.ndarray) -> tuple[float, float]:
 LABELLED_TASKS = 3
 
 
-def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
-    from mtlsweep.plots import subplots
+def figures(rows: list[ComparisonRow], all_runs: list[RunRow]) -> list[Figure]:
     out = []
     fig, ax = subplots(figsize=(6, 4.2))
-    colors = dict(zip(FAMILIES, ("tab:gray", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:red",
-                                 "tab:brown", "tab:olive")))
+    palette = ("tab:gray", "tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive",
+               "tab:pink", "tab:cyan")
+    colors = {fam: palette[i % len(palette)] for i, fam in enumerate(FAMILIES)}
     for fam in FAMILIES:
         pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
         pts = [p for p in pts if all(map(math.isfinite, p))]
@@ -473,10 +496,10 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
                       "seconds per epoch, coloured by family; the line is the Pareto front (no run is both faster "
                       "and better than a point on it)."))
     for r in rows:
-        c = r["_cmp"]
-        if c is None or r["role"] == "baseline":
+        c = r.comparison
+        if c is None or r.role == Role.BASELINE:
             continue
-        row = r["_row"]
+        row = r.source
         base = np.array([row.baseline.per_task[k] for k in c.keys])
         run = np.array([row.per_task[k] for k in c.keys])
         names = [row.task_names.get(k, k) for k in c.keys]
@@ -498,15 +521,16 @@ def figures(rows: list[dict], all_runs: list[RunRow]) -> list[Figure]:
                       f"<tr><td>{html.escape(names[i])}</td><td>{_fmt(float(base[i]))}</td><td>{_fmt(float(run[i]))}"
                       f"</td><td>{_fmt(float(d[i]))}</td></tr>" for i in order[::-1]) + "</table></details>")
         out.append(Figure(f"scatter_{row.family}_{row.run_id[:8]}.png", _png_b64(fig),
-                          f"{r['role']} ({row.name}) against its single-task baseline, one point per task (validation "
+                          f"{r.role} ({row.name}) against its single-task baseline, one point per task (validation "
                           "AUROC at the best epoch): above the diagonal (green) the task gained, below it (red) it "
                           f"did not; the {LABELLED_TASKS} most improved and most worsened tasks are named.", detail))
     return out
 
 
-def write_html(rows: list[dict], figs: list[Figure], path: Path, title: str) -> Path:
+def write_html(rows: list[ComparisonRow], figs: list[Figure], path: Path, title: str) -> Path:
     head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r[c]))}</td>" for c in COLUMNS) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values().values()) + "</tr>"
+                   for r in rows)
     imgs = "".join(f'<figure><img src="data:image/png;base64,{f.png}" alt="{html.escape(f.name)}">'
                    f"<figcaption>{html.escape(f.caption)}</figcaption>{f.detail}</figure>" for f in figs)
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -528,7 +552,7 @@ def report_title(client: MlflowClient, experiment: str, sweep: Optional[str]) ->
     return f"experiment {experiment}"
 
 
-def write_report(rows: list[dict], runs: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
+def write_report(rows: list[ComparisonRow], runs: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
     """comparison.csv and comparison.html (table, captioned plots) in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -537,7 +561,7 @@ def write_report(rows: list[dict], runs: list[RunRow], out_dir: Path, title: str
 
 
 def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, metric: str = "val/auroc_mean",
-            out_dir: Optional[Path] = None, top: int = 5) -> tuple[str, list[dict]]:
+            out_dir: Optional[Path] = None, top: int = 5) -> tuple[str, list[ComparisonRow]]:
     client = MlflowClient(tracking_uri)
     runs = collect(client, experiment, sweep)
     if not runs:

@@ -40,6 +40,11 @@ import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import requests
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
 from mtlsweep.data.errors import DataError
 from mtlsweep.mlflow_server.server import TrackingError, check_reachable
 
@@ -99,12 +104,10 @@ def strip_userinfo(uri: str) -> str:
 
 def _is_transient(exc: BaseException) -> bool:
     """True for failures that a later retry can cure (server away, overloaded, auth)."""
-    from mlflow.exceptions import MlflowException
 
     if isinstance(exc, MlflowException):
         code = exc.get_http_status_code()
         return code >= 500 or code in (401, 403, 408, 429)
-    import requests
 
     return isinstance(exc, (requests.exceptions.RequestException, OSError))
 
@@ -151,15 +154,12 @@ class _Clients:
 
     def get(self, uri: str):
         if uri not in self._by_uri:
-            from mlflow import MlflowClient
 
             self._by_uri[uri] = MlflowClient(tracking_uri=uri)
         return self._by_uri[uri]
 
 
 def _send(client, run_id: str, metrics, params, tags) -> None:
-    from mlflow.entities import Metric, Param, RunTag
-
     client.log_batch(
         run_id,
         metrics=[Metric(k, v, ts, step) for k, v, ts, step in metrics],

@@ -19,7 +19,9 @@ from typing import Optional
 
 import numpy as np
 
-from mtlsweep.mlflow_server.compare import CANDIDATE, RunRow, rich_table, wilcoxon_p
+from mtlsweep.config import tags as tag
+from mtlsweep.config.tags import Role
+from mtlsweep.mlflow_server.compare import RunRow, gap_closed, rich_table, wilcoxon_p
 
 SPLITS = {"val": "best/val/auroc/", "test": "test/auroc/"}
 SUMMARY = {"val": "best/val/auroc_mean", "test": "test/auroc_mean"}
@@ -105,10 +107,10 @@ def group_runs(rows: list[RunRow], by: str = "variant", split: str = "val") -> l
     the order the values first appear among the runs sorted by name."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r}: use val or test")
-    baselines = [r for r in rows if r.role == "baseline" and r.status == "FINISHED"]
+    baselines = [r for r in rows if r.role == Role.BASELINE and r.status == "FINISHED"]
     named: dict[str, list[RunRow]] = {}
     for r in sorted(rows, key=lambda r: r.name):
-        if r.role not in ("baseline", CANDIDATE) and r.completed and r.tags.get(by):
+        if r.role not in ("baseline", Role.CANDIDATE) and r.completed and r.tags.get(by):
             named.setdefault(r.tags[by], []).append(r)
     out = []
     trunks: dict[str, list[RunRow]] = {}
@@ -133,14 +135,13 @@ def select_tuned(runs: list[RunRow]) -> list[RunRow]:
     """One run per comparison key (seed, data): the best on validation among its tuned values."""
     best: dict[str, RunRow] = {}
     for r in runs:
-        key = r.tags.get("compare_key") or r.baseline_fp or r.run_id
+        key = r.tags.get(tag.COMPARE_KEY) or r.baseline_fp or r.run_id
         if key not in best or r.m(SELECT_BY) > best[key].m(SELECT_BY):
             best[key] = r
     return sorted(best.values(), key=lambda r: r.name)
 
 
 def _group(name: str, runs: list[RunRow], split: str, paired: bool) -> Group:
-    from mtlsweep.mlflow_server.compare import gap_closed
     prefix, summary = SPLITS[split], SUMMARY[split]
     auroc, delta, improved, pairs, n_tasks = [], [], [], [], 0
     oracle, closed, fit_gap = [], [], []

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from mlflow.tracking import MlflowClient
 
-from mtlsweep.config.identity import FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG
+from mtlsweep.config import tags as tag
 
 
 @dataclass
@@ -32,8 +33,8 @@ def find_baseline(client: MlflowClient, experiment_id: str, key: str, protocol_f
     """A finished baseline with this comparison key, set by this protocol."""
     runs = client.search_runs(
         [experiment_id],
-        filter_string=f"tags.{ROLE_TAG} = 'baseline' and tags.{KEY_TAG} = '{key}' "
-                      f"and tags.{PROTOCOL_FP_TAG} = '{protocol_fp}' and attributes.status = 'FINISHED'",
+        filter_string=f"tags.{tag.ROLE} = 'baseline' and tags.{tag.COMPARE_KEY} = '{key}' "
+                      f"and tags.{tag.PROTOCOL_FP} = '{protocol_fp}' and attributes.status = 'FINISHED'",
         order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
@@ -43,7 +44,7 @@ def find_identical(client: MlflowClient, experiment_id: str, fingerprint: str, r
     for role in roles:
         runs = client.search_runs(
             [experiment_id],
-            filter_string=f"tags.{ROLE_TAG} = '{role}' and tags.{FP_TAG} = '{fingerprint}' "
+            filter_string=f"tags.{tag.ROLE} = '{role}' and tags.{tag.BASELINE_FP} = '{fingerprint}' "
                           "and attributes.status = 'FINISHED'",
             order_by=["attributes.start_time DESC"], max_results=1)
         if runs:
@@ -53,7 +54,6 @@ def find_identical(client: MlflowClient, experiment_id: str, fingerprint: str, r
 
 def task_keys(client: MlflowClient, run_id: str) -> dict[str, str]:
     """task name -> metric key segment, from the run's task_names.json artifact."""
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "task_names.json", tmp)
         return json.loads(Path(path).read_text())["task_to_key"]
@@ -65,10 +65,10 @@ def per_task_metric(run, keys: dict[str, str], prefix: str = "best/val/auroc/") 
 
 def load_baseline(client: MlflowClient, run) -> Baseline:
     keys = task_keys(client, run.info.run_id)
-    ckpt = run.data.tags.get("checkpoint")
-    return Baseline(run.info.run_id, run.data.tags.get(FP_TAG, ""), int(run.data.params.get("train.seed", 0)),
+    ckpt = run.data.tags.get(tag.CHECKPOINT)
+    return Baseline(run.info.run_id, run.data.tags.get(tag.BASELINE_FP, ""), int(run.data.params.get("train.seed", 0)),
                     per_task_metric(run, keys), ckpt if ckpt and Path(ckpt).is_file() else None,
-                    run.data.tags.get(KEY_TAG, ""), run.data.tags.get(PROTOCOL_TAG, ""))
+                    run.data.tags.get(tag.COMPARE_KEY, ""), run.data.tags.get(tag.PROTOCOL, ""))
 
 
 def is_completed(run) -> bool:

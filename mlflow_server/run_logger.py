@@ -15,22 +15,19 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from mtlsweep import plots
-from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
+from mtlsweep.config import tags as tag
+from mtlsweep.config.identity import baseline_fingerprint, model_family
+from mtlsweep.config.run import RunConfig
+from mtlsweep.config.tags import Role
 from mtlsweep.data.task_keys import sanitize_names
+from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
 from mtlsweep.mlflow_server.runs_view import ensure_view
 from mtlsweep.mlflow_server.server import check_reachable, redact_uri, sqlite_path
 from mtlsweep.training.callbacks import Callback
-from mtlsweep.config.run import RunConfig
-from mtlsweep.config.identity import model_family
+from mtlsweep.training.metrics import baseline_array
 
-PARENT_TAG = "mlflow.parentRunId"
 # A run's certificates (training.certificates): converged yes/no and why; the ranges its tuned
 # values were searched in (set by a sweep) and what a reference family tuned inside its own fit.
-CONVERGED_TAG = "converged"
-CONVERGENCE_TAG = "convergence"
-RANGES_TAG = "search_ranges"
-INNER_TUNING_TAG = "inner_tuning"
-RUN_ID_FILE = "mlflow_run_id.txt"      # in the run directory: the run a resumed `mtlsweep train` continues
 # Artifacts rendered at the end of a run. Sweep trials skip the learning curves: MLflow charts
 # every logged metric's history itself, and each plot costs a trial ~0.3 s.
 PLOTS = ("learning_curves", "schedule_weights", "auroc_vs_baseline")
@@ -96,40 +93,28 @@ def param_value(v: Any) -> str:
     return s if len(s) <= 6000 else s[:5990] + "...[cut]"
 
 
-def delta_metrics(auroc: np.ndarray, baseline: np.ndarray, keys: list[str], prefix: str = "val") -> dict[str, float]:
-    delta = auroc - baseline
-    ok = np.isfinite(delta)
-    out = {f"{prefix}/delta_auroc/{k}": float(d) for k, d in zip(keys, delta) if np.isfinite(d)}
-    out[f"{prefix}/delta_auroc_mean"] = float(delta[ok].mean()) if ok.any() else math.nan
-    out[f"{prefix}/delta_auroc_median"] = float(np.median(delta[ok])) if ok.any() else math.nan
-    out[f"{prefix}/tasks_improved"] = float((delta[ok] > 0).sum())
-    out[f"{prefix}/tasks_compared"] = float(ok.sum())
-    return out
-
-
 class MlflowRunLogger(Callback):
-    """Creates (or continues) an MLflow run for a training run.
-
-    ``baseline`` maps task name -> the matching single-task baseline's validation AUROC;
-    without it no delta is logged (a run is never compared against the wrong baseline)."""
+    """Creates (or continues) an MLflow run for a training run and records what the run reports:
+    params, every epoch's metrics (the deltas against the run's baseline among them: training
+    computes them), the certificate, artifacts and its end state."""
 
     def __init__(self, tracking_uri: str, experiment: str, cfg: RunConfig, *, run_name: Optional[str] = None,
                  parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
-                 baseline: Optional[dict[str, float]] = None, run_id: Optional[str] = None,
-                 spool_dir: Optional[Path] = None, async_: bool = True, plots: Sequence[str] = PLOTS):
+                 run_id: Optional[str] = None, spool_dir: Optional[Path] = None, async_: bool = True,
+                 plots: Sequence[str] = PLOTS):
         check_reachable(tracking_uri)
         self.plots = tuple(plots)
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.cfg = cfg
-        self.baseline = baseline
+        self.baseline: Optional[np.ndarray] = None     # the run's baseline AUROC per task (from its info)
         self.experiment_id = get_or_create_experiment(self.client, experiment)
         # A continued run keeps the role and tags it was created with (a sweep's trial resumed by
         # `mtlsweep train --resume` to train it longer stays that sweep's trial).
-        all_tags = {"family": model_family(cfg), **({} if run_id else {"role": "trial"})}
+        all_tags = {tag.FAMILY: model_family(cfg), **({} if run_id else {tag.ROLE: Role.TRIAL})}
         all_tags.update(tags or {})
         if parent_run_id:
-            all_tags[PARENT_TAG] = parent_run_id
+            all_tags[tag.PARENT] = parent_run_id
         # Epochs a continued run already logged (a trial killed after logging an epoch but before
         # its checkpoint replays that epoch on resume, with the same values): not sent twice.
         self.logged_epochs: set[int] = set()
@@ -158,16 +143,17 @@ class MlflowRunLogger(Callback):
         return self.logger
 
     def on_train_start(self, info):
-        run_dir = Path(info["run_dir"])
-        self.tasks = list(info["task_names"])
+        run_dir = Path(info.run_dir)
+        self.tasks = list(info.task_names)
         self.keys = sanitize_names(self.tasks)
+        self.baseline = baseline_array(info.baseline, self.tasks)
         log = self._fast(run_dir)
         params = {k: param_value(v) for k, v in self.cfg.flatten().items()}
-        if self.cfg.model.capacity != "as_set" and "shared_width" in info:
-            params["model.shared_width_used"] = str(info["shared_width"])
-        params.update({"model.family": model_family(self.cfg), "model.n_params": str(info["n_params"]),
-                       "model.flops_per_sample": str(info["flops_per_sample"]),
-                       "data.n_tasks": str(info["n_tasks"]), "data.fingerprint": str(info["data_fingerprint"]),
+        if self.cfg.model.capacity != "as_set" and info.shared_width is not None:
+            params["model.shared_width_used"] = str(info.shared_width)
+        params.update({"model.family": model_family(self.cfg), "model.n_params": str(info.n_params),
+                       "model.flops_per_sample": str(info.flops_per_sample),
+                       "data.n_tasks": str(info.n_tasks), "data.fingerprint": str(info.data_fingerprint),
                        "data.task_names": param_value(self.tasks)})
         if self.logged_epochs or self.continued:
             # A continued run keeps its params; what a resume may change (its budget) becomes a tag.
@@ -177,19 +163,18 @@ class MlflowRunLogger(Callback):
             if changed:
                 log.set_tags(changed)
         log.log_params(params)
-        from mtlsweep.config.identity import baseline_fingerprint
         # Every run carries the fingerprint of the baseline it must be compared with.
-        compare_fp = baseline_fingerprint(self.cfg, str(info["data_fingerprint"]), self.tasks)
-        tags = {**self.tags, "run_dir": str(run_dir), "compare_fp": compare_fp}
-        if info.get("tuned"):         # what a reference family tuned inside its own fit, on validation
-            tags[INNER_TUNING_TAG] = json.dumps(info["tuned"])
+        compare_fp = baseline_fingerprint(self.cfg, str(info.data_fingerprint), self.tasks)
+        tags = {**self.tags, tag.RUN_DIR: str(run_dir), tag.COMPARE_FP: compare_fp}
+        if info.family.get("tuned"):   # what a reference family tuned inside its own fit, on validation
+            tags[tag.INNER_TUNING] = json.dumps(info.family["tuned"])
         log.set_tags(tags)
-        ceiling = oracle_metrics(info.get("oracle"), self.tasks)
+        ceiling = oracle_metrics(info.oracle, self.tasks)
         if ceiling and not self.logged_epochs:      # a continued run logged them when it began
             log.log_metrics(self._rename(ceiling), step=0)
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
-        (run_dir / RUN_ID_FILE).write_text(self.run_id)
+        (run_dir / tag.RUN_ID_FILE).write_text(self.run_id)
         p = d / "task_names.json"
         p.write_text(json.dumps({"task_to_key": self.keys}, indent=1))
         c = d / "config.yaml"
@@ -197,31 +182,17 @@ class MlflowRunLogger(Callback):
         self.log_artifacts([p, c])
         self.history = []
 
-    def _baseline_array(self) -> Optional[np.ndarray]:
-        if not self.baseline:
-            return None
-        return np.array([self.baseline.get(t, math.nan) for t in self.tasks], dtype=np.float64)
-
-    def epoch_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        out = {k: float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and k not in ("epoch", "best", "last")}
-        base = self._baseline_array()
-        if base is not None:
-            auroc = np.array([metrics.get(f"val/auroc/{t}", math.nan) for t in self.tasks])
-            out.update(delta_metrics(auroc, base, self.tasks))
-        return out
-
-    def on_epoch_end(self, epoch, metrics):
-        m = self.epoch_metrics(metrics)
-        self.history.append({"epoch": epoch, **m})
-        if epoch in self.logged_epochs:
+    def on_epoch_end(self, report):
+        m = {k: float(v) for k, v in report.metrics.items() if isinstance(v, (int, float)) and k != "epoch"}
+        self.history.append({"epoch": report.epoch, **m})
+        if report.epoch in self.logged_epochs:
             return
         self.new_epochs += 1
-        if metrics.get("best"):
+        if report.best:
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
             m.update({f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)})
-            m["best/epoch"] = float(epoch)
-        self._fast(Path(".")).log_metrics(self._rename(m), step=epoch)
+            m["best/epoch"] = float(report.epoch)
+        self._fast(Path(".")).log_metrics(self._rename(m), step=report.epoch)
 
     def _rename(self, metrics: dict[str, float]) -> dict[str, float]:
         out = {}
@@ -239,15 +210,12 @@ class MlflowRunLogger(Callback):
         final = dict(result.test_summary)
         if result.convergence is not None:
             final["cert/converged"] = float(result.convergence.converged)
-            log.set_tags({CONVERGED_TAG: "yes" if result.convergence.converged else "no",
-                          CONVERGENCE_TAG: result.convergence.detail[:5000]})
-        base = self._baseline_array()
-        if base is not None and result.test is not None:
-            final.update(delta_metrics(result.test.auroc, base, self.tasks, prefix="test"))
+            log.set_tags({tag.CONVERGED: "yes" if result.convergence.converged else "no",
+                          tag.CONVERGENCE: result.convergence.detail[:5000]})
         if not self._already_tested():
             log.log_metrics(self._rename(final), step=result.best_epoch)
         log.flush()
-        self.log_artifacts(self._result_files(result, base))
+        self.log_artifacts(self._result_files(result, self.baseline))
         log.close()
         try:
             self.client.set_terminated(self.run_id, "FINISHED")
@@ -292,7 +260,7 @@ class MlflowRunLogger(Callback):
         files.append(table)
         if "learning_curves" in self.plots:
             files.append(plots.learning_curves(result.history, d / "learning_curves.png",
-                                               title=self.tags.get("family", "")))
+                                               title=self.tags.get(tag.FAMILY, "")))
         weights = np.array([[h.get(f"schedule/weight/{t}", math.nan) for t in self.tasks] for h in result.history])
         # A joint schedule with equal weights is a flat picture: not worth a trial's time.
         if "schedule_weights" in self.plots and np.isfinite(weights).any() and np.nanmax(weights) != np.nanmin(weights):
@@ -332,7 +300,7 @@ class MlflowRunLogger(Callback):
             return
         try:
             if self.logger is not None:
-                self.logger.set_tags({"stopped_early": "scheduler"})
+                self.logger.set_tags({tag.STOPPED_EARLY: "scheduler"})
                 self.logger.close()
             self.client.set_terminated(self.run_id, "FINISHED")
         except Exception:  # noqa: BLE001 - the driver closes leftover runs after the sweep

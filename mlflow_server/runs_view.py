@@ -10,10 +10,12 @@ from urllib.parse import quote
 
 from mlflow.tracking import MlflowClient
 
+from mtlsweep.config import tags as tag
+
 VIEW_KEY = "mtlsweep"
 VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
 SORT_METRIC = "best/val/auroc_mean"
-TAG_COLUMNS = ("family", "role", "arm", "baseline_protocol")
+TAG_COLUMNS = ("family", tag.ROLE, tag.ARM, tag.PROTOCOL)
 METRIC_COLUMNS = (SORT_METRIC, "best/val/delta_auroc_mean", "best/val/tasks_improved", "oracle/val/auroc_mean",
                   "best/gap/auroc")
 

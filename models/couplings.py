@@ -26,15 +26,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-COUPLINGS = ("none", "l2", "trace_norm", "cross_stitch", "l2_zero")
-PENALTIES = ("l2", "trace_norm", "l2_zero")
+from mtlsweep.config.registry import COUPLINGS
 
 
 def check_coupling(coupling: str, n_tasks: int, shared_layers: int, n_layers: int) -> None:
-    if coupling == "none":
+    """A registered coupling (config/registry.py COUPLINGS) ties per-task towers: it needs some."""
+    if COUPLINGS[coupling].kind == "none":
         return
-    if coupling not in COUPLINGS:
-        raise ValueError(f"model.sharing.coupling must be one of {COUPLINGS}, got {coupling!r}")
     if shared_layers >= n_layers or n_tasks < 2:
         raise ValueError(
             f"model.sharing.coupling={coupling} ties per-task towers: it needs "
@@ -75,10 +73,6 @@ def magnitude(mats: list[Tensor]) -> Tensor:
     return torch.stack([(m ** 2).sum() for m in mats]).sum()
 
 
-def penalty(coupling: str, mats: list[Tensor]) -> Tensor:
-    return {"l2": spread, "trace_norm": nuclear, "l2_zero": magnitude}[coupling](mats)
-
-
 def cross_stitch_init(n_tasks: int, self_weight: float) -> Tensor:
     off = (1.0 - self_weight) / (n_tasks - 1)
     alpha = torch.full((n_tasks, n_tasks), off)
@@ -88,6 +82,10 @@ def cross_stitch_init(n_tasks: int, self_weight: float) -> Tensor:
 
 class CrossStitch(nn.Module):
     """One T × T unit per tower layer: tower t's activation becomes Σ_s α[t, s]·x_s."""
+
+    @classmethod
+    def from_config(cls, sharing, layers: list[str], n_tasks: int) -> "CrossStitch":
+        return cls(layers, n_tasks, sharing.cross_stitch_self)
 
     def __init__(self, layers: list[str], n_tasks: int, self_weight: float):
         super().__init__()

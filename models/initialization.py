@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from mtlsweep.config.run import InitConfig, ModelConfig
+from mtlsweep.data.jaspar import load_motifs, log_odds
 
 from .arch import layer_names as arch_layer_names
 from .net import MultiTaskNet
@@ -265,8 +266,6 @@ def fit_motif(lo: np.ndarray, pfm: np.ndarray, width: int) -> np.ndarray:
 
 
 def seed_motifs(model: MultiTaskNet, collection: str, tax_group: str) -> dict:
-    from mtlsweep.data.jaspar import load_motifs, log_odds
-
     first = model.layer_names[0]
     if model.in_channels < 4:
         raise ValueError(f"init.kind=motifs: {first} needs the 4 one-hot channels A,C,G,T as its first inputs; "

@@ -16,9 +16,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
 from mtlsweep.config.run import KmerConfig
 from mtlsweep.data.errors import DataError
@@ -47,7 +49,6 @@ def features(store, k: int, splits) -> Standardised:
 
 
 def _auroc(y: np.ndarray, p: np.ndarray) -> float:
-    from sklearn.metrics import roc_auc_score
     known = y >= 0
     y, p = y[known], p[known]
     return float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else np.nan
@@ -69,8 +70,6 @@ class TaskFit:
 
 def fit_task(X: np.ndarray, y: np.ndarray, k: int, C: float, max_iter: int, seed: int) -> TaskFit:
     """scikit-learn's L2 logistic regression (lbfgs) on the rows with a known label."""
-    from sklearn.exceptions import ConvergenceWarning
-    from sklearn.linear_model import LogisticRegression
     known = y >= 0
     lr = LogisticRegression(C=C, solver="lbfgs", max_iter=max_iter, random_state=seed)
     with warnings.catch_warnings():

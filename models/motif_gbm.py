@@ -19,14 +19,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import joblib
 import numpy as np
+import xgboost as xgb
+from sklearn.ensemble import HistGradientBoostingClassifier
+from tqdm.auto import tqdm
 
 from mtlsweep.config.run import GbmConfig
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.jaspar import Motif, load_motifs, read_motif_file
+from mtlsweep.data.motif_features import (
+    FeatureOptions,
+    MotifScanner,
+    cache_stats,
+    compute_features,
+    feature_table,
+    select_motifs,
+    track_summary,
+)
 from mtlsweep.models.threads import limited_threads
-from mtlsweep.data.motif_features import (FeatureOptions, MotifScanner, compute_features, feature_table,
-                                          select_motifs, track_summary)
 
 MODEL_DIR = "gbm"
 MANIFEST = "manifest.json"
@@ -54,8 +65,6 @@ class _SklearnTask:
 
     @classmethod
     def fit(cls, gbm: GbmConfig, seed: int, X, y, Xv, yv) -> "_SklearnTask":
-        from sklearn.ensemble import HistGradientBoostingClassifier
-
         stop = gbm.early_stopping_rounds is not None and Xv is not None
         est = HistGradientBoostingClassifier(
             learning_rate=gbm.learning_rate, max_iter=gbm.n_estimators, max_depth=gbm.max_depth,
@@ -82,14 +91,10 @@ class _SklearnTask:
         return self.est.predict_proba(X)[:, 1].astype(np.float32)
 
     def save(self, path: Path) -> None:
-        import joblib
-
         joblib.dump(self.est, path)
 
     @classmethod
     def load(cls, path: Path) -> "_SklearnTask":
-        import joblib
-
         return cls(joblib.load(path))
 
 
@@ -111,8 +116,6 @@ class _XgbModel:
 
     @classmethod
     def fit(cls, gbm: GbmConfig, seed: int, X, y, Xv, yv) -> "_XgbModel":
-        import xgboost as xgb
-
         # QuantileDMatrix bins once and keeps only the bins: ~4x less memory than a DMatrix copy.
         dtrain = xgb.QuantileDMatrix(X, label=y, nthread=gbm.n_jobs or 0)
         kw = {}
@@ -128,7 +131,6 @@ class _XgbModel:
     def fit_multi(cls, gbm: GbmConfig, seed: int, X, Y, Xv, Yv, active: np.ndarray) -> "_XgbModel":
         """Masked BCE over all tasks: an unknown label (or a skipped task) gets zero gradient and
         zero hessian, so it takes no part in the splits or the leaf values."""
-        import xgboost as xgb
 
         mask = (Y >= 0) & active[None, :]
         target = np.where(mask, Y, 0).astype(np.float32)
@@ -189,8 +191,6 @@ class _XgbModel:
 
     @classmethod
     def load(cls, path: Path) -> "_XgbModel":
-        import xgboost as xgb
-
         b = xgb.Booster()
         b.load_model(str(path))
         return cls(b)
@@ -356,7 +356,6 @@ def fit_gbm(gbm: GbmConfig, store, *, seed: int = 0, motifs: Optional[Sequence[M
             tasks = [t for t in range(T) if active[t]]
             it = tasks
             if progress:
-                from tqdm.auto import tqdm
                 it = tqdm(tasks, desc="boosting", unit="task", leave=False, disable=None)
             for t in it:
                 known = Y["train"][:, t] >= 0
@@ -393,7 +392,6 @@ def _with_tracks(X: np.ndarray, names: list[str], values: np.ndarray, store_trac
 
 
 def _cache_counts() -> tuple[int, int]:
-    from mtlsweep.data.motif_features import cache_stats
     return cache_stats.computed, cache_stats.loaded
 
 

@@ -33,12 +33,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from mtlsweep.config.registry import COUPLINGS
 from mtlsweep.config.run import ModelConfig
 
 from . import flops as _flops
 from .arch import plan
 from .capacity import match_towers
-from .couplings import PENALTIES, CrossStitch, check_coupling, nuclear, penalty, spread, unfold
+from .couplings import check_coupling, nuclear, spread, unfold
 from .layers import StackedConv, StackedDense, StackedHead
 from .seeding import SHARED, TOWERS, make_generator, stable_seed, stream_name
 
@@ -104,11 +105,11 @@ class MultiTaskNet(nn.Module):
         self.layers = nn.ModuleDict(
             {s.name: (StackedConv(s) if s.kind == "conv" else StackedDense(s)) for s in self.specs})
         self.out = StackedHead(self.head_spec)
-        if self.coupling == "cross_stitch":
-            self.cross_stitch = CrossStitch(self.tower_layer_names, self.n_tasks,
-                                            cfg.sharing.cross_stitch_self)
-        else:
-            self.cross_stitch = None
+        coupling = COUPLINGS[self.coupling]
+        # A mixing coupling is a module between tower layers; a penalty coupling a term of the loss.
+        self.cross_stitch = (coupling.load().from_config(cfg.sharing, self.tower_layer_names, self.n_tasks)
+                             if coupling.kind == "mixing" else None)
+        self._penalty = coupling.load() if coupling.kind == "penalty" else None
         self._tower_streams = [stream_name(t) for t in self.tasks]
         # Seeds hashed once here, so that forward (and torch.compile) never runs hashlib.
         self._dropout_seeds = {name: stable_seed(seed, name, "dropout")
@@ -292,9 +293,9 @@ class MultiTaskNet(nn.Module):
         return self.out.weight.new_zeros(())
 
     def coupling_penalty(self) -> Tensor:
-        if self.coupling not in PENALTIES or self.strength == 0:
+        if self._penalty is None or self.strength == 0:
             return self._zero()
-        return self.strength * penalty(self.coupling, self._tower_mats())
+        return self.strength * self._penalty(self._tower_mats())
 
     def tower_distance(self) -> Tensor:
         """Σ_layers Σ_t ‖W_t − mean_t W‖² over tower layers (0 without towers or with T = 1)."""

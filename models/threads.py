@@ -4,6 +4,9 @@ from __future__ import annotations
 import contextlib
 from typing import Optional
 
+import torch
+from threadpoolctl import threadpool_limits
+
 
 @contextlib.contextmanager
 def limited_threads(n_jobs: Optional[int]):
@@ -11,8 +14,6 @@ def limited_threads(n_jobs: Optional[int]):
     if n_jobs is None:
         yield
         return
-    import torch
-    from threadpoolctl import threadpool_limits
 
     before = torch.get_num_threads()
     torch.set_num_threads(n_jobs)

@@ -2,17 +2,37 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 
+@dataclass(frozen=True)
+class Setting:
+    """What an ordering is built from besides its config section (schedules.factory works it out)."""
+    n_tasks: int
+    order: list[int]                   # the tasks in schedule.order_by's order
+    shuffle: bool                      # order_by shuffle: redraw the order each epoch
+    seed: int
+    epochs: int
+    sizes: np.ndarray                  # labelled train samples per task
+    groups: Optional[list[list[int]]]  # the task groups in the order they take turns (group orders)
+
+
 class Schedule(ABC):
-    """weights(epoch, step, steps_per_epoch) -> float tensor [T]; epochs count from 1."""
+    """weights(epoch, step, steps_per_epoch) -> float tensor [T]; epochs count from 1.
+
+    An ordering registered in config/registry.py ORDERINGS is built by its ``from_config(cfg,
+    setting)`` (``cfg``: the config's schedule section, ``setting``: a ``Setting``)."""
 
     def __init__(self, n_tasks: int):
         self.n_tasks = n_tasks
+
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        return cls(setting.n_tasks)
 
     @abstractmethod
     def weights(self, epoch: int, step: int, steps_per_epoch: int) -> torch.Tensor:

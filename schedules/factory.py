@@ -8,9 +8,10 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from mtlsweep.schedules.base import Joint, Schedule
-from mtlsweep.schedules.orderings import Annealed, Curriculum, GroupCycle, RoundRobin, TaskPerEpoch, WarmStart
-from mtlsweep.schedules.weighting import FAMO, Equal, GradNorm, PCGrad, Uncertainty, Weighting
+from mtlsweep.config.registry import ORDERINGS, WEIGHTINGS
+from mtlsweep.schedules.base import Schedule, Setting
+from mtlsweep.schedules.orderings import WarmStart
+from mtlsweep.schedules.weighting import Weighting
 
 
 def resolve_task(field: str, task: Union[str, int], task_names: Sequence[str]) -> int:
@@ -68,29 +69,13 @@ def build_schedule(cfg, task_names: Sequence[str], *, prevalence: np.ndarray, si
     task (the group orders), as model.sharing.groups resolves them."""
     n = len(task_names)
     order = task_order(cfg, task_names, prevalence, baseline_auroc, seed, affinity)
-    shuffle = cfg.order_by == "shuffle"
-    if cfg.order in ("group_blocks", "group_round_robin"):
-        if groups is None:
-            raise ValueError(f"schedule.order={cfg.order} needs task groups (model.sharing.groups)")
+    turns = None
+    if groups is not None:
         # Groups take their turn in the order of their first task in the ordering.
         turn = sorted(set(groups), key=lambda g: min(order.index(t) for t in range(n) if groups[t] == g))
-        members = [[t for t in order if groups[t] == g] for g in turn]
-        inner: Schedule = GroupCycle(n, members, per="block" if cfg.order == "group_blocks" else "step")
-    elif cfg.order == "joint":
-        inner = Joint(n)
-    elif cfg.order == "task_per_epoch":
-        inner = TaskPerEpoch(n, order, shuffle=shuffle, seed=seed)
-    elif cfg.order == "round_robin":
-        inner = RoundRobin(n, order, shuffle=shuffle, seed=seed)
-    elif cfg.order == "curriculum":
-        entries = cfg.curriculum_epochs or Curriculum.even_entries(n, epochs)
-        if len(entries) != n:
-            raise ValueError(f"schedule.curriculum_epochs must have one entry epoch per task ({n}), got {len(entries)}")
-        if any(e < 1 for e in entries):
-            raise ValueError("schedule.curriculum_epochs entries must be >= 1")
-        inner = Curriculum(n, order, entries)
-    else:
-        inner = Annealed(n, sizes, epochs, floor=cfg.anneal_floor, seed=seed)
+        turns = [[t for t in order if groups[t] == g] for g in turn]
+    setting = Setting(n, order, cfg.order_by == "shuffle", seed, epochs, np.asarray(sizes), turns)
+    inner: Schedule = ORDERINGS.build(cfg.order, cfg, setting)
     ws = cfg.warm_start
     if ws.task is None:
         return inner
@@ -102,12 +87,5 @@ def build_schedule(cfg, task_names: Sequence[str], *, prevalence: np.ndarray, si
 
 
 def build_weighting(cfg, n_tasks: int) -> Weighting:
-    if cfg.weighting == "equal":
-        return Equal()
-    if cfg.weighting == "uncertainty":
-        return Uncertainty(n_tasks)
-    if cfg.weighting == "gradnorm":
-        return GradNorm(n_tasks, alpha=cfg.gradnorm_alpha)
-    if cfg.weighting == "famo":
-        return FAMO(n_tasks, lr=cfg.famo_lr, gamma=cfg.famo_gamma)
-    return PCGrad(n_tasks, seed=0, chunk=cfg.per_task_grad_chunk)
+    """The registered weighting of ``schedule.weighting`` (config/registry.py WEIGHTINGS)."""
+    return WEIGHTINGS.build(cfg.weighting, cfg, n_tasks)

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from mtlsweep.schedules.base import Joint, Schedule
+from mtlsweep.schedules.base import Joint, Schedule, Setting
 
 
 def _one_hot(n: int, i: int) -> torch.Tensor:
@@ -34,6 +34,10 @@ class TaskPerEpoch(Schedule):
         self.shuffle = shuffle
         self.seed = seed
 
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        return cls(setting.n_tasks, setting.order, shuffle=setting.shuffle, seed=setting.seed)
+
     def epoch_order(self, epoch: int) -> list[int]:
         if not self.shuffle:
             return self.order
@@ -53,6 +57,10 @@ class RoundRobin(Schedule):
         self.order = list(order)
         self.shuffle = shuffle
         self.seed = seed
+
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        return cls(setting.n_tasks, setting.order, shuffle=setting.shuffle, seed=setting.seed)
 
     def weights(self, epoch, step, steps_per_epoch):
         g = (epoch - 1) * steps_per_epoch + step
@@ -80,6 +88,12 @@ class GroupCycle(Schedule):
             self.masks.append(w)
         self.per = per
 
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        if setting.groups is None:
+            raise ValueError(f"schedule.order={cfg.order} needs task groups (model.sharing.groups)")
+        return cls(setting.n_tasks, setting.groups, per="block" if cfg.order == "group_blocks" else "step")
+
     def weights(self, epoch, step, steps_per_epoch):
         G = len(self.masks)
         if self.per == "step":
@@ -96,6 +110,16 @@ class Curriculum(Schedule):
         self.entry = np.zeros(n_tasks, dtype=np.int64)
         for task, e in zip(order, entry_epochs):
             self.entry[task] = e
+
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        n = setting.n_tasks
+        entries = cfg.curriculum_epochs or cls.even_entries(n, setting.epochs)
+        if len(entries) != n:
+            raise ValueError(f"schedule.curriculum_epochs must have one entry epoch per task ({n}), got {len(entries)}")
+        if any(e < 1 for e in entries):
+            raise ValueError("schedule.curriculum_epochs entries must be >= 1")
+        return cls(n, setting.order, entries)
 
     @staticmethod
     def even_entries(n: int, epochs: int) -> list[int]:
@@ -118,6 +142,10 @@ class Annealed(Schedule):
         self.floor = floor
         self.seed = seed
         self._cache: tuple[int, int, np.ndarray] | None = None
+
+    @classmethod
+    def from_config(cls, cfg, setting: Setting) -> "Schedule":
+        return cls(setting.n_tasks, setting.sizes, setting.epochs, floor=cfg.anneal_floor, seed=setting.seed)
 
     def alpha(self, epoch: int) -> float:
         if self.epochs <= 1:

@@ -14,13 +14,20 @@ from torch import nn
 
 
 class Weighting(nn.Module):
-    """backward(losses [T], weights [T], extra scalar, model, known [T]) -> float (the objective).
+    """backward(losses [T], weights [T], model, known [T]) -> float (the objective): how the
+    scheduled task losses are combined into gradients. What is not a task's loss (a coupling's
+    penalty) the engine adds once, for every weighting alike.
 
     ``known``: labelled samples per task in the batch (a task without any has loss 0 there and
-    says nothing about how it is doing)."""
+    says nothing about how it is doing). A weighting registered in config/registry.py WEIGHTINGS
+    is built by its ``from_config(cfg, n_tasks)`` (``cfg``: the config's schedule section)."""
 
-    def backward(self, losses: torch.Tensor, weights: torch.Tensor, extra: torch.Tensor,
-                 model: nn.Module, known: Optional[torch.Tensor] = None) -> float:
+    @classmethod
+    def from_config(cls, cfg, n_tasks: int) -> "Weighting":
+        return cls()
+
+    def backward(self, losses: torch.Tensor, weights: torch.Tensor, model: nn.Module,
+                 known: Optional[torch.Tensor] = None) -> float:
         """Backpropagate the combined objective; subclasses decide how tasks are combined."""
         raise TypeError(f"{type(self).__name__} does not define backward()")
 
@@ -32,8 +39,8 @@ class Weighting(nn.Module):
 
 
 class Equal(Weighting):
-    def backward(self, losses, weights, extra, model, known=None):
-        total = (weights * losses).sum() + extra
+    def backward(self, losses, weights, model, known=None):
+        total = (weights * losses).sum()
         total.backward()
         return float(total.detach())
 
@@ -46,8 +53,12 @@ class Uncertainty(Weighting):
         super().__init__()
         self.log_var = nn.Parameter(torch.zeros(n_tasks))
 
-    def backward(self, losses, weights, extra, model, known=None):
-        total = (weights * (torch.exp(-self.log_var) * losses + 0.5 * self.log_var)).sum() + extra
+    @classmethod
+    def from_config(cls, cfg, n_tasks: int) -> "Weighting":
+        return cls(n_tasks)
+
+    def backward(self, losses, weights, model, known=None):
+        total = (weights * (torch.exp(-self.log_var) * losses + 0.5 * self.log_var)).sum()
         total.backward()
         return float(total.detach())
 
@@ -99,6 +110,10 @@ class PCGrad(Weighting):
         self.gen = np.random.default_rng([seed, 53])
         self.last_conflicts = 0.0
 
+    @classmethod
+    def from_config(cls, cfg, n_tasks: int) -> "Weighting":
+        return cls(n_tasks, seed=0, chunk=cfg.per_task_grad_chunk)
+
     @staticmethod
     def project(grads: torch.Tensor, order: Sequence[int]) -> tuple[torch.Tensor, int]:
         """grads [T, P] -> projected [T, P] and the number of conflicting pairs met."""
@@ -116,10 +131,10 @@ class PCGrad(Weighting):
                 out[hit] -= (dots[hit] / sq[j]).unsqueeze(1) * grads[j]
         return out, conflicts
 
-    def backward(self, losses, weights, extra, model, known=None):
+    def backward(self, losses, weights, model, known=None):
         shared = [p for p in model.shared_parameters() if p.requires_grad]
         weighted = weights * losses
-        total = weighted.sum() + extra
+        total = weighted.sum()
         if shared:
             active = torch.nonzero(weights != 0).flatten()
             g = per_task_gradients(weighted[active], shared, self.chunk) if len(active) else None
@@ -151,7 +166,11 @@ class GradNorm(Weighting):
         self.register_buffer("initial_loss", torch.full((n_tasks,), float("nan")))
         self.last_norms = torch.zeros(n_tasks)
 
-    def backward(self, losses, weights, extra, model, known=None):
+    @classmethod
+    def from_config(cls, cfg, n_tasks: int) -> "Weighting":
+        return cls(n_tasks, alpha=cfg.gradnorm_alpha)
+
+    def backward(self, losses, weights, model, known=None):
         params = [p for p in last_shared_parameters(model) if p.requires_grad]
         active = torch.nonzero(weights != 0).flatten()
         with torch.no_grad():
@@ -168,7 +187,7 @@ class GradNorm(Weighting):
             target = norms.mean() * r.pow(self.alpha)
             grad_w = torch.zeros_like(self.task_weights)
             grad_w[active] = torch.sign(norms - target) * base
-        total = (weights * self.task_weights.detach() * losses).sum() + extra
+        total = (weights * self.task_weights.detach() * losses).sum()
         total.backward()
         self.task_weights.grad = grad_w
         self.last_norms = torch.zeros_like(self.task_weights.detach())
@@ -206,6 +225,10 @@ class FAMO(Weighting):
         self.register_buffer("adam_t", torch.zeros((), dtype=torch.long))
         self.register_buffer("prev_loss", torch.full((n_tasks,), float("nan")))
 
+    @classmethod
+    def from_config(cls, cfg, n_tasks: int) -> "Weighting":
+        return cls(n_tasks, lr=cfg.famo_lr, gamma=cfg.famo_gamma)
+
     def weights(self, active: torch.Tensor) -> torch.Tensor:
         """z over the active tasks (0 elsewhere), summing to 1."""
         z = torch.softmax(self.logits.masked_fill(~active, float("-inf")), 0)
@@ -228,7 +251,7 @@ class FAMO(Weighting):
             self.logits.sub_(step * both)
         self.prev_loss[active] = loss[active]
 
-    def backward(self, losses, weights, extra, model, known=None):
+    def backward(self, losses, weights, model, known=None):
         active = weights != 0
         if known is not None:
             active &= known.to(weights.device) > 0
@@ -239,9 +262,9 @@ class FAMO(Weighting):
             c = (z / d).sum().clamp(min=self.eps)
         if active.any():
             logs = torch.log(losses.clamp(min=0)[active] + self.eps)
-            total = (z[active] / c * logs).sum() + extra
+            total = (z[active] / c * logs).sum()
         else:
-            total = extra + 0.0 * losses.sum()
+            total = 0.0 * losses.sum()
         total.backward()
         return float(total.detach())
 

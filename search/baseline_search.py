@@ -22,14 +22,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from mtlsweep.config.identity import (CANDIDATE, FP_TAG, KEY_TAG, PROTOCOL_FP_TAG, PROTOCOL_TAG, ROLE_TAG, Protocol, baseline_config, baseline_fingerprint, comparison_key, is_regularization, is_tuned_alike, run_config)
+import ray
 
-from mtlsweep.mlflow_server.registry import (Baseline, best_on_validation, find_baseline, find_identical, load_baseline)
-from mtlsweep.mlflow_server.run_logger import RANGES_TAG
+from mtlsweep.config import tags as tag
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.identity import (
+    Protocol,
+    baseline_config,
+    baseline_fingerprint,
+    comparison_key,
+    is_regularization,
+    is_tuned_alike,
+    run_config,
+)
+from mtlsweep.config.run import RunConfig, load_config
+from mtlsweep.config.tags import Role
+from mtlsweep.mlflow_server.attach import Tracking, attach
+from mtlsweep.mlflow_server.registry import Baseline, best_on_validation, find_baseline, find_identical, load_baseline
+from mtlsweep.search.experiment import run_experiment
 from mtlsweep.search.grid import GridSpace
 from mtlsweep.search.space import SearchSpace
-from mtlsweep.config.errors import ConfigError
-from mtlsweep.config.run import RunConfig
+from mtlsweep.search.trial import SweepContext
+from mtlsweep.training.callbacks import ConsoleReporter
+from mtlsweep.training.request import RunRequest
+from mtlsweep.training.run import execute
 
 
 @dataclass
@@ -37,7 +53,8 @@ class Sweep:
     """What the phases of one sweep share."""
     args: object                 # SweepArgs
     cfg: RunConfig               # the base config, paths absolute
-    stores: dict                 # data.path -> the task-selected store the trials of that path read
+    stores: dict                 # data.path -> its data with the sweep's tasks selected (keys, fingerprints)
+    datasets: dict               # data.path -> its data as opened, shipped to the runs (they select the tasks)
     client: object               # MlflowClient
     experiment_id: str
     tracking_uri: str
@@ -101,6 +118,8 @@ def needed_keys(sweep: Sweep, space, protocol: Protocol) -> dict[str, RunConfig]
 
 
 def ensure_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Optional[SearchSpace]) -> dict[str, Baseline]:
+    if sweep.client is None:
+        return local_baselines(sweep, space, protocol, baseline_space)
     client, log = sweep.client, sweep.log
     found: dict[str, Baseline] = {}
     todo: dict[str, RunConfig] = {}
@@ -135,10 +154,76 @@ def ensure_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Op
     return found
 
 
+def local_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Optional[SearchSpace]) -> dict[str, Baseline]:
+    """The same protocol without tracking: the baselines' run directories are their registry
+    (``<workspace>/baselines/<fingerprint>/metrics.json``, found again by a rerun)."""
+    needed = needed_keys(sweep, space, protocol)
+    found: dict[str, Baseline] = {}
+    candidates: dict[str, list[RunConfig]] = {}
+    if baseline_space is not None:
+        first_key, first_cfg = next(iter(needed.items()))
+        chosen = local_search(sweep, first_cfg, baseline_space, protocol)
+        found[first_key] = baseline_from_dir(chosen, first_key, protocol)
+        chosen_flat = load_config(chosen / tag.CONFIG_FILE).flatten()
+        for key, bcfg in list(needed.items())[1:]:
+            candidates[key] = [bcfg.with_overrides({k: chosen_flat[k] for k in protocol.keys}, source="baseline")]
+    elif isinstance(space, GridSpace) and space.tune and protocol.kind == "tuned":
+        candidates = {key: [bcfg.with_overrides(p, source=f"{space.source}: tune {p}") for p in space.tune_points()]
+                      for key, bcfg in needed.items()}
+    else:
+        candidates = {key: [bcfg] for key, bcfg in needed.items()}
+    dirs = {key: [(sweep.workspace / "baselines" / sweep.fingerprint(c)).resolve() for c in cands]
+            for key, cands in candidates.items()}
+    pending = []
+    for key, cands in candidates.items():
+        for c, run_dir in zip(cands, dirs[key]):
+            if (run_dir / tag.METRICS_FILE).is_file():
+                continue
+            sweep.log(f"baseline (seed {c.train.seed}, key {key}): training single-task towers, untracked")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            pending.append(train_reference(c, sweep.datasets[c.data.path], run_dir, None, c.tracking.experiment, {},
+                                           sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
+    ray.get(pending)
+    for key, ds in dirs.items():
+        found[key] = baseline_from_dir(max(ds, key=_best_val), key, protocol)
+    return found
+
+
+def _best_val(run_dir: Path) -> float:
+    return float(json.loads((run_dir / tag.METRICS_FILE).read_text()).get("best_val_auroc") or -math.inf)
+
+
+def baseline_from_dir(run_dir: Path, key: str, protocol: Protocol) -> Baseline:
+    """A finished run directory as a baseline: its per-task validation AUROC at its best epoch."""
+    payload = json.loads((Path(run_dir) / tag.METRICS_FILE).read_text())
+    final = payload["final"]
+    tasks = payload["info"]["task_names"]
+    cfg = load_config(Path(run_dir) / tag.CONFIG_FILE)
+    best = Path(run_dir) / "best.pt"
+    return Baseline(str(run_dir), "", cfg.train.seed, {t: float(final.get(f"val/auroc/{t}", math.nan)) for t in tasks},
+                    str(best) if best.is_file() else None, key, protocol.describe())
+
+
+def local_search(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Protocol) -> Path:
+    """search_baseline without tracking: the run directory of the completed trial best on validation."""
+    name = f"{sweep.name}-baseline"
+    sweep.log(f"baseline (seed {bcfg.train.seed}): searching {', '.join(protocol.keys)} for single-task towers, "
+              f"{protocol.trials} trial(s), untracked")
+    ctx = SweepContext(base=bcfg.flatten(), sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
+                       role=Role.CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
+                       ray_logs=sweep.args.verbose >= 2, ranges=space.ranges())
+    run_experiment(sweep, ctx, space, protocol.trials, name)
+    done = [d for d in (Path(bcfg.train.out_dir) / name).glob(f"*/{tag.METRICS_FILE}")]
+    if not done:
+        raise ConfigError("the single-task baseline's search completed none of its trial(s) (each was pruned or "
+                          "failed); raise --baseline-trials or --grace-period, or pass --baseline fixed")
+    return max((d.parent for d in done), key=_best_val)
+
+
 def _tags(protocol: Protocol, key: str, fp: str, role: str, seed: int, ranges: Optional[dict] = None) -> dict[str, str]:
-    return {ROLE_TAG: role, FP_TAG: fp, KEY_TAG: key, PROTOCOL_TAG: protocol.describe(),
-            PROTOCOL_FP_TAG: protocol.fingerprint, "family": "single",
-            "mlflow.runName": f"baseline-{fp[:8]}-s{seed}", **({RANGES_TAG: json.dumps(ranges)} if ranges else {})}
+    return {tag.ROLE: role, tag.BASELINE_FP: fp, tag.COMPARE_KEY: key, tag.PROTOCOL: protocol.describe(),
+            tag.PROTOCOL_FP: protocol.fingerprint, tag.FAMILY: "single",
+            tag.RUN_NAME: f"baseline-{fp[:8]}-s{seed}", **({tag.RANGES: json.dumps(ranges)} if ranges else {})}
 
 
 def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], protocol: Protocol,
@@ -146,13 +231,12 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
     """Train every candidate not already finished (at once, as the cluster allows), then keep
     the best on validation for each key: it becomes role=baseline, the others candidates.
     ``ranges``: what the candidates of a key were tuned over (a grid's tune: lists)."""
-    import ray
     client, log = sweep.client, sweep.log
     pending = []
     for key, cands in candidates.items():
         for c in cands:
             fp = sweep.fingerprint(c)
-            if find_identical(client, sweep.experiment_id, fp, roles=("baseline", CANDIDATE)) is not None:
+            if find_identical(client, sweep.experiment_id, fp, roles=("baseline", Role.CANDIDATE)) is not None:
                 continue
             close_interrupted(client, sweep.experiment_id, fp)
             what = f"{len(cands)} candidates, " if len(cands) > 1 else ""
@@ -160,15 +244,16 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
                 f"for {sweep.store_of(c).n_tasks} tasks")
             run_dir = (sweep.workspace / "baselines" / fp).resolve()
             run_dir.mkdir(parents=True, exist_ok=True)
-            role = "baseline" if len(cands) == 1 else CANDIDATE
-            pending.append(train_reference(c, sweep.store_of(c), run_dir, sweep.tracking_uri, c.tracking.experiment,
+            role = "baseline" if len(cands) == 1 else Role.CANDIDATE
+            pending.append(train_reference(c, sweep.datasets[c.data.path], run_dir, sweep.tracking_uri,
+                                           c.tracking.experiment,
                                            _tags(protocol, key, fp, role, c.train.seed,
                                                  ranges if len(cands) > 1 else None),
                                            sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
     ray.get(pending)
     out = {}
     for key, cands in candidates.items():
-        runs = [find_identical(client, sweep.experiment_id, sweep.fingerprint(c), roles=("baseline", CANDIDATE))
+        runs = [find_identical(client, sweep.experiment_id, sweep.fingerprint(c), roles=("baseline", Role.CANDIDATE))
                 for c in cands]
         best = best_on_validation([r for r in runs if r is not None])
         if best is None:
@@ -186,9 +271,9 @@ def close_interrupted(client, experiment_id: str, fp: str) -> None:
     interrupted with the driver that started it (a Ray task dies with it): KILLED and tagged, so
     the rerun that trains it again leaves one finished run, not a second one beside a ghost."""
     for r in client.search_runs([experiment_id], max_results=100, filter_string=(
-            f"tags.{FP_TAG} = '{fp}' and attributes.status = 'RUNNING'")):
-        if r.data.tags.get(ROLE_TAG) in ("baseline", CANDIDATE):
-            client.set_tag(r.info.run_id, "orphaned", "driver stopped before the run ended")
+            f"tags.{tag.BASELINE_FP} = '{fp}' and attributes.status = 'RUNNING'")):
+        if r.data.tags.get(tag.ROLE) in ("baseline", Role.CANDIDATE):
+            client.set_tag(r.info.run_id, tag.ORPHANED, "driver stopped before the run ended")
             client.set_terminated(r.info.run_id, "KILLED")
 
 
@@ -198,9 +283,9 @@ def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
     fp = sweep.fingerprint(cfg)
     tags = _tags(protocol, key, fp, "baseline", cfg.train.seed)
     tags.pop("mlflow.runName")
-    run_dir = run.data.tags.get("run_dir")
+    run_dir = run.data.tags.get(tag.RUN_DIR)
     if run_dir and "checkpoint" not in run.data.tags:
-        tags["checkpoint"] = str(Path(run_dir) / "best.pt")
+        tags[tag.CHECKPOINT] = str(Path(run_dir) / "best.pt")
     for k, v in tags.items():
         if run.data.tags.get(k) != v:
             sweep.client.set_tag(run.info.run_id, k, v)
@@ -209,19 +294,17 @@ def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
 def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Protocol):
     """The towers' own Optuna search over ``space``: ``protocol.trials`` trials, the sweep's
     scheduler; returns the completed run best on validation."""
-    from mtlsweep.search.driver import fit
-    from mtlsweep.search.trial import SweepContext
     name = f"{sweep.name}-baseline"
     sweep.log(f"baseline (seed {bcfg.train.seed}): searching {', '.join(protocol.keys)} for single-task towers, "
               f"{protocol.trials} trial(s)")
     ctx = SweepContext(base=bcfg.flatten(), tracking_uri=sweep.tracking_uri, experiment=bcfg.tracking.experiment,
                        parent_run_id=sweep.parent_id, sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
-                       role=CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
+                       role=Role.CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
                        ray_logs=sweep.args.verbose >= 2, ranges=space.ranges())
-    fit(sweep, ctx, space, protocol.trials, name)
+    run_experiment(sweep, ctx, space, protocol.trials, name)
     runs = sweep.client.search_runs(
         [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' "
-                                             f"and tags.{ROLE_TAG} = '{CANDIDATE}'", max_results=5000)
+                                             f"and tags.{tag.ROLE} = '{Role.CANDIDATE}'", max_results=5000)
     best = best_on_validation(runs)
     if best is None:
         raise ConfigError(f"the single-task baseline's search completed none of its {len(runs)} trial(s) "
@@ -236,21 +319,19 @@ def train_reference(cfg: RunConfig, store, run_dir: Path, tracking_uri: str, exp
                     tags: dict[str, str], cpus: float, gpus: float, baseline: Optional[dict] = None):
     """Start one run outside Tune's trials (a baseline, a reference family) as a Ray task, so on a
     cluster it lands on a worker; returns its object ref (the MLflow run id), so that several train
-    at once. ``baseline``: task -> validation AUROC of the baseline it is compared with."""
-    import ray
+    at once (untracked without ``tracking_uri``: then the ref holds the run directory).
+    ``store``: the data as opened; ``baseline``: task -> validation AUROC of the baseline it is
+    compared with."""
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
     def _remote(cfg_flat, store, run_dir, tracking_uri, experiment, tags, baseline):
-        import torch
-        torch.set_num_threads(max(1, int(cpus)))
-        from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
-        from mtlsweep.training.callbacks import ConsoleReporter
-        from mtlsweep.training.run import run
-        c = RunConfig.from_flat(cfg_flat)
-        tags = {**tags, "checkpoint": str(Path(run_dir) / "best.pt")}
-        callbacks, logger = run_callbacks(c, Tracking(tracking_uri, experiment, run_name=tags.get("mlflow.runName"),
-                                                      tags=tags, async_=False, baseline=baseline))
-        run(c, run_dir, store=store, callbacks=[*callbacks, ConsoleReporter(sys.stdout)], progress=False)
-        return logger.run_id
+        req = RunRequest(RunConfig.from_flat(cfg_flat), Path(run_dir), data=store, threads=max(1, int(cpus)),
+                         baseline=baseline, progress=False)
+        tags = {**tags, tag.CHECKPOINT: str(Path(run_dir) / "best.pt")}
+        tracking = Tracking(tracking_uri, experiment, run_name=tags.get(tag.RUN_NAME), tags=tags, async_=False) \
+            if tracking_uri else None
+        req, logger = attach(req, tracking)
+        execute(req.with_callbacks(ConsoleReporter(sys.stdout)))
+        return logger.run_id if logger is not None else str(run_dir)
 
     return _remote.remote(cfg.flatten(), store, str(run_dir), tracking_uri, experiment, tags, baseline)

@@ -12,20 +12,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-# The new Tune output engine ignores a custom reporter; ours shows the metrics that matter here.
-os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-# Tune snapshots the experiment at most every second (its "auto" waits >= 10 s): a killed
-# driver then loses at most a second of what trials reported, not whole finished trials.
-os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+import ray
+from mlflow.tracking import MlflowClient
 
-from mtlsweep.config.identity import PROTOCOL_TAG, RUN_TAG, Protocol
-
-from mtlsweep.mlflow_server.registry import Baseline
-from mtlsweep.search.grid import GridSpace
-from mtlsweep.search.space import SearchSpace, load_space
-from mtlsweep.search.trial import SweepContext, run_trial
+from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.identity import Protocol
 from mtlsweep.config.run import RunConfig, load_config
+from mtlsweep.config.tags import Role
+from mtlsweep.data.store import open_dataset
+from mtlsweep.mlflow_server.registry import Baseline
+from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+from mtlsweep.models.arch import plan
+from mtlsweep.search.baseline_search import Sweep, ensure_baselines, sweep_protocol
+from mtlsweep.search.experiment import run_experiment
+from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.ray_leftovers import end_orphaned_agents
+from mtlsweep.search.references import fit_references, parse_references, reference_config
+from mtlsweep.search.space import SearchSpace, load_space
+from mtlsweep.search.summary import summarize_results, summarize_sweep
+from mtlsweep.search.trial import SweepContext
+
 
 @dataclass
 class SweepArgs:
@@ -86,7 +94,6 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
         raise ConfigError(f"--baseline {args.baseline!r}: use tuned (its own search, as each family) or fixed")
     if args.baseline_trials is not None and args.baseline_trials < 1:
         raise ConfigError("--baseline-trials must be >= 1")
-    from mtlsweep.search.references import parse_references, reference_config
     for name in parse_references(",".join(args.references)):
         reference_config(cfg, name, cfg.data.path, args.cpus_per_trial)
     return cfg, space
@@ -123,7 +130,6 @@ def _check_task_choices(space: "SearchSpace | GridSpace", stores: dict) -> None:
 def _check_trunks(space: "SearchSpace | GridSpace", base: RunConfig, stores: dict) -> None:
     """Every trunk the design may build (each model.arch.preset it names, the base's own) fits
     the sequences of every data set: refused here, before any trial, not as failed trials."""
-    from mtlsweep.models.arch import plan
     if isinstance(space, GridSpace):
         presets = [o["model.arch.preset"] for o in space.variants.values() if o.get("model.arch.preset")]
         presets += [v for k, vs in space.axes.items() if k == "model.arch.preset" for v in vs if v]
@@ -145,7 +151,6 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
     """Connect to the cluster named (--address ADDR|auto, or RAY_ADDRESS), else start an embedded
     one on this machine's cores: never a cluster nobody named, which may be another sweep's and
     end under this one."""
-    import ray
     if ray.is_initialized():
         return
     if address or os.environ.get("RAY_ADDRESS"):
@@ -156,8 +161,6 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
 
 def start_embedded(num_cpus: Optional[int] = None) -> None:
     """A Ray cluster of this process, on this machine's cores."""
-    import ray
-    from mtlsweep.search.ray_leftovers import end_orphaned_agents
     ended = end_orphaned_agents()          # left by an earlier embedded cluster's killed driver
     if ended:
         print(f"ended {len(ended)} Ray agent(s) an earlier killed sweep left behind (pids {', '.join(map(str, ended))})")
@@ -167,13 +170,6 @@ def start_embedded(num_cpus: Optional[int] = None) -> None:
 
 
 def run_sweep(args: SweepArgs, log=print) -> SweepResult:
-    from mlflow.tracking import MlflowClient
-
-    from mtlsweep.data.store import open_dataset
-    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
-    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
-    from mtlsweep.search.baseline_search import Sweep, ensure_baselines, sweep_protocol
-
     cfg, space = _validate(args)                       # before any cluster work
     grid = isinstance(space, GridSpace)
     # Trials chdir into their own directories: every path they read must be absolute.
@@ -184,13 +180,18 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         space.resolve_paths()
     paths = [cfg.data.path] + (space.data_paths() if grid else [])
     # The data, and what the design asks of it, are checked before anything is written.
-    stores = {p: open_dataset(p).select_tasks(cfg.data.tasks) for p in dict.fromkeys(paths)}
+    datasets = {p: open_dataset(p) for p in dict.fromkeys(paths)}
+    stores = {p: d.select_tasks(cfg.data.tasks) for p, d in datasets.items()}
     _check_task_choices(space, stores)
     _check_trunks(space, cfg, stores)
     num_samples = args.num_samples or (1 if grid else 12)
     workspace = Path(args.workspace).resolve()
-    tracking_uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir=str(workspace))
-    check_reachable(tracking_uri)
+    # A sweep tracks unless its config says tracking.enabled: false (and no --tracking-uri overrides it).
+    tracked = cfg.tracking.enabled is not False or bool(args.tracking_uri)
+    tracking_uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir=str(workspace)) \
+        if tracked else None
+    if tracked:
+        check_reachable(tracking_uri)
     name = args.name or time.strftime("sweep-%Y%m%d-%H%M%S")
     storage = args.storage or str(workspace / "ray_results")
     if "://" not in storage:
@@ -206,15 +207,20 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
 
     init_ray(args.address, None)
-    client = MlflowClient(tracking_uri)
-    exp_id = get_or_create_experiment(client, cfg.tracking.experiment)
+    client = MlflowClient(tracking_uri) if tracked else None
+    exp_id = get_or_create_experiment(client, cfg.tracking.experiment) if tracked else None
 
     if restoring:
-        parent_id = state["parent_run_id"]
-        log(f"sweep {name}: resuming (MLflow parent run {parent_id})")
+        parent_id = state.get("parent_run_id")
+        log(f"sweep {name}: resuming" + (f" (MLflow parent run {parent_id})" if parent_id else ""))
+    elif not tracked:
+        parent_id = None
+        state_file.parent.mkdir(parents=True, exist_ok=True)
+        state_file.write_text(json.dumps({"parent_run_id": None, "base": str(Path(args.base).resolve()),
+                                          "space": str(Path(args.space).resolve()), "storage": storage}, indent=1))
     else:
-        parent = client.create_run(exp_id, run_name=name, tags={"role": "sweep", "sweep": name,
-                                                                PROTOCOL_TAG: protocol.describe()})
+        parent = client.create_run(exp_id, run_name=name, tags={tag.ROLE: Role.SWEEP, tag.SWEEP: name,
+                                                                tag.PROTOCOL: protocol.describe()})
         parent_id = parent.info.run_id
         client.log_param(parent_id, "sweep.num_samples", num_samples)
         client.log_param(parent_id, "sweep.search", "grid" if grid else "optuna")
@@ -229,11 +235,12 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
              "space": str(Path(args.space).resolve()), "tracking_uri": tracking_uri, "storage": storage},
             indent=1))
 
-    sweep = Sweep(args=args, cfg=cfg, stores=stores, client=client, experiment_id=exp_id, tracking_uri=tracking_uri,
+    sweep = Sweep(args=args, cfg=cfg, stores=stores, datasets=datasets, client=client, experiment_id=exp_id, tracking_uri=tracking_uri,
                   parent_id=parent_id, name=name, storage=storage, workspace=workspace, restoring=restoring, log=log)
     baselines = ensure_baselines(sweep, space, protocol, baseline_space)
     first = next(iter(baselines.values()))
-    client.set_tag(parent_id, RUN_TAG, first.run_id)
+    if tracked:
+        client.set_tag(parent_id, tag.BASELINE_RUN, first.run_id)
     references = {"@baseline": first.checkpoint} if first.checkpoint else {}
 
     ctx = SweepContext(base=cfg.flatten(), tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
@@ -242,92 +249,16 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
                        variants=space.variants if grid else {}, families={} if grid else space.families,
                        baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.free,
                        ray_logs=args.verbose >= 2, ranges=space.ranges())
-    results = fit(sweep, ctx, space, num_samples, name)
+    results = run_experiment(sweep, ctx, space, num_samples, name)
     n_errors = sum(1 for r in results if r.error is not None)
     if args.references:
-        from mtlsweep.search.references import fit_references
         fit_references(sweep, list(args.references), (space.data_paths() if grid else []) or [cfg.data.path],
                        baselines, protocol.free)
-    from mtlsweep.search.summary import summarize_sweep
-    summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, workspace / "compare" / name, log=log)
-    client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
+    if tracked:
+        summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, workspace / "compare" / name,
+                                  log=log)
+        client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
+    else:       # Tune's own results: every trial's objective was computed in training
+        summary = summarize_results(results, args.objective, workspace / "compare" / name, log=log)
     return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),
                        n_errors=n_errors, baselines=baselines, protocol=protocol)
-
-
-def fit(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str):
-    """One Tune experiment over ``space`` (restored when its state exists); then every child
-    run left RUNNING is closed. Returns Tune's ResultGrid."""
-    import optuna
-    from ray import tune
-    from ray.tune import CLIReporter
-    from ray.tune.search.optuna import OptunaSearch
-
-    from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
-
-    args, cfg = sweep.args, sweep.cfg
-    grid = isinstance(space, GridSpace)
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.stores),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    multi = args.objective == "multi"
-    objective = args.objective if ctx.baselines or args.objective in ("val/auroc_mean", "val/auprc_mean", "multi") \
-        else "val/auroc_mean"                        # a baseline's search has no delta to maximize
-    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else objective
-    mode = ["max", "min"] if multi else "max"
-    searcher = None
-    if not grid:
-        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
-                                             n_startup_trials=min(10, max(2, num_samples // 3)))
-        # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
-        # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
-        searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
-    scheduler = None
-    if args.scheduler == "asha":
-        scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric, mode="max",
-                               max_t=cfg.train.epochs, grace_period=args.grace_period, reduction_factor=2)
-    reporter = CLIReporter(
-        metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
-                        "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
-        parameter_columns=space.keys[:6], max_report_frequency=15, metric="val/auroc_mean", mode="max",
-        sort_by_metric=True)
-    run_config = tune.RunConfig(
-        name=name, storage_path=sweep.storage, verbose=args.verbose, progress_reporter=reporter,
-        failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        # Keep a few: a driver killed between checkpoints must find the one its last experiment
-        # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
-    path = f"{sweep.storage.rstrip('/')}/{name}"
-    if sweep.restoring and tune.Tuner.can_restore(path):
-        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
-    else:
-        tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
-                           tune_config=tune.TuneConfig(
-            search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
-    results = tuner.fit()
-    # Every result Tune records carries its trial's id; a trial that never reported ran no epoch.
-    known = {(r.metrics or {}).get("trial_id") for r in results} - {None}
-    _close_stopped_runs(sweep.client, sweep.experiment_id, sweep.parent_id, known, ctx.role)
-    return results
-
-
-def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, role: str = "trial") -> None:
-    """Close the child runs still RUNNING after the sweep. A trial Tune knows was stopped by
-    its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
-    driver had started after its last experiment snapshot is unknown to the restored sweep:
-    its run is KILLED and tagged, never counted as a result. A FINISHED run is never touched:
-    finished work stays finished (a restored trial of its configuration adopts it)."""
-    runs = client.search_runs([exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}' and tags.role = '{role}' "
-                              "and attributes.status = 'RUNNING'", max_results=5000)
-    from mlflow.exceptions import MlflowException
-    for r in runs:
-        stopped = r.data.tags.get("trial_id") in known_trials
-        tag = ("stopped_early", "scheduler") if stopped else ("orphaned", "driver killed before the trial was recorded")
-        try:
-            client.set_tag(r.info.run_id, *tag)
-        except MlflowException:
-            # The trial's own stopped_early() may be closing it at this very moment (SQLite
-            # refuses the second insert of the same tag): its close wins.
-            if client.get_run(r.info.run_id).info.status != "RUNNING":
-                continue
-        client.set_terminated(r.info.run_id, "FINISHED" if stopped else "KILLED")

@@ -3,6 +3,7 @@ unchanged and reproduces (same seed, same data, the epochs the trial actually ra
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -10,8 +11,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from mtlsweep.config.errors import ConfigError
-
 from mtlsweep.config.run import validate
+from mtlsweep.mlflow_server.registry import is_completed
 
 
 def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,
@@ -29,7 +30,6 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     filt = "tags.role = 'trial'"
     if sweep:
         filt += f" and tags.`mlflow.parentRunId` = '{sweep}'"
-    from mtlsweep.mlflow_server.registry import is_completed
     # Pruned, failed or orphaned trials are never exported as the best: their score is not their end point.
     runs = [r for r in client.search_runs([exp.experiment_id], filter_string=filt, max_results=5000)
             if math.isfinite(r.data.metrics.get(key, math.nan)) and is_completed(r)]
@@ -45,7 +45,6 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     written, lines = [], [f"# Best {len(runs[:top])} configurations by {key}", "",
                           "| # | run | family | " + key + " | ΔAUROC vs baseline | epochs run | command |",
                           "|---|---|---|---|---|---|---|"]
-    import tempfile
     for i, r in enumerate(runs[:top], start=1):
         with tempfile.TemporaryDirectory() as tmp:
             tree = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "config.yaml", tmp)).read_text())

@@ -11,13 +11,21 @@ import json
 from pathlib import Path
 from typing import Callable, Sequence
 
+import ray
+
+from mtlsweep.config import tags as tag
+from mtlsweep.config.run import load_config
+from mtlsweep.mlflow_server.attach import continue_request
+from mtlsweep.training.certificates import finish_overrides
+from mtlsweep.training.run import execute
+
 
 def unfinished(rows: Sequence) -> list:
     """The runs (compare.RunRow) whose certificate says they did not converge and that can be
     resumed (an epoch-trained run with its directory and last checkpoint)."""
     out = []
     for r in rows:
-        run_dir = Path(r.tags.get("run_dir", ""))
+        run_dir = Path(r.tags.get(tag.RUN_DIR, ""))
         if r.converged is False and (run_dir / "last.pt").is_file() and (run_dir / "metrics.json").is_file():
             out.append(r)
     return out
@@ -27,23 +35,17 @@ def finish_runs(rows: Sequence, uri: str, cpus: float = 1.0, gpus: float = 0.0, 
     """Train every unconverged run of ``rows`` longer, at once as the cluster allows; returns how
     many were continued. A run still not converged afterwards keeps its certificate saying so
     (`finish_until_converged` tries again)."""
-    import ray
 
-    from mtlsweep.config.run import load_config
-    from mtlsweep.training.certificates import finish_overrides
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
     def _continue(run_dir: str, overrides: dict, uri: str) -> bool:
-        import torch
-        torch.set_num_threads(max(1, int(cpus)))
-        from mtlsweep.mlflow_server.attach import continue_run
-        result = continue_run(Path(run_dir), overrides, uri)
+        result = execute(continue_request(Path(run_dir), overrides, uri, threads=max(1, int(cpus))))
         return bool(result.convergence and result.convergence.converged)
 
     todo = unfinished(rows)
     pending = []
     for r in todo:
-        run_dir = Path(r.tags["run_dir"])
+        run_dir = Path(r.tags[tag.RUN_DIR])
         payload = json.loads((run_dir / "metrics.json").read_text())
         cert = payload.get("convergence") or {}
         cfg = load_config(run_dir / "config.yaml")         # its budget as last run (a resume may have raised it)

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mtlsweep.config.errors import ConfigError
+from ray import tune
 
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.identity import is_tuned_alike
 from mtlsweep.config.run import RunConfig
 
 VARIANT_KEY = "variant"
@@ -66,7 +69,6 @@ class GridSpace:
         return [dict(zip(self.tune, combo)) for combo in itertools.product(*self.tune.values())]
 
     def param_space(self) -> dict[str, Any]:
-        from ray import tune
         return {VARIANT_KEY: tune.grid_search(list(self.variants)),
                 **{k: tune.grid_search(list(v)) for k, v in self.axes.items()}}
 
@@ -84,7 +86,6 @@ class GridSpace:
 
     def resolve_paths(self) -> None:
         """Make the design's data paths absolute (trials chdir into their own directories)."""
-        from pathlib import Path
         for o in self.variants.values():
             if "data.path" in o:
                 o["data.path"] = str(Path(o["data.path"]).resolve())
@@ -138,7 +139,6 @@ def parse_grid(tree: dict, source: str = "space") -> GridSpace:
     both = sorted(set(grid) & set(tune))
     if both:
         raise ConfigError(f"{source}: {both[0]}: in both grid and tune; a key is either crossed or tuned")
-    from mtlsweep.config.identity import is_tuned_alike
     for key in tune:
         if not is_tuned_alike(key):
             raise ConfigError(f"{source}: tune.{key}: only optimizer, regularization and architecture keys are "

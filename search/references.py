@@ -12,9 +12,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import ray
+
+from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
-from mtlsweep.config.identity import FAMILY_SECTIONS, KEY_TAG, RUN_TAG, CONFIG_FP_TAG, config_fingerprint
+from mtlsweep.config.identity import FAMILY_SECTIONS, config_fingerprint
 from mtlsweep.config.run import RunConfig
+from mtlsweep.config.tags import Role
+from mtlsweep.search.baseline_search import train_reference
 
 REFERENCES = tuple(FAMILY_SECTIONS)
 
@@ -39,30 +44,29 @@ def reference_config(base: RunConfig, name: str, data_path: str, cpus: float) ->
 def fit_references(sweep, names: Sequence[str], paths: Sequence[str], baselines: dict, tuned_keys) -> int:
     """Fit every reference of ``names`` on every data set in ``paths`` not yet fitted under the
     sweep, at once as the cluster allows; returns how many were fitted."""
-    import ray
 
-    from mtlsweep.search.baseline_search import train_reference
     client = sweep.client
-    done = {r.data.tags.get(CONFIG_FP_TAG) for r in client.search_runs(
-        [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' and "
-                                             "attributes.status = 'FINISHED'", max_results=5000)}
+    done = {r.data.tags.get(tag.CONFIG_FP) for r in client.search_runs(
+        [sweep.experiment_id], filter_string=f"tags.`{tag.PARENT}` = '{sweep.parent_id}' and "
+                                             "attributes.status = 'FINISHED'", max_results=5000)} if client else set()
     pending = []
     for path in paths:
         for name in names:
             cfg = reference_config(sweep.cfg, name, path, sweep.args.cpus_per_trial)
             store = sweep.store_of(cfg)
             fp = config_fingerprint(cfg, store.fingerprint, list(store.task_names))
-            if fp in done:
+            run_dir = (sweep.workspace / "references" / sweep.name / f"{name}-{fp}").resolve()
+            if fp in done or (client is None and (run_dir / tag.METRICS_FILE).is_file()):
                 continue
             key = sweep.key(cfg, tuned_keys)
-            tags = {"role": "trial", "sweep": sweep.name, "variant": name, "arm": name, CONFIG_FP_TAG: fp, KEY_TAG: key,
-                    "mlflow.parentRunId": sweep.parent_id, "mlflow.runName": f"{sweep.name}/{name}-{fp[:6]}"}
+            tags = {tag.ROLE: Role.TRIAL, tag.SWEEP: sweep.name, tag.VARIANT: name, tag.ARM: name, tag.CONFIG_FP: fp, tag.COMPARE_KEY: key,
+                    tag.PARENT: sweep.parent_id, tag.RUN_NAME: f"{sweep.name}/{name}-{fp[:6]}"}
             if key in baselines:
-                tags[RUN_TAG] = baselines[key].run_id
-            run_dir = (sweep.workspace / "references" / sweep.name / f"{name}-{fp}").resolve()
+                tags[tag.BASELINE_RUN] = baselines[key].run_id
             run_dir.mkdir(parents=True, exist_ok=True)
             sweep.log(f"reference {name} on {Path(path).parent.name}/{Path(path).name}")
-            pending.append(train_reference(cfg, store, run_dir, sweep.tracking_uri, cfg.tracking.experiment, tags,
+            pending.append(train_reference(cfg, sweep.datasets[path], run_dir, sweep.tracking_uri, cfg.tracking.experiment,
+                                           tags,
                                            sweep.args.cpus_per_trial, 0.0,
                                            baselines[key].auroc if key in baselines else None))
     ray.get(pending)

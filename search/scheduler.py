@@ -20,6 +20,9 @@ from typing import Any, Callable, Optional
 
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 
+from mtlsweep.config.identity import model_family
+from mtlsweep.search.trial import trial_config
+
 ENTERED = "schedule/tasks_entered"
 
 
@@ -33,8 +36,6 @@ class FamilyOf:
     def __call__(self, config: dict[str, Any]) -> str:
         if "family" in config:
             return str(config["family"])
-        from mtlsweep.search.trial import trial_config
-        from mtlsweep.config.identity import model_family
         return model_family(trial_config(config, self.ctx))
 
 

@@ -33,8 +33,9 @@ from typing import Any, Callable, Optional
 import yaml
 
 from mtlsweep.config.errors import ConfigError
-
+from mtlsweep.config.identity import model_family
 from mtlsweep.config.run import RunConfig
+from mtlsweep.search.grid import is_grid_tree, parse_grid
 
 TYPES = ("float", "loguniform", "int", "categorical")
 NOT_APPLICABLE = "n/a"
@@ -98,7 +99,6 @@ class SearchSpace:
         model families (single, hard, soft, ...) reached by the family-deciding dimensions."""
         if self.families:
             return list(self.families)
-        from mtlsweep.config.identity import model_family
         deciding = [d for d in self.dims if d.key in FAMILY_DECIDING]
         found: list[str] = []
         for combo in itertools.product(*[d.extremes() for d in deciding]):
@@ -283,7 +283,6 @@ def parse_space(tree: Any, source: str = "space") -> SearchSpace:
 
 def load_space(path: str | Path, base: Optional[RunConfig] = None) -> "SearchSpace | GridSpace":
     """A search space, or a fixed design (``variants:``/``grid:``, see search/grid.py)."""
-    from mtlsweep.search.grid import is_grid_tree, parse_grid
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such search-space file")

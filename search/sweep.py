@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from mtlsweep.config.errors import guarded
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="base config YAML (every trial starts from it)")
@@ -48,6 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Ray Tune's verbosity; 2 and up also shows Ray's per-checkpoint log lines")
 
 
+# The driver (Ray, MLflow, torch) is imported inside the functions that run a sweep: the CLI builds
+# this module's parser for every `mtlsweep --help`.
 def args_from_namespace(ns):
     from mtlsweep.search.driver import SweepArgs
     from mtlsweep.search.references import parse_references
@@ -72,7 +76,6 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="mtlsweep.search.sweep", description="Run an mtlsweep sweep on Ray Tune.")
     add_arguments(p)
     ns = p.parse_args(argv)
-    from mtlsweep.config.errors import guarded
     return guarded(run, ns)
 
 

@@ -6,17 +6,28 @@ MLflow run. Per-task metrics go to MLflow, not to Tune, to keep Tune's results s
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from mtlsweep.config.run import RunConfig
-from mtlsweep.mlflow_server.run_logger import RUN_ID_FILE
-from mtlsweep.training.callbacks import Callback
+from mlflow.tracking import MlflowClient
+from ray import tune
 
+from mtlsweep.config import tags as tag
+from mtlsweep.config.identity import comparison_key, config_fingerprint
+from mtlsweep.config.run import RunConfig
+from mtlsweep.mlflow_server.attach import Tracking, attach
+from mtlsweep.mlflow_server.run_logger import TRIAL_PLOTS
+from mtlsweep.search.grid import VARIANT_KEY
+from mtlsweep.search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
+from mtlsweep.training.callbacks import Callback
+from mtlsweep.training.request import RunRequest, resolve
+from mtlsweep.training.run import execute
 
 TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
              "val/delta_auroc_mean", "val/tasks_improved", "cost/epoch_s", "cost/train_s",
@@ -49,14 +60,11 @@ def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
     """Optuna's choices are hashable (tuples); the config wants lists. Dimensions that did not
     apply to this trial keep the base config's value; a family's own Optuna parameters
     (``<family>::<key>``) are already there under their config key."""
-    from mtlsweep.search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
     return {k: list(v) if isinstance(v, tuple) else v for k, v in sampled.items()
             if v != NOT_APPLICABLE and FAMILY_SEP not in k and k != FAMILY_KEY}
 
 
 def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
-    from mtlsweep.search.grid import VARIANT_KEY
-    from mtlsweep.search.space import FAMILY_KEY
     over: dict[str, Any] = {}
     if VARIANT_KEY in sampled:
         name = sampled[VARIANT_KEY]
@@ -89,11 +97,11 @@ class TuneReporter(Callback):
         self.pending: dict[str, float] = {}
         self.last = False
 
-    def on_epoch_end(self, epoch, metrics):
-        self.pending = {k: float(metrics[k]) for k in TUNE_KEYS if k in metrics}
-        if self.mlflow_logger is not None and self.mlflow_logger.history:     # its deltas vs the baseline
-            self.pending.update({k: v for k, v in self.mlflow_logger.history[-1].items() if k in TUNE_KEYS})
-        self.last = bool(metrics.get("last"))
+    def on_epoch_end(self, report):
+        # The objective (val/delta_auroc_mean against the run's baseline) is in the report itself.
+        self.pending = {k: float(report.metrics[k]) for k in TUNE_KEYS if k in report.metrics}
+        self.pending["epoch"] = float(report.epoch)
+        self.last = report.last
 
     def on_checkpoint(self, path, epoch):
         if not self.last:
@@ -102,17 +110,18 @@ class TuneReporter(Callback):
     def on_train_end(self, result):
         if not self.pending and result.history:      # restored after its last epoch: report where it ended
             self.pending = {k: float(result.history[-1][k]) for k in TUNE_KEYS if k in result.history[-1]}
+        if result.convergence is not None:
+            self.pending["cert/converged"] = float(result.convergence.converged)
         self.report()
 
     def report(self) -> None:
-        from ray import tune
         with tempfile.TemporaryDirectory() as tmp:
             for name in ("last.pt", "best.pt"):
                 src = self.run_dir / name
                 if src.is_file():
                     shutil.copy2(src, Path(tmp) / name)
             if self.mlflow_logger is not None:
-                (Path(tmp) / RUN_ID_FILE).write_text(self.mlflow_logger.run_id)
+                (Path(tmp) / tag.RUN_ID_FILE).write_text(self.mlflow_logger.run_id)
             tune.report(self.pending, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -126,7 +135,6 @@ def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id:
 
 def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
     """(resuming, MLflow run id) from the checkpoint Tune hands a retried or restored trial."""
-    from ray import tune
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return False, None
@@ -135,8 +143,8 @@ def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
         for name in ("last.pt", "best.pt"):
             if (Path(d) / name).is_file():
                 shutil.copy2(Path(d) / name, run_dir / name)
-        if (Path(d) / RUN_ID_FILE).is_file():
-            run_id = (Path(d) / RUN_ID_FILE).read_text().strip()
+        if (Path(d) / tag.RUN_ID_FILE).is_file():
+            run_id = (Path(d) / tag.RUN_ID_FILE).read_text().strip()
     return True, run_id
 
 
@@ -146,9 +154,8 @@ def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp:
     that no trial of the restored sweep owns (a killed driver finished it after its last
     experiment snapshot; the searcher, restored from that snapshot, proposed it again). That
     run is adopted, so finished work is counted once and not trained again."""
-    from mlflow.tracking import MlflowClient
 
-    from mtlsweep.config.identity import CONFIG_FP_TAG
+    
     client = MlflowClient(ctx.tracking_uri)
     if run_id is not None:
         return client.get_run(run_id)
@@ -161,91 +168,84 @@ def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp:
     if not ctx.parent_run_id or not config_fp:
         return None
     for r in client.search_runs([exp.experiment_id], max_results=50, filter_string=(
-            f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.{CONFIG_FP_TAG} = '{config_fp}' "
+            f"tags.`mlflow.parentRunId` = '{ctx.parent_run_id}' and tags.{tag.CONFIG_FP} = '{config_fp}' "
             f"and tags.role = '{ctx.role}' and attributes.status = 'FINISHED'")):
         if "orphaned" in r.data.tags or "adopted_by" in r.data.tags:
             continue
-        client.set_tag(r.info.run_id, "adopted_by", trial_id)
-        client.set_tag(r.info.run_id, "first_trial_id", r.data.tags.get("trial_id", ""))
-        client.set_tag(r.info.run_id, "trial_id", trial_id)
+        client.set_tag(r.info.run_id, tag.ADOPTED_BY, trial_id)
+        client.set_tag(r.info.run_id, tag.FIRST_TRIAL_ID, r.data.tags.get(tag.TRIAL_ID, ""))
+        client.set_tag(r.info.run_id, tag.TRIAL_ID, trial_id)
         return client.get_run(r.info.run_id)
     return None
 
 
 def _report_finished(run, tracking_uri: str) -> None:
     """Give Tune a finished run's last epoch again, without training or logging anything."""
-    from mlflow.tracking import MlflowClient
-    from ray import tune
     m = run.data.metrics
     last = {k: float(m[k]) for k in TUNE_KEYS if k in m}
     last["epoch"] = float(len(MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val/auroc_mean")))
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / RUN_ID_FILE).write_text(run.info.run_id)
+        (Path(tmp) / tag.RUN_ID_FILE).write_text(run.info.run_id)
         tune.report(last, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
-def _tracking(cfg: RunConfig, config: dict, ctx: SweepContext, store, trial_id: str, run_dir: Path,
-              run_id: Optional[str], config_fp: Optional[str] = None):
-    from mtlsweep.config.identity import CONFIG_FP_TAG, KEY_TAG, RUN_TAG, comparison_key
-    from mtlsweep.mlflow_server.attach import Tracking
-    from mtlsweep.mlflow_server.run_logger import RANGES_TAG, TRIAL_PLOTS
-    from mtlsweep.search.space import NOT_APPLICABLE
+def trial_baseline(cfg: RunConfig, data, ctx: SweepContext) -> tuple[Optional[str], Optional[tuple[str, dict]]]:
+    """(comparison key, (baseline run id, task -> validation AUROC)) of a trial on ``data`` (its
+    tasks selected): the baseline of its key, when the sweep has one."""
+    if not ctx.baselines:
+        return None, None
+    key = comparison_key(cfg, data.fingerprint, list(data.task_names), ctx.tuned_keys)
+    return key, ctx.baselines.get(key)
+
+
+def _tracking(ctx: SweepContext, config: dict, trial_id: str, run_dir: Path, run_id: Optional[str],
+              config_fp: Optional[str], key: Optional[str], baseline_run: Optional[str]):
+    
     ranges = {k: v for k, v in ctx.ranges.items() if k in config and config[k] != NOT_APPLICABLE}
-    tags = {"role": ctx.role, "trial_id": trial_id, "sweep": ctx.sweep_name,
-            **({CONFIG_FP_TAG: config_fp} if config_fp else {}),
-            **({RANGES_TAG: json.dumps(ranges)} if ranges else {}),
-            **({"variant": str(config["variant"])} if "variant" in config else {}),
-            **({"arm": str(config["family"])} if "family" in config else {})}  # the space's family name
-    baseline = None
-    if ctx.baselines and store is not None:
-        key = comparison_key(cfg, store.fingerprint, list(store.task_names), ctx.tuned_keys)
-        baseline = ctx.baselines.get(key)
-        tags[KEY_TAG] = key
-        if baseline is not None:
-            tags[RUN_TAG] = baseline[0]
+    tags = {tag.ROLE: ctx.role, tag.TRIAL_ID: trial_id, tag.SWEEP: ctx.sweep_name,
+            **({tag.CONFIG_FP: config_fp} if config_fp else {}),
+            **({tag.RANGES: json.dumps(ranges)} if ranges else {}),
+            **({tag.VARIANT: str(config[VARIANT_KEY])} if VARIANT_KEY in config else {}),
+            **({tag.ARM: str(config[FAMILY_KEY])} if FAMILY_KEY in config else {}),   # the space's family name
+            **({tag.COMPARE_KEY: key} if key else {}), **({tag.BASELINE_RUN: baseline_run} if baseline_run else {})}
     return Tracking(ctx.tracking_uri, ctx.experiment, run_name=f"{ctx.sweep_name}/{trial_id}", tags=tags,
-                    parent_run_id=ctx.parent_run_id, run_id=run_id,
-                    baseline=baseline[1] if baseline is not None else None,
-                    spool_dir=run_dir / "mlflow_spool", async_=False, plots=TRIAL_PLOTS)
+                    parent_run_id=ctx.parent_run_id, run_id=run_id, spool_dir=run_dir / "mlflow_spool",
+                    async_=False, plots=TRIAL_PLOTS)
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] = None) -> None:
-    """The Tune function trainable (wrapped with tune.with_parameters by the sweep): one run of
-    the trial's config through training.run, reported to Tune each epoch. ``stores`` maps each
-    data.path of the sweep to its store, shared through Ray's object store."""
-    import torch
-    from ray import tune
+    """The Tune function trainable (wrapped with tune.with_parameters by the sweep): one run request
+    of the trial's config, executed by training.run, reported to Tune each epoch. ``stores`` maps
+    each data.path of the sweep to its data as opened, shared through Ray's object store."""
 
-    from mtlsweep.mlflow_server.attach import run_callbacks
-    from mtlsweep.training.run import run
 
-    torch.set_num_threads(max(1, int(ctx.cpus_per_trial)))   # concurrent trials must not oversubscribe cores
+
     if not ctx.ray_logs:
         # "Checkpoint successfully created at ..." once per epoch and trial: most of a sweep's terminal.
-        import logging
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     cfg = trial_config(config, ctx)
-    if cfg.model.family == "motif_gbm" and cfg.gbm.n_jobs is None:
-        cfg = cfg.with_overrides({"gbm.n_jobs": max(1, int(ctx.cpus_per_trial))})
-    store = (stores or {}).get(cfg.data.path)
     tune_ctx = tune.get_context()
+    trial_id = tune_ctx.get_trial_id()
     # The run lives under train.out_dir (absolute in a sweep), not in Ray's session directory:
     # its checkpoints, spool and the command that finishes it outlive the Ray session.
-    run_dir = Path(cfg.train.out_dir).resolve() / (ctx.sweep_name or "sweep") / tune_ctx.get_trial_id()
+    run_dir = Path(cfg.train.out_dir).resolve() / (ctx.sweep_name or "sweep") / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
     resume, run_id = _restore(run_dir)
+    # Concurrent trials must not oversubscribe the cores: the trial's CPU share is its threads.
+    req = resolve(RunRequest(cfg, run_dir, data=(stores or {}).get(cfg.data.path), resume="force" if resume else False,
+                             threads=max(1, int(ctx.cpus_per_trial)), progress=False))
+    key, baseline = trial_baseline(req.cfg, req.data, ctx)
+    req = dataclasses.replace(req, baseline=baseline[1] if baseline else None)
     tracking = None
     if ctx.tracking_uri:
-        from mtlsweep.config.identity import config_fingerprint
-        trial_id = tune_ctx.get_trial_id()
-        fp = config_fingerprint(cfg, store.fingerprint, list(store.task_names)) if store is not None else None
+        fp = config_fingerprint(req.cfg, req.data.fingerprint, list(req.data.task_names))
         own = _own_run(ctx, trial_id, run_id, fp)
         if own is not None and own.info.status == "FINISHED":
             # Finished (to its end, or stopped by the scheduler) before a driver was killed: its
             # result stands as logged; training it again would log its test metrics twice.
             _report_finished(own, ctx.tracking_uri)
             return
-        tracking = _tracking(cfg, config, ctx, store, trial_id, run_dir, own.info.run_id if own else None, fp)
-    callbacks, logger = run_callbacks(cfg, tracking)
-    run(cfg, run_dir, callbacks=[*callbacks, *ctx.extra_callbacks, TuneReporter(run_dir, logger)], store=store,
-        resume="force" if resume else False, progress=False)
+        tracking = _tracking(ctx, config, trial_id, run_dir, own.info.run_id if own else None, fp, key,
+                             baseline[0] if baseline else None)
+    req, logger = attach(req, tracking)
+    execute(req.with_callbacks(*ctx.extra_callbacks, TuneReporter(run_dir, logger)))

@@ -1,7 +1,7 @@
 """Does measured task affinity recover the planted task groups? (issue: which tasks should share)
 
     python -m mtlsweep.studies.affinity_groups [--workspace workspace/affinity_study] [--epochs 30]
-        [--every 5] [--lr LR] [--seeds 0,1,2] [--arms] [--jobs 2] [--out docs/affinity_groups.md]
+        [--every 5] [--lr LR] [--seeds 0,1,2] [--arms] [--jobs 2] [--out docs/results/affinity-groups.md]
 
 On the ground-truth study's synthetic benchmarks (search/spaces/ground_truth/regimes.yaml:
 16 tasks in 4 groups; `related` shares 2 of each task's 3 motifs within its group,
@@ -23,12 +23,18 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from mtlsweep.config.run import RunConfig
 from mtlsweep.studies.ground_truth import ensure_data, load_design
+from mtlsweep.training.request import RunRequest
+from mtlsweep.training.run import execute, prepare
+from mtlsweep.training.sharing_groups import truth_groups
+from mtlsweep.training.task_affinity import adjusted_rand, cluster, symmetric
 
 SPACES = Path(__file__).resolve().parents[1] / "search" / "spaces" / "ground_truth"
 
@@ -49,32 +55,26 @@ WEIGHT_DECAYS = (0.03, 0.1)
 
 def train_arm(store: Path, base: dict, over: dict, run_dir: Path) -> float:
     """Test AUROC (mean over tasks) at the weight decay best on validation."""
-    from mtlsweep.config.run import RunConfig
-    from mtlsweep.training.engine import Trainer
     best = None
     for wd in WEIGHT_DECAYS:
         cfg = RunConfig.model_validate(base).with_overrides(
             {"data.path": str(store), "tracking.enabled": False, "optim.weight_decay": wd,
              "train.out_dir": str(run_dir.parent), **over})
-        res = Trainer(cfg, run_dir.with_name(f"{run_dir.name}-wd{wd}"), progress=False).fit()
+        res = execute(RunRequest(cfg, run_dir.with_name(f"{run_dir.name}-wd{wd}"), progress=False))
         if best is None or res.best_val_auroc > best[0]:
             best = (res.best_val_auroc, float(res.test_summary["test/auroc_mean"]))
     return best[1]
 
 
 def measure(store: Path, base: dict, epochs: int, every: int, lr, run_dir: Path) -> dict:
-    from mtlsweep.config.run import RunConfig
-    from mtlsweep.training.engine import Trainer
-    from mtlsweep.training.sharing_groups import truth_groups
-    from mtlsweep.training.task_affinity import adjusted_rand, cluster, symmetric
     over = {"data.path": str(store), "train.epochs": epochs, "train.patience": epochs, "tracking.enabled": False,
             "train.affinity_every": every, "train.out_dir": str(run_dir.parent)}
     if lr is not None:
         over["train.affinity_lr"] = lr
     cfg = RunConfig.model_validate(base).with_overrides(over)
     t0 = time.time()
-    tr = Trainer(cfg, run_dir, progress=False)
-    res = tr.fit()
+    req, tr = prepare(RunRequest(cfg, run_dir, progress=False))
+    res = execute(req, tr)
     Z = tr.affinity.matrix()
     truth = truth_groups(store.parent / "truth.json", tr.tasks)
     labels = cluster(Z, int(truth.max()) + 1)
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lr", type=float, default=None, help="train.affinity_lr (default: the optimizer's lr)")
     ap.add_argument("--seeds", default=None, help="data seeds (default: the regimes file's)")
     ap.add_argument("--regimes", default="related,unrelated")
-    ap.add_argument("--out", default="docs/affinity_groups.md")
+    ap.add_argument("--out", default="docs/results/affinity-groups.md")
     ap.add_argument("--arms", action="store_true", help="also train hard, towers and the group-wise arms")
     ap.add_argument("--jobs", type=int, default=1, help="data sets at once (each on one thread)")
     a = ap.parse_args(argv)
@@ -130,7 +130,6 @@ def main(argv=None) -> int:
     jobs = [(regime, seed, regimes[regime], ws, base, a) for regime in a.regimes.split(",") for seed in seeds]
     t0 = time.time()
     if a.jobs > 1:
-        from concurrent.futures import ProcessPoolExecutor
         with ProcessPoolExecutor(a.jobs) as pool:
             results = list(pool.map(one_data_set, jobs))
     else:

@@ -2,7 +2,7 @@
 
     python -m mtlsweep.studies.ground_truth                        # the full design, embedded Ray
     python -m mtlsweep.studies.ground_truth --quick                 # related and unrelated, motif trunk only
-    python -m mtlsweep.studies.ground_truth --readme README.md      # ... and regenerate the README's table
+    python -m mtlsweep.studies.ground_truth --page docs/results/ground-truth.md   # ... and the site's page
     ray submit search/clusters/aws-gpu.yaml studies/ground_truth.py -- --address auto --gpus-per-trial 0.25 \\
         --max-concurrent 16 --tracking-uri http://<head>:5000
 
@@ -43,8 +43,33 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from mlflow.tracking import MlflowClient
 
 import mtlsweep.search as search_pkg
+from mtlsweep.app.docs import replace_section
+from mtlsweep.config import tags as tag
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.run import ARCH_PRESETS, load_config
+from mtlsweep.config.tags import Role
+from mtlsweep.data.synthetic import spec_from_dict, write_synthetic, written_with
+from mtlsweep.mlflow_server.compare import collect
+from mtlsweep.mlflow_server.group_compare import (
+    BASELINE_GROUP,
+    COLUMNS,
+    SELECT_BY,
+    group_runs,
+    render_text,
+    select_tuned,
+    trunk_name,
+)
+from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+from mtlsweep.plots import subplots
+from mtlsweep.search.driver import SweepArgs, run_sweep
+from mtlsweep.search.finish import finish_until_converged
+from mtlsweep.search.grid import parse_grid
+from mtlsweep.search.references import parse_references
+from mtlsweep.training.certificates import RULE, TUNING_RULE
 
 REPO = Path(search_pkg.__file__).resolve().parents[1]     # works when `ray submit` runs this file alone
 STUDY = REPO / "search" / "spaces" / "ground_truth"
@@ -57,6 +82,7 @@ AFFINITY_OVERRIDES = {"model.sharing.shared_layers": 0, "model.sharing.group_lay
                       "model.sharing.groups": "auto:{k}", "model.capacity": "match_towers"}
 HARD_ARMS = ("hard", "hard_curriculum", "hard_warm_start", "deep_hard", "deep_hard_matched")
 QUICK_REGIMES = ("related", "unrelated")
+TABLE, FIGURE = "ground-truth-table.md", "ground-truth.png"     # in --out (docs/results/)
 
 
 @dataclass
@@ -71,8 +97,6 @@ class Design:
 
 def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) -> Design:
     """The study's design; a bad knob, arm or key fails here, before any work."""
-    from mtlsweep.config.errors import ConfigError
-    from mtlsweep.data.synthetic import spec_from_dict
     tree = yaml.safe_load(Path(regimes_file).read_text()) or {}
     common, regimes = tree.get("common") or {}, tree.get("regimes")
     seeds = tree.get("data_seeds", [common.get("seed", 0)])
@@ -100,7 +124,6 @@ def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) ->
         arms[r] = [a for a in listed if not (quick and a.startswith("deep_"))]
     if quick:
         knobs = {r: k for r, k in knobs.items() if r in QUICK_REGIMES}
-    from mtlsweep.search.references import parse_references
     refs = tree.get("references") or []
     if not isinstance(refs, list):
         raise ConfigError(f"{regimes_file}: references: expected a list of reference families, got {refs!r}")
@@ -117,7 +140,6 @@ def store_path(ws: Path, regime: str, seed: int) -> str:
 
 def ensure_data(ws: Path, regime: str, knobs: dict, seed: int) -> Path:
     """The benchmark's store, written once; one written from other knobs is refused, not reused."""
-    from mtlsweep.data.synthetic import spec_from_dict, write_synthetic, written_with
     out = data_dir(ws, regime, seed)
     spec = spec_from_dict({**knobs, "seed": seed})
     truth = out / "truth.json"
@@ -159,8 +181,7 @@ def seed_of(row, ws: Path) -> str:
 
 def chosen_values(rows, arm: str) -> tuple[dict, object]:
     """(the tuned values, the run) of ``arm``'s run best on validation among its tune points."""
-    from mtlsweep.mlflow_server.group_compare import SELECT_BY
-    runs = [r for r in rows if r.tags.get("variant") == arm and r.completed and math.isfinite(r.m(SELECT_BY))]
+    runs = [r for r in rows if r.tags.get(tag.VARIANT) == arm and r.completed and math.isfinite(r.m(SELECT_BY))]
     if not runs:
         return {}, None
     best = max(runs, key=lambda r: r.m(SELECT_BY))
@@ -169,9 +190,8 @@ def chosen_values(rows, arm: str) -> tuple[dict, object]:
 
 def towers_values(rows, trunk: str, seed_path: str) -> dict:
     """The tuned values of the towers (the kept baseline) of a trunk on the tuning data set."""
-    from mtlsweep.mlflow_server.group_compare import trunk_name
     for r in rows:
-        if r.role == "baseline" and r.status == "FINISHED" and trunk_name(r.params) == trunk and \
+        if r.role == Role.BASELINE and r.status == "FINISHED" and trunk_name(r.params) == trunk and \
                 r.params.get("data.path") == seed_path:
             return {k: yaml.safe_load(r.params[k]) for k in TUNED if k in r.params}
     return {}
@@ -189,7 +209,6 @@ class Study:
         self.sweeps: list[str] = []
 
     def sweep(self, name: str, space: Path, baseline: str, overrides: list[str], references: bool = False):
-        from mtlsweep.search.driver import SweepArgs, run_sweep
         a = self.a
         args = SweepArgs(base=a.base, space=str(space), scheduler="none", name=name, max_concurrent=a.max_concurrent,
                          cpus_per_trial=a.cpus_per_trial, gpus_per_trial=a.gpus_per_trial, address=a.address,
@@ -201,11 +220,8 @@ class Study:
         return run_sweep(args)
 
     def rows(self, regime: str | None = None):
-        from mlflow.tracking import MlflowClient
-
-        from mtlsweep.mlflow_server.compare import collect
         rows = [r for r in collect(MlflowClient(self.uri), self.a.experiment)
-                if r.tags.get("sweep", "").startswith(SWEEP) or r.role == "baseline"]
+                if r.tags.get(tag.SWEEP, "").startswith(SWEEP) or r.role == Role.BASELINE]
         split = by_regime(rows, self.ws, list(self.design.regimes))
         return split[regime] if regime else [r for rs in split.values() for r in rs]
 
@@ -226,12 +242,12 @@ def affinity_stage(study: Study, regime: str) -> dict:
     if AFFINITY_ARM not in d.arms[regime]:
         return {}
     _, hard = chosen_values(study.rows(regime), "hard")
-    if hard is None or not (Path(hard.tags["run_dir"]) / "mlflow_artifacts" / "affinity.json").is_file():
+    if hard is None or not (Path(hard.tags[tag.RUN_DIR]) / "mlflow_artifacts" / "affinity.json").is_file():
         print(f"{regime}: no hard run with a measured affinity; {AFFINITY_ARM} left out", flush=True)
         return {}
     k = d.regimes[regime].get("n_groups", 4)
     over = {**{key: (v.format(k=k) if isinstance(v, str) else v) for key, v in AFFINITY_OVERRIDES.items()},
-            "model.sharing.affinity": hard.tags["run_dir"]}
+            "model.sharing.affinity": hard.tags[tag.RUN_DIR]}
     path = store_path(study.ws, regime, d.seeds[0])
     space = write_space(study.ws / f"space-{regime}-affinity.yaml", {AFFINITY_ARM: over}, {"data.path": [path]},
                         d.tune, f"tune {AFFINITY_ARM} on data seed {d.seeds[0]} of {regime}")
@@ -271,13 +287,12 @@ def replicate_stage(study: Study, regime: str, affinity: dict) -> None:
 
 def table_runs(rows) -> list:
     """The runs a regime's table reads: each arm's chosen run per data set and the baselines."""
-    from mtlsweep.mlflow_server.compare import CANDIDATE
-    from mtlsweep.mlflow_server.group_compare import select_tuned
-    out = [r for r in rows if r.role == "baseline" and r.status == "FINISHED"]
+    
+    out = [r for r in rows if r.role == Role.BASELINE and r.status == "FINISHED"]
     by_arm: dict[str, list] = {}
     for r in rows:
-        if r.role not in ("baseline", CANDIDATE) and r.completed and r.tags.get("variant"):
-            by_arm.setdefault(r.tags["variant"], []).append(r)
+        if r.role not in ("baseline", Role.CANDIDATE) and r.completed and r.tags.get(tag.VARIANT):
+            by_arm.setdefault(r.tags[tag.VARIANT], []).append(r)
     for runs in by_arm.values():
         out += select_tuned(runs)
     return out
@@ -289,7 +304,6 @@ def table_runs(rows) -> list:
 def figure(results: dict[str, list], path: Path) -> Path:
     """Share of the towers' gap to the ceiling each configuration closes, per regime: one point per
     data seed, bar = mean. 0 is the towers, 1 the oracle, below 0 worse than the towers."""
-    from mtlsweep.plots import subplots
     names = list(dict.fromkeys(g.name for groups in results.values() for g in groups if g.pairs.size))
     fig, ax = subplots(figsize=(max(6.0, 1.0 + 0.8 * len(names)), 4.4))
     width = 0.8 / len(results)
@@ -319,7 +333,6 @@ def figure(results: dict[str, list], path: Path) -> Path:
 
 def towers_of(groups, trunk: str):
     """The baseline group of a trunk (there is one group when every arm shares a trunk)."""
-    from mtlsweep.mlflow_server.group_compare import BASELINE_GROUP, trunk_name
     towers = [g for g in groups if g.family == "single" and g.name.endswith("(baseline)")]
     return next((g for g in towers if g.name == BASELINE_GROUP or trunk_name(g.runs[0].params) == trunk), None)
 
@@ -327,7 +340,6 @@ def towers_of(groups, trunk: str):
 def best_hard(groups) -> tuple[object, str]:
     """The hard-sharing arm best on validation on the tuning data set, among the certified ones
     whose towers are certified too (a verdict needs both sides fit for one)."""
-    from mtlsweep.mlflow_server.group_compare import trunk_name
     cands = []
     for g in groups:
         if g.name in HARD_ARMS and g.certificate()[0]:
@@ -345,7 +357,6 @@ def best_hard(groups) -> tuple[object, str]:
 
 def describe_setup(design: Design, base) -> str:
     """The trunks and the reference families of the design, in words, from their configs."""
-    from mtlsweep.config.run import ARCH_PRESETS
 
     def trunk(name: str) -> str:
         p = ARCH_PRESETS.get(name)
@@ -377,8 +388,6 @@ def describe_setup(design: Design, base) -> str:
 
 
 def markdown(results: dict[str, list], design: Design, split: str, figure_rel: str, oracle: dict, base) -> str:
-    from mtlsweep.mlflow_server.group_compare import COLUMNS
-    from mtlsweep.training.certificates import RULE, TUNING_RULE
     head = ["regime", "configuration", "family", "data seeds", "certified", f"{split} AUROC",
             "ΔAUROC vs towers (mean ± sd)", "paired Wilcoxon p (tasks × seeds)", "tasks improved (per seed)",
             "oracle AUROC", "gap to oracle closed", "train − valid AUROC", "parameters", "FLOPs / seq", "epoch (s)"]
@@ -459,20 +468,14 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus-per-trial", type=float, default=0.0)
     ap.add_argument("--address", help="Ray cluster address (default: an embedded cluster of this machine)")
     ap.add_argument("--split", choices=["val", "test"], default="test", help="AUROC reported in the table")
-    ap.add_argument("--out", default=str(REPO / "docs"), help="where ground_truth.md/.png are written")
-    ap.add_argument("--readme", help="README to update between its ground-truth markers")
+    ap.add_argument("--out", default=str(REPO / "docs" / "results"),
+                    help=f"where {TABLE} and {FIGURE} are written")
+    ap.add_argument("--page", help="a markdown page to update between its ground-truth markers "
+                                   "(the site's docs/results/ground-truth.md)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     a = ap.parse_args(argv)
 
-    from mlflow.tracking import MlflowClient
 
-    from mtlsweep.config.errors import ConfigError
-    from mtlsweep.config.run import load_config
-    from mtlsweep.mlflow_server.group_compare import group_runs, render_text
-    from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
-    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
-    from mtlsweep.search.finish import finish_until_converged
-    from mtlsweep.search.grid import parse_grid
 
     design = load_design(Path(a.regimes), Path(a.space), a.quick)
     for r in a.regime or []:
@@ -504,33 +507,32 @@ def main(argv=None) -> int:
 
     results: dict[str, list] = {}
     for r in design.regimes:
-        results[r] = group_runs(study.rows(r), "variant", a.split)
+        results[r] = group_runs(study.rows(r), tag.VARIANT, a.split)
         print(render_text(results[r], f"regime {r}: {a.split} AUROC vs single-task towers"), flush=True)
     elapsed = time.time() - t0
 
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = figure(results, out / "ground_truth.png")
-    rel = Path(a.readme).resolve().parent if a.readme else out
+    fig = figure(results, out / FIGURE)
+    rel = Path(a.page).resolve().parent if a.page else out
     try:
         fig_rel = str(fig.resolve().relative_to(rel.resolve()))
     except ValueError:
         fig_rel = str(fig)
     md = markdown(results, design, a.split, fig_rel, oracle_of(ws, design, a.split), base)
-    cmd = "python -m mtlsweep.studies.ground_truth" + (" --quick" if a.quick else "") + " --readme README.md"
+    cmd = "python -m mtlsweep.studies.ground_truth" + (" --quick" if a.quick else "")
     md += f"\n\nRegenerated by `{cmd}` ({elapsed / 60:.0f} min on this run's machine)."
-    (out / "ground_truth.md").write_text(md + "\n")
+    (out / TABLE).write_text(md + "\n")
     client = MlflowClient(uri)
     run = client.create_run(get_or_create_experiment(client, a.experiment), run_name="ground-truth-study",
-                            tags={"role": "analysis"})
+                            tags={tag.ROLE: Role.ANALYSIS})
     client.log_artifact(run.info.run_id, str(fig))
-    client.log_artifact(run.info.run_id, str(out / "ground_truth.md"))
+    client.log_artifact(run.info.run_id, str(out / TABLE))
     client.log_metric(run.info.run_id, "study_minutes", elapsed / 60)
     client.set_terminated(run.info.run_id)
-    print(f"\nwritten: {out / 'ground_truth.md'}, {fig} (and MLflow run {run.info.run_id})")
-    if a.readme:
-        from mtlsweep.app.readme import replace_section
-        p = Path(a.readme)
+    print(f"\nwritten: {out / TABLE}, {fig} (and MLflow run {run.info.run_id})")
+    if a.page:
+        p = Path(a.page)
         p.write_text(replace_section(p.read_text(), "ground-truth", md.strip()))
         print(f"updated {p}")
     return 0
@@ -538,5 +540,6 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     import sys
+
     from mtlsweep.config.errors import guarded
     sys.exit(guarded(main, sys.argv[1:]))

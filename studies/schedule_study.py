@@ -16,7 +16,9 @@ import numpy as np
 
 from mtlsweep.config.identity import baseline_config
 from mtlsweep.config.run import load_config
-from mtlsweep.training.run import run
+from mtlsweep.data.store import open_dataset
+from mtlsweep.training.request import RunRequest
+from mtlsweep.training.run import execute
 
 VARIANTS = {
     "joint": {},
@@ -36,16 +38,19 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     out = Path(a.out).resolve()
     base = load_config(a.base, [f"data.path={a.data}", f"train.out_dir={out}", "tracking.enabled=false",
-                                "model.sharing.shared_layers=5", *a.set])
+                                "model.sharing.shared_layers=all", *a.set])
+    data = open_dataset(a.data)                     # opened once; each request selects the tasks
     rows: dict[str, list[tuple[float, float, int]]] = {k: [] for k in VARIANTS}
     for seed in a.seeds:
-        towers = run(baseline_config(base, seed=seed), out / f"towers-s{seed}", progress=False)
+        towers = execute(RunRequest(baseline_config(base, seed=seed), out / f"towers-s{seed}", data=data,
+                                    progress=False))
+        against = dict(zip(towers.task_names, towers.val.auroc.tolist()))
         for name, over in VARIANTS.items():
             cfg = base.with_overrides({**over, "train.seed": seed})
-            r = run(cfg, out / f"{name}-s{seed}", progress=False)
-            d = r.val.auroc - towers.val.auroc
-            ok = np.isfinite(d)
-            rows[name].append((float(np.nanmean(r.val.auroc)), float(d[ok].mean()), int((d[ok] > 0).sum())))
+            r = execute(RunRequest(cfg, out / f"{name}-s{seed}", data=data, baseline=against, progress=False))
+            final = r.history[r.best_epoch - 1]
+            rows[name].append((float(np.nanmean(r.val.auroc)), final["val/delta_auroc_mean"],
+                               int(final["val/tasks_improved"])))
             print(f"seed {seed} {name}: val AUROC {rows[name][-1][0]:.4f}, Δ {rows[name][-1][1]:+.4f}", flush=True)
     n_tasks = len(towers.task_names)
     lines = ["| hard model schedule | val AUROC (mean ± sd over seeds) | ΔAUROC vs single-task towers | "

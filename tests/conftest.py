@@ -147,3 +147,13 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+def run(cfg, run_dir, *, callbacks=(), store=None, resume=False, progress=False, baseline=None):
+    """A run request executed the one way every caller does (training.run.execute)."""
+    from pathlib import Path
+
+    from mtlsweep.training.request import RunRequest
+    from mtlsweep.training.run import execute
+    return execute(RunRequest(cfg, Path(run_dir), data=store, resume=resume, callbacks=tuple(callbacks),
+                              progress=progress, baseline=baseline))

@@ -8,7 +8,7 @@ import torch
 
 from mtlsweep.analysis.cka import MinibatchCKA, gram_linear, hsic_unbiased, linear_cka
 from mtlsweep.analysis.similarity import load_run, similarity
-from mtlsweep.app.analyses import add_similarity_arguments as add_arguments
+from mtlsweep.app.analysis_flags import add_similarity_arguments as add_arguments
 from mtlsweep.app.analyses import run_similarity as run
 from mtlsweep.mlflow_server.analysis_runs import locator
 from mtlsweep.data.errors import DataError

@@ -59,22 +59,22 @@ def experiment(tmp_path):
 def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     uri, tmp = experiment
     text, rows = compare(uri, "cmp", out_dir=tmp / "out")
-    by = {r["run"]: r for r in rows}
+    by = {r.run: r for r in rows}
     hard = by["hard1"]
     d = [0.02, -0.02, 0.03, 0.04, 0.01]
-    assert hard["delta_auroc_mean"] == pytest.approx(sum(d) / 5, abs=1e-9)
-    assert hard["tasks_improved"] == 4 and hard["tasks_total"] == 5
-    assert hard["wilcoxon_p"] == pytest.approx(wilcoxon(d).pvalue)
+    assert hard.delta_auroc_mean == pytest.approx(sum(d) / 5, abs=1e-9)
+    assert hard.tasks_improved == 4 and hard.tasks_total == 5
+    assert hard.wilcoxon_p == pytest.approx(wilcoxon(d).pvalue)
     soft = by["soft1"]
-    assert soft["delta_auroc_mean"] == pytest.approx((0.01 + 0.05 + 0.01 + 0.03 + 0.05) / 5, abs=1e-9)
-    assert soft["tasks_improved"] == 5
-    assert by["base"]["role"] == "baseline"
+    assert soft.delta_auroc_mean == pytest.approx((0.01 + 0.05 + 0.01 + 0.03 + 0.05) / 5, abs=1e-9)
+    assert soft.tasks_improved == 5
+    assert by["base"].role == "baseline"
     # Seconds to reach the baseline's best mean AUROC (0.70): hard's curve is 0.6336 then 0.704.
-    assert hard["s_to_target"] == pytest.approx(1.0)
-    assert soft["s_to_target"] == pytest.approx(6.0)     # 0.657 then 0.73, 3 s per epoch
+    assert hard.s_to_target == pytest.approx(1.0)
+    assert soft.s_to_target == pytest.approx(6.0)     # 0.657 then 0.73, 3 s per epoch
     # A run with no matching baseline is shown without deltas, never against the wrong one.
     orphan = by["orphan"]
-    assert orphan["baseline"] == "no matching baseline" and math.isnan(orphan["delta_auroc_mean"])
+    assert orphan.baseline == "no matching baseline" and math.isnan(orphan.delta_auroc_mean)
     assert "hard1" in text and "no matching baseline" in (tmp / "out" / "comparison.csv").read_text()
     # The terminal table fits the terminal (COLUMNS, default 100), naming what it left out.
     assert max(len(line) for line in text.splitlines() if line.startswith(("┃", "│"))) <= 100
@@ -108,13 +108,13 @@ def test_a_pruned_trial_is_never_best_and_a_family_without_completed_trials_says
     # Matched by the sweep's baseline_run_id tag even though its compare_fp names no baseline.
     _run(client, exp, "branched_tagged", "branched", "trial", [0.71] * 5, "fpZ", {"baseline_run_id": base})
     text, rows = compare(uri, "prune", out_dir=tmp_path / "out")
-    by_role = {r["role"]: r for r in rows}
-    assert by_role["best hard"]["run"] == "hard_done" and by_role["best hard"]["trials"] == "1/2 (1 pruned)"
-    assert "best soft" not in by_role and by_role["no completed soft"]["run"] == "(no completed soft)"
-    assert by_role["no completed soft"]["trials"] == "0/2 (1 pruned) (1 failed)"
-    assert all(r["run"] not in ("hard_pruned", "soft_pruned", "cand") for r in rows)
-    assert by_role["best branched"]["baseline"] == "base"
-    assert by_role["best branched"]["delta_auroc_mean"] == pytest.approx(0.71 - 0.70, abs=1e-9)
+    by_role = {r.role: r for r in rows}
+    assert by_role["best hard"].run == "hard_done" and by_role["best hard"].trials == "1/2 (1 pruned)"
+    assert "best soft" not in by_role and by_role["no completed soft"].run == "(no completed soft)"
+    assert by_role["no completed soft"].trials == "0/2 (1 pruned) (1 failed)"
+    assert all(r.run not in ("hard_pruned", "soft_pruned", "cand") for r in rows)
+    assert by_role["best branched"].baseline == "base"
+    assert by_role["best branched"].delta_auroc_mean == pytest.approx(0.71 - 0.70, abs=1e-9)
     assert "no completed soft" in text and "pruned trials are never best" in text
     assert "Baseline: tuned: 3 trial(s) over optim.weight_decay" in text
 
@@ -127,10 +127,10 @@ def test_oracle_gap_closed_and_train_valid_gap_by_hand(tmp_path):
     _run(client, exp, "base", "single", "baseline", [0.70] * 5, "fpA", extra=ceiling)
     _run(client, exp, "soft", "soft", "trial", [0.79] * 5, "fpA", extra={**ceiling, "best/gap/auroc": 0.02})
     text, rows = compare(uri, "ceiling")
-    soft = next(r for r in rows if r["role"] == "best soft")
-    assert soft["oracle_auroc"] == pytest.approx(0.97)
-    assert soft["gap_closed"] == pytest.approx((0.79 - 0.70) / (0.97 - 0.70))
-    assert soft["train_val_gap"] == pytest.approx(0.02)
+    soft = next(r for r in rows if r.role == "best soft")
+    assert soft.oracle_auroc == pytest.approx(0.97)
+    assert soft.gap_closed == pytest.approx((0.79 - 0.70) / (0.97 - 0.70))
+    assert soft.train_val_gap == pytest.approx(0.02)
     assert "oracle (oracle_auroc): the data's ceiling" in text
 
 
@@ -214,14 +214,14 @@ def test_reference_families_face_the_towers_of_their_data_and_certificates_gate_
     _run(client, exp, "hard-ok", "hard", "trial", [0.72] * 5, "fpA", params={"optim.lr": "0.005"},
          extra_tags={"search_ranges": '{"optim.lr": {"values": [0.002, 0.005, 0.0125]}}'})
     text, rows = compare(uri, "refs", out_dir=tmp_path / "out")
-    by = {r["role"]: r for r in rows}
+    by = {r.role: r for r in rows}
     gbm, kmer = by["best motif_gbm"], by["best kmer_linear"]
-    assert gbm["baseline"] == "towers" and kmer["baseline"] == "towers"
-    assert gbm["delta_auroc_mean"] == pytest.approx(0.198, abs=1e-9) and gbm["tasks_improved"] == 5
-    assert gbm["certified"] == "yes" and kmer["certified"] == "no"
-    assert "kmer.C=1.0 at the high edge of {0.01, 0.1, 1} for 1/5 tasks: widen" in kmer["certificate"]
+    assert gbm.baseline == "towers" and kmer.baseline == "towers"
+    assert gbm.delta_auroc_mean == pytest.approx(0.198, abs=1e-9) and gbm.tasks_improved == 5
+    assert gbm.certified == "yes" and kmer.certified == "no"
+    assert "kmer.C=1.0 at the high edge of {0.01, 0.1, 1} for 1/5 tasks: widen" in kmer.certificate
     # the best hard is the certified one, not the higher-scoring runs whose certificates failed
-    assert by["best hard"]["run"] == "hard-ok" and by["best hard"]["certified"] == "yes"
-    assert all(r["run"] not in ("hard-capped", "hard-edge") for r in rows if r["role"] == "top")
+    assert by["best hard"].run == "hard-ok" and by["best hard"].certified == "yes"
+    assert all(r.run not in ("hard-capped", "hard-edge") for r in rows if r.role == "top")
     assert "not certified, best kmer_linear kmer: kmer.C=1.0" in text
-    assert by["best hard"]["n_params"] == 1000
+    assert by["best hard"].n_params == 1000

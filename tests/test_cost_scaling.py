@@ -8,7 +8,7 @@ import torch
 
 from mtlsweep.analysis.cost_scaling import (exponents_of, growth_exponent, measure_isolated, measure_point, model_config,
                                             run_study, time_to_target)
-from mtlsweep.app.analyses import add_cost_arguments as add_arguments
+from mtlsweep.app.analysis_flags import add_cost_arguments as add_arguments
 from mtlsweep.app.analyses import run_cost as run
 from mtlsweep.data.errors import DataError
 from mtlsweep.models import build_model

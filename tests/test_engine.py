@@ -9,7 +9,7 @@ import torch
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.training.engine import Trainer, prepare_run_dir
-from mtlsweep.training.run import run
+from conftest import run
 
 
 class Recorder(Callback):
@@ -19,8 +19,8 @@ class Recorder(Callback):
     def on_train_start(self, info):
         self.info = info
 
-    def on_epoch_end(self, epoch, metrics):
-        self.epochs.append(dict(metrics))
+    def on_epoch_end(self, report):
+        self.epochs.append(dict(report.metrics))
 
     def on_checkpoint(self, path, epoch):
         self.checkpoints.append((path, epoch))
@@ -33,7 +33,7 @@ def test_run_learns_reports_and_writes_outputs(tiny_config, tmp_path):
     cfg = tiny_config(**{"train.epochs": 6, "train.patience": 6})
     rec = Recorder()
     result = run(cfg, tmp_path / "run", callbacks=[rec], progress=False)
-    assert rec.info["n_tasks"] == 3 and rec.info["n_params"] > 0 and rec.info["flops_per_sample"] > 0
+    assert rec.info.n_tasks == 3 and rec.info.n_params > 0 and rec.info.flops_per_sample > 0
     assert [int(m["epoch"]) for m in rec.epochs] == [1, 2, 3, 4, 5, 6]
     m = rec.epochs[-1]
     for key in ("train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",

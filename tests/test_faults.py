@@ -53,8 +53,9 @@ class _KillServerBeforeEnd(Callback):
 
 def test_server_away_at_the_end_finishes_locally_and_sync_completes_the_run(killable_server, tiny_config, tmp_path,
                                                                            recwarn):
+    from conftest import run
+
     from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
-    from mtlsweep.training.run import run
     d, info = killable_server
     cfg = tiny_config(**{"train.epochs": 2, "tracking.enabled": True, "tracking.experiment": "away"})
 

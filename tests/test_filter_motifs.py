@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from mtlsweep.analysis.filter_motifs import (FilterResult, Match, MotifDB, compare, filter_pfms, first_layer_activation,
                                              match_filters, planted_recall)
-from mtlsweep.app.analyses import add_motif_arguments as add_arguments
+from mtlsweep.app.analysis_flags import add_motif_arguments as add_arguments
 from mtlsweep.app.analyses import run_motifs as run
 from mtlsweep.analysis.similarity import Probe
 from mtlsweep.data.errors import DataError

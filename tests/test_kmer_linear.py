@@ -67,7 +67,7 @@ def test_per_task_selection_and_config_checks():
 
 
 def test_a_kmer_linear_run_is_reported_like_a_cnn_run(tmp_path):
-    from mtlsweep.training.run import run
+    from conftest import run
     path = tmp_path / "store.h5"
     make_signal_store(n=900, length=40, n_tasks=2).save(path)
     cfg = RunConfig.model_validate({"data": {"path": str(path)}, "model": {"family": "kmer_linear"},
@@ -75,6 +75,6 @@ def test_a_kmer_linear_run_is_reported_like_a_cnn_run(tmp_path):
     result = run(cfg, tmp_path / "run", progress=False)
     assert result.best_epoch == 1 and result.test_summary["test/auroc_mean"] > 0.8
     assert result.convergence.converged and "lbfgs converged" in result.convergence.detail
-    assert result.info["tuned"]["kmer.k"] == {"values": [3], "chosen": [3, 3]}
+    assert result.info.family["tuned"]["kmer.k"] == {"values": [3], "chosen": [3, 3]}
     assert (tmp_path / "run" / "kmer_linear" / "manifest.json").is_file()
-    assert result.info["n_params"] == 2 * (len(canonical_columns(3)[1]) + 1)
+    assert result.info.n_params == 2 * (len(canonical_columns(3)[1]) + 1)

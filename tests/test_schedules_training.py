@@ -35,7 +35,7 @@ def test_warm_start_phase_only_the_warm_task_moves_shared_parameters():
     w = sched.weights(1, 0, 10)
     assert w.tolist() == [0, 0, 1, 0]
     per_task, _ = masked_bce_per_task(model(x), y, mask)
-    build_weighting(cfg.schedule, 4).backward(per_task, w, model.coupling_penalty(), model)
+    build_weighting(cfg.schedule, 4).backward(per_task, w, model)
     shared = model.shared_parameters()
     got = grads(model, shared)
     model.zero_grad()
@@ -60,7 +60,7 @@ def test_uncertainty_weights_are_trained():
     for _ in range(5):
         opt.zero_grad()
         per_task, _ = masked_bce_per_task(model(x), y, mask)
-        weighting.backward(per_task, torch.ones(4), model.coupling_penalty(), model)
+        weighting.backward(per_task, torch.ones(4), model)
         opt.step()
     assert not torch.equal(before, weighting.log_var.detach())
     assert "weighting/log_var_mean" in weighting.report()
@@ -70,7 +70,7 @@ def test_gradnorm_pushes_weights_against_gradient_norm_imbalance():
     cfg, model, x, y, mask = setup(k=2, **{"schedule.weighting": "gradnorm", "schedule.gradnorm_alpha": 0.0})
     weighting = build_weighting(cfg.schedule, 4)
     per_task, _ = masked_bce_per_task(model(x), y, mask)
-    weighting.backward(per_task, torch.ones(4), model.coupling_penalty(), model)
+    weighting.backward(per_task, torch.ones(4), model)
     norms = weighting.last_norms
     g = weighting.task_weights.grad
     # alpha = 0: the target is the mean norm; tasks above it get a positive gradient (weight goes down).
@@ -89,7 +89,7 @@ def test_pcgrad_leaves_towers_alone_and_sums_projected_shared_gradients():
     cfg, model, x, y, mask = setup(k=2, **{"schedule.weighting": "pcgrad"})
     weighting = build_weighting(cfg.schedule, 4)
     per_task, _ = masked_bce_per_task(model(x), y, mask)
-    weighting.backward(per_task, torch.ones(4), model.coupling_penalty(), model)
+    weighting.backward(per_task, torch.ones(4), model)
     towers = grads(model, model.tower_parameters())
     shared = torch.cat([g.flatten() for g in grads(model, model.shared_parameters())])
     model.zero_grad()
@@ -100,7 +100,7 @@ def test_pcgrad_leaves_towers_alone_and_sums_projected_shared_gradients():
     # One active task: PCGrad is plain summation.
     model.zero_grad()
     per_task, _ = masked_bce_per_task(model(x), y, mask)
-    weighting.backward(per_task, torch.tensor([0.0, 1.0, 0.0, 0.0]), model.coupling_penalty(), model)
+    weighting.backward(per_task, torch.tensor([0.0, 1.0, 0.0, 0.0]), model)
     one = torch.cat([g.flatten() for g in grads(model, model.shared_parameters())])
     model.zero_grad()
     per_task, _ = masked_bce_per_task(model(x), y, mask)
@@ -114,13 +114,13 @@ def test_famo_logits_follow_the_slower_task_with_a_known_first_step():
     from mtlsweep.schedules.weighting import FAMO
     famo = FAMO(2, lr=0.025, gamma=0.01)
     p = torch.tensor([1.0, 1.0], requires_grad=True)
-    famo.backward(p * p, torch.ones(2), torch.zeros(()), None, torch.tensor([8.0, 8.0]))
+    famo.backward(p * p, torch.ones(2), None, torch.tensor([8.0, 8.0]))
     assert torch.equal(famo.logits, torch.zeros(2))          # nothing to compare with yet
     # Task 0's loss halved, task 1's stayed: d(xi) = z * (delta - z.delta) = [+c, -c], and Adam's
     # first step is lr * sign, so task 1 (the one that did not improve) gains exactly 0.025.
     p.grad = None
     q = torch.tensor([0.5 ** 0.5, 1.0], requires_grad=True)
-    famo.backward(q * q, torch.ones(2), torch.zeros(()), None, torch.tensor([8.0, 8.0]))
+    famo.backward(q * q, torch.ones(2), None, torch.tensor([8.0, 8.0]))
     assert torch.allclose(famo.logits, torch.tensor([-0.025, 0.025]), atol=1e-7)
     z = torch.softmax(famo.logits, 0)
     # The step is sum_t (z_t / l_t) / c * grad l_t with c = sum_t z_t / l_t.
@@ -138,7 +138,7 @@ def test_famo_leaves_a_task_without_labels_out():
         p = torch.tensor([1.0, 0.9 - 0.1 * step, 0.8], requires_grad=True)
         losses = p * p
         losses = torch.where(torch.tensor(known) > 0, losses, torch.zeros(3))   # what the masked loss gives
-        obj = famo.backward(losses, torch.ones(3), torch.zeros(()), None, torch.tensor(known))
+        obj = famo.backward(losses, torch.ones(3), None, torch.tensor(known))
         assert math.isfinite(obj) and torch.isfinite(p.grad).all()
         assert p.grad[0] == 0 if known[0] == 0 else p.grad[0] != 0
     assert famo.logits[0] == 0 and famo.prev_loss[0] == 1.0   # untouched since its labels went away

@@ -129,10 +129,10 @@ class FailOnce(Callback):  # pickled by value below: Ray's workers cannot import
     def __init__(self, marker_dir):
         self.marker_dir = str(marker_dir)
 
-    def on_epoch_end(self, epoch, metrics):
+    def on_epoch_end(self, report):
         from ray import tune
         marker = Path(self.marker_dir) / tune.get_context().get_trial_id()
-        if epoch == 2 and not marker.exists():
+        if report.epoch == 2 and not marker.exists():
             marker.write_text("failed once")
             raise RuntimeError("injected failure at epoch 2")
 
@@ -216,3 +216,33 @@ def test_families_get_equal_trials_and_the_tuned_baseline_as_many(ray_cluster, s
     # The baseline's own search: weight decay only (sharing keys are not its), two trials as each family.
     assert result.protocol.keys == ("optim.weight_decay",) and result.protocol.trials == 2
     assert len(_children(client, result.parent_run_id, "baseline_candidate")) + 1 == 2
+
+
+def test_a_sweep_with_tracking_off_completes_and_ranks_its_trials_by_the_objective(ray_cluster, tmp_path,
+                                                                                signal_store_path):
+    """The objective is computed in training: with tracking.enabled false no MLflow store is touched,
+    the baselines' run directories are their registry and Tune's results rank the trials."""
+    from conftest import write_sweep_files
+    space = {"families": {"hard": {"model.sharing.shared_layers": "all"},
+                          "towers_l2": {"model.sharing.shared_layers": 0, "model.sharing.coupling": "l2",
+                                        "model.sharing.strength": 0.1}},
+             "optim.lr": {"type": "loguniform", "low": 3e-3, "high": 2e-2}}
+    write_sweep_files(tmp_path, signal_store_path, space, "untracked", epochs=2, steps=6)
+    base = yaml.safe_load((tmp_path / "base.yaml").read_text())
+    base["tracking"]["enabled"] = False
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
+    logged = []
+    args = SweepArgs(base=str(tmp_path / "base.yaml"), space=str(tmp_path / "space.yaml"), name="quiet",
+                     workspace=str(tmp_path / "ws"), num_samples=4, max_concurrent=2, cpus_per_trial=1, verbose=0,
+                     scheduler="none", objective="val/delta_auroc_mean")
+    result = run_sweep(args, log=logged.append)
+    assert result.n_trials == 4 and result.n_errors == 0 and result.parent_run_id is None
+    assert not (tmp_path / "ws" / "mlflow.db").exists() and not (tmp_path / "ws" / "mlartifacts").exists()
+    # the tuned baseline (its own 2-trial search over the learning rate) came from its run directory
+    assert Path(result.baseline.run_id).is_dir() and len(result.baseline.auroc) == 3
+    rows = result.summary
+    assert len(rows) == 4 and sorted(r["arm"] for r in rows) == ["hard", "hard", "towers_l2", "towers_l2"]
+    deltas = [r["delta_auroc"] for r in rows]
+    assert all(isinstance(d, float) and d == d for d in deltas) and deltas == sorted(deltas, reverse=True)
+    assert (tmp_path / "ws" / "compare" / "quiet" / "trials.csv").is_file()
+    assert any("ranked by val/delta_auroc_mean" in str(x) for x in logged)

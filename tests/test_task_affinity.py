@@ -128,8 +128,9 @@ def test_affinity_reaches_mlflow_and_the_cli_prints_groups(tmp_path, tiny_config
     from mlflow.tracking import MlflowClient
 
     from mtlsweep.app.cli import main
+    from conftest import run
+
     from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
-    from mtlsweep.training.run import run
     cfg = tiny_config(**{"train.epochs": 1, "train.affinity_every": 2, "model.sharing.shared_layers": 3})
     callbacks, logger = run_callbacks(cfg, Tracking(mlflow_server.url, "affinity", async_=False))
     run(cfg, tmp_path / "r", callbacks=callbacks, progress=False)

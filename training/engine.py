@@ -11,36 +11,37 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable, Mapping, Optional
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
+from mtlsweep.config import tags as tag
+from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.identity import run_identity
+from mtlsweep.config.run import RunConfig
 from mtlsweep.data.errors import DataError
 from mtlsweep.data.store import Store, batches, open_dataset, to_device
-from mtlsweep.training.sharing_groups import resolve_groups, schedule_affinity
-from mtlsweep.training.task_affinity import affinity_from_config
-from mtlsweep.training.track_inputs import input_columns, select_tracks
 from mtlsweep.data.synthetic import load_oracle
 from mtlsweep.models import build_model
 from mtlsweep.models.initialization import apply_init
 from mtlsweep.schedules import build_schedule, build_weighting
-from mtlsweep.training.callbacks import Callback, CallbackList
+from mtlsweep.training.baseline_scores import load_task_scores
+from mtlsweep.training.callbacks import Callback, CallbackList, EpochReport, RunInfo
 from mtlsweep.training.certificates import Convergence, epoch_convergence
 from mtlsweep.training.checkpoint import load_checkpoint, save_checkpoint
-from mtlsweep.config.errors import ConfigError
-from mtlsweep.config.run import RunConfig
 from mtlsweep.training.cost import peak_memory_mb
-from mtlsweep.training.baseline_scores import load_task_scores
 from mtlsweep.training.loss import masked_bce_per_task
-from mtlsweep.training.metrics import TaskMetrics, task_metrics
+from mtlsweep.training.metrics import TaskMetrics, baseline_array, delta_metrics, task_metrics
 from mtlsweep.training.optim import build_optimizer
+from mtlsweep.training.sharing_groups import resolve_groups, schedule_affinity
+from mtlsweep.training.task_affinity import affinity_from_config
+from mtlsweep.training.track_inputs import input_columns, select_tracks
 
 LAST = "last.pt"
 BEST = "best.pt"
-# Files of a run that a tracker uploads with it (analysis/grad_flow.py writes there too).
-ARTIFACTS = "mlflow_artifacts"
 
 
 @dataclass
@@ -54,7 +55,7 @@ class RunResult:
     val: TaskMetrics
     test: Optional[TaskMetrics]
     test_summary: dict[str, float] = field(default_factory=dict)
-    info: dict[str, Any] = field(default_factory=dict)
+    info: Optional[RunInfo] = None
     convergence: Optional[Convergence] = None
 
     @property
@@ -86,7 +87,11 @@ class Trainer:
     """Holds one run's state so that a trial wrapper can drive it epoch by epoch."""
 
     def __init__(self, cfg: RunConfig, run_dir: str | Path, *, store: Optional[Store] = None,
-                 callbacks: Iterable[Callback] = (), progress: bool = True):
+                 callbacks: Iterable[Callback] = (), progress: bool = True,
+                 baseline: Optional[Mapping[str, float]] = None):
+        """``store``: the run's data, its tasks already selected (training.request does that once);
+        None: cfg.data.path is opened and data.tasks selected here. ``baseline``: task -> the
+        baseline's validation AUROC, against which every epoch reports its deltas."""
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.callbacks = CallbackList(callbacks)
@@ -96,12 +101,13 @@ class Trainer:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
 
-        full = store if store is not None else open_dataset(cfg.data.path)
-        self.store = full.select_tasks(cfg.data.tasks)
+        self.store = store if store is not None else open_dataset(cfg.data.path).select_tasks(cfg.data.tasks)
         for split in ("train", "valid"):
             if split not in self.store.splits or self.store.n(split) == 0:
                 raise DataError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
         self.tasks = list(self.store.task_names)
+        self.baseline = dict(baseline) if baseline else None
+        self._baseline_auroc = baseline_array(self.baseline, self.tasks)
         shared, per_task = select_tracks(cfg.data, self.store.track_names, self.tasks, cfg.data.path)
         self.track_inputs = {"shared": [self.store.track_names[i] for i in shared],
                              "per_task": [self.store.track_names[i] for i in per_task]}
@@ -242,7 +248,6 @@ class Trainer:
             it = (rows[idx] for idx in it)
         bar = None
         if self.progress:
-            from tqdm.auto import tqdm
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step",
                        disable=None, mininterval=0.5)
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
@@ -267,7 +272,10 @@ class Trainer:
             per_task, known = masked_bce_per_task(logits.float(), y, mask)
             penalty = self.model.coupling_penalty()
             self.optimizer.zero_grad(set_to_none=True)
-            objective += self.weighting.backward(per_task, w, penalty, self.model, known)
+            objective += self.weighting.backward(per_task, w, self.model, known)
+            if penalty.requires_grad:           # the coupling's term, once, whatever the weighting
+                penalty.backward()
+                objective += float(penalty.detach())
             if cfg.optim.grad_clip:
                 nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.grad_clip)
             self.optimizer.step()
@@ -317,16 +325,12 @@ class Trainer:
             arr[~self.judged] = np.nan
         return m
 
-    def info(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir), "task_names": self.tasks, "n_tasks": len(self.tasks),
-            "n_params": self.model.n_params(), "flops_per_sample": self.model.flops_per_sample(),
-            "n_train": self.store.n("train"), "steps_per_epoch": self.steps_per_epoch,
-            "start_epoch": self.start_epoch, "data_fingerprint": self.store.fingerprint,
-            "device": str(self.device), "oracle": self.oracle, "shared_width": self.model.cfg.shared_width,
-        }
+    def info(self) -> RunInfo:
+        return RunInfo(self.run_dir, self.tasks, self.model.n_params(), self.model.flops_per_sample(),
+                       self.store.n("train"), self.store.fingerprint, self.steps_per_epoch, self.start_epoch,
+                       str(self.device), self.oracle, self.baseline, self.model.cfg.shared_width)
 
-    def run_epoch(self, epoch: int) -> dict[str, float]:
+    def run_epoch(self, epoch: int) -> EpochReport:
         t0 = time.perf_counter()
         m = {"epoch": float(epoch)}
         m.update(self.train_epoch(epoch))
@@ -335,6 +339,8 @@ class Trainer:
         m.update({f"val/{k}": v for k, v in val.summary().items()})
         m.update(_task_metric_dict("val/auroc", self.tasks, val.auroc))
         m.update(_task_metric_dict("val/auprc", self.tasks, val.auprc))
+        if self._baseline_auroc is not None:          # the objective: deltas against the baseline
+            m.update(delta_metrics(val.auroc, self._baseline_auroc, self.tasks))
         probe = self.evaluate("train", self.train_probe).summary()
         m["train/auroc_mean"] = probe["auroc_mean"]
         m["gap/auroc"] = probe["auroc_mean"] - m["val/auroc_mean"]
@@ -348,13 +354,12 @@ class Trainer:
             save_checkpoint(self.run_dir / BEST, self.state(epoch))
         else:
             self.bad_epochs += 1
-        m["best"] = float(improved)
-        m["last"] = float(epoch >= self.cfg.train.epochs or self.should_stop())
+        report = EpochReport(epoch, m, best=improved, last=epoch >= self.cfg.train.epochs or self.should_stop())
         self.history.append(m)
         save_checkpoint(self.run_dir / LAST, self.state(epoch))
-        self.callbacks.on_epoch_end(epoch, m)
+        self.callbacks.on_epoch_end(report)
         self.callbacks.on_checkpoint(self.run_dir / LAST, epoch)
-        return m
+        return report
 
     def should_stop(self) -> bool:
         return self.bad_epochs >= self.cfg.train.patience
@@ -372,13 +377,15 @@ class Trainer:
             test = self.evaluate("test")
             test_summary = {f"test/{k}": v for k, v in test.summary().items()}
             test_summary.update(_task_metric_dict("test/auroc", self.tasks, test.auroc))
+            if self._baseline_auroc is not None:
+                test_summary.update(delta_metrics(test.auroc, self._baseline_auroc, self.tasks, prefix="test"))
         cert = epoch_convergence(self.best_epoch, len(self.history), self.run_dir, self.cfg.train.epochs,
                                  self.cfg.train.patience)
         result = RunResult(self.run_dir, self.tasks, self.best_epoch, self.best_val, len(self.history),
                            self.history, val, test, test_summary, self.info(), cert)
         write_outputs(result, self.cfg)
         if self.affinity is not None and self.affinity.probes:
-            self.affinity.write(self.run_dir / ARTIFACTS)
+            self.affinity.write(self.run_dir / tag.ARTIFACT_DIR)
         self.callbacks.on_train_end(result)
         return result
 
@@ -387,7 +394,7 @@ class Trainer:
         for epoch in range(self.start_epoch, self.cfg.train.epochs + 1):
             if self.history and self.should_stop():
                 break
-            if self.run_epoch(epoch)["last"]:
+            if self.run_epoch(epoch).last:
                 break
         return self.finish()
 
@@ -398,7 +405,7 @@ def write_outputs(result: RunResult, cfg: RunConfig) -> None:
     (d / "config.yaml").write_text(cfg.to_yaml())
     payload = {"best_epoch": result.best_epoch, "best_val_auroc": result.best_val_auroc,
                "epochs_run": result.epochs_run, "final": result.final_metrics,
-               "history": result.history, "info": result.info,
+               "history": result.history, "info": result.info.as_dict() if result.info else None,
                "convergence": result.convergence.as_dict() if result.convergence else None}
     (d / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True))
     with open(d / "per_task.csv", "w", newline="") as fh:
@@ -434,7 +441,6 @@ def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: li
     """Refuse to resume ``run_dir`` with a config or data that is not the run's own (naming the
     first key that differs), or a run that already finished (unless ``force``). ``ck``: its last
     checkpoint, when already loaded."""
-    from mtlsweep.config.identity import run_identity
     last = Path(run_dir) / LAST
     if ck is None:
         if not last.is_file():

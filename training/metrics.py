@@ -7,6 +7,7 @@ with no positives or no negatives among its known labels has an undefined AUROC/
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -104,3 +105,23 @@ def task_metrics(probs: np.ndarray, labels: np.ndarray, eps: float = 1e-7) -> Ta
         auroc=roc, auprc=ap,
         accuracy=acc.astype(np.float64), loss=loss.astype(np.float64),
         n_pos=y.sum(0), n_neg=(labels == 0).sum(0))
+
+
+def baseline_array(baseline: Optional[Mapping[str, float]], tasks: Sequence[str]) -> Optional[np.ndarray]:
+    """The baseline's AUROC of each task, in the run's task order (NaN where it has none)."""
+    if not baseline:
+        return None
+    return np.array([baseline.get(t, np.nan) for t in tasks], dtype=np.float64)
+
+
+def delta_metrics(auroc: np.ndarray, baseline: np.ndarray, tasks: Sequence[str], prefix: str = "val") -> dict[str, float]:
+    """A run against its baseline, task by task: the deltas, their mean (the sweep's
+    ``val/delta_auroc_mean`` objective) and median, and how many tasks improved of those compared."""
+    delta = np.asarray(auroc, dtype=np.float64) - baseline
+    ok = np.isfinite(delta)
+    out = {f"{prefix}/delta_auroc/{t}": float(d) for t, d in zip(tasks, delta) if np.isfinite(d)}
+    out[f"{prefix}/delta_auroc_mean"] = float(delta[ok].mean()) if ok.any() else float("nan")
+    out[f"{prefix}/delta_auroc_median"] = float(np.median(delta[ok])) if ok.any() else float("nan")
+    out[f"{prefix}/tasks_improved"] = float((delta[ok] > 0).sum())
+    out[f"{prefix}/tasks_compared"] = float(ok.sum())
+    return out

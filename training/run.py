@@ -1,72 +1,75 @@
-"""Run one config, whatever its model family: the one entry that `mtlsweep train`, the Ray Tune
-trial and the baselines all use.
+"""Execute a run request, whatever its model family: the one place every run goes through.
 
-    result = run(cfg, run_dir, callbacks=[...], store=store, resume=False)
+    result = execute(RunRequest(cfg, run_dir, data=store, callbacks=[...], baseline=...))
 
-Families register a runner here (cnn: the training engine; the reference families motif_gbm:
-motif scores + boosted trees, kmer_linear: k-mer counts + logistic regression). Whatever ends a run early — an error, Ctrl-C, or a scheduler stopping it — reaches every
-callback's ``on_train_abort`` before it propagates, so a tracker can close its run in the right
-state; nothing here knows Ray or MLflow.
+Each model family's runner is registered in config/registry.py (cnn: the training engine; the
+reference families motif_gbm: motif scores + boosted trees, kmer_linear: k-mer counts + logistic
+regression). Whatever ends a
+run early (an error, Ctrl-C, a scheduler stopping it) reaches every callback's
+``on_train_abort`` before it propagates, so a tracker can close its run in the right state;
+nothing here knows Ray or MLflow.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Optional
+
+import torch
 
 from mtlsweep.config.errors import ConfigError
-from mtlsweep.config.run import RunConfig
-from mtlsweep.training.callbacks import Callback, CallbackList
+from mtlsweep.config.registry import FAMILIES
+from mtlsweep.training import reference_runner
+from mtlsweep.training.callbacks import CallbackList
 from mtlsweep.training.engine import LAST, RunResult, Trainer
-from mtlsweep.training.reference_runner import run_gbm, run_kmer_linear
+from mtlsweep.training.request import RunRequest, resolve
 
 
-def _run_cnn(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume, progress: bool,
-             prepared: Optional[Trainer] = None) -> RunResult:
-    trainer = prepared or Trainer(cfg, run_dir, store=store, progress=progress)
-    trainer.callbacks = CallbackList([callbacks])
-    if resume:
-        trainer.resume(run_dir / LAST, force=resume == "force")
+# The family runners (config/registry.py FAMILIES names them): request, callbacks, what `prepare` built.
+def run_cnn(req: RunRequest, callbacks: CallbackList, prepared: Optional[Trainer]) -> RunResult:
+    trainer = prepared or Trainer(req.cfg, req.run_dir, store=req.data, progress=req.progress, baseline=req.baseline)
+    trainer.callbacks = callbacks
+    if req.resume:
+        trainer.resume(req.run_dir / LAST, force=req.resume == "force")
     return trainer.fit()
 
 
-def _run_motif_gbm(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume,
-                   progress: bool, prepared: None = None) -> RunResult:
-    if resume:
-        raise ConfigError(f"{run_dir}: a motif_gbm run is one fit with early stopping; there is nothing to resume")
-    return run_gbm(cfg, run_dir, [callbacks], store=store, progress=progress)
+def _refuse_resume(req: RunRequest, what: str) -> None:
+    if req.resume:
+        raise ConfigError(f"{req.run_dir}: a {req.cfg.model.family} run is {what}; there is nothing to resume")
 
 
-def _run_kmer_linear(cfg: RunConfig, run_dir: Path, callbacks: CallbackList, store, resume,
-                     progress: bool, prepared: None = None) -> RunResult:
-    if resume:
-        raise ConfigError(f"{run_dir}: a kmer_linear run is one fit tuned on validation; there is nothing to resume")
-    return run_kmer_linear(cfg, run_dir, [callbacks], store=store, progress=progress)
+def run_motif_gbm(req: RunRequest, callbacks: CallbackList, prepared: None) -> RunResult:
+    _refuse_resume(req, "one fit with early stopping")
+    return reference_runner.run_gbm(req.cfg, req.run_dir, [callbacks], store=req.data, progress=req.progress,
+                                    baseline=req.baseline)
 
 
-FAMILIES: dict[str, Callable[..., RunResult]] = {"cnn": _run_cnn, "motif_gbm": _run_motif_gbm,
-                                                 "kmer_linear": _run_kmer_linear}
+def run_kmer_linear(req: RunRequest, callbacks: CallbackList, prepared: None) -> RunResult:
+    _refuse_resume(req, "one fit tuned on validation")
+    return reference_runner.run_kmer_linear(req.cfg, req.run_dir, [callbacks], store=req.data,
+                                            progress=req.progress, baseline=req.baseline)
 
 
-def prepare(cfg: RunConfig, run_dir: str | Path, store, progress: bool = True) -> Optional[Trainer]:
-    """Build what a run of ``cfg`` on ``store`` needs (model, schedule, optimizer) without
-    training or writing anything, so that a user's mistake is refused before any work; pass
-    the result to `run` (``prepared=``), which trains it instead of building it again."""
-    if cfg.model.family == "cnn":
-        return Trainer(cfg, run_dir, store=store, progress=progress)
+def prepare(req: RunRequest) -> tuple[RunRequest, Optional[Trainer]]:
+    """The resolved request and what its run needs built (model, schedule, optimizer), without
+    training or writing anything, so that a user's mistake is refused before any work; pass both
+    to `execute`, which trains what was built instead of building it again."""
+    req = resolve(req)
+    if req.cfg.model.family == "cnn":
+        return req, Trainer(req.cfg, req.run_dir, store=req.data, progress=req.progress, baseline=req.baseline)
     for split in ("train", "valid"):
-        if split not in store.splits or store.n(split) == 0:
-            raise ConfigError(f"{cfg.data.path}: the {split} split is empty; training needs train and valid")
-    return None
+        if split not in req.data.splits or req.data.n(split) == 0:
+            raise ConfigError(f"{req.cfg.data.path}: the {split} split is empty; training needs train and valid")
+    return req, None
 
 
-def run(cfg: RunConfig, run_dir: str | Path, *, callbacks: Iterable[Callback] = (), store=None,
-        resume: bool | str = False, progress: bool = True, prepared: Optional[Trainer] = None) -> RunResult:
-    """Train ``cfg`` into ``run_dir`` (resuming from its last checkpoint if ``resume``; a run that
-    already finished only with ``resume="force"``) and test the best model; ``store`` is the
-    data already loaded (else cfg.data.path is opened); ``prepared``: what `prepare` built."""
-    cbs = CallbackList(callbacks)
+def execute(req: RunRequest, prepared: Optional[Trainer] = None) -> RunResult:
+    """Train ``req.cfg`` into ``req.run_dir`` (resuming from its last checkpoint if asked; a run
+    that already finished only with ``resume="force"``) and test the best model."""
+    req = resolve(req)
+    torch.set_num_threads(req.cfg.train.num_threads)
+    cbs = CallbackList(req.callbacks)
     try:
-        return FAMILIES[cfg.model.family](cfg, Path(run_dir), cbs, store, resume, progress, prepared)
+        return FAMILIES[req.cfg.model.family].load()(req, cbs, prepared)
     except BaseException as exc:
         cbs.on_train_abort(exc)
         raise

@@ -14,6 +14,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.training.task_affinity import FILE, cluster, read_affinity
 
@@ -35,10 +36,9 @@ def truth_groups(path: str | Path, tasks: Sequence[str], flag: str = "--truth") 
 
 def affinity_file(ref: str | Path, flag: str = "model.sharing.affinity") -> Path:
     """A run directory (its mlflow_artifacts/affinity.json) or the affinity.json itself."""
-    from mtlsweep.training.engine import ARTIFACTS
     p = Path(ref)
     if p.is_dir():
-        p = p / ARTIFACTS / FILE
+        p = p / tag.ARTIFACT_DIR / FILE
     if not p.is_file():
         raise ConfigError(f"{flag}: {ref}: no {FILE}; give a run directory trained with "
                           "train.affinity_every, or its affinity.json")

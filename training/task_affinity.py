@@ -31,8 +31,12 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
+from scipy.cluster.hierarchy import fcluster, leaves_list, linkage
+from scipy.spatial.distance import squareform
+from sklearn.metrics import adjusted_rand_score
 from torch import nn
 
+from mtlsweep import plots
 from mtlsweep.schedules.weighting import per_task_gradients
 from mtlsweep.training.loss import masked_bce_per_task
 
@@ -123,7 +127,6 @@ class TaskAffinity:
                 "definition": "Z(u->v) = 1 - L_v(after one SGD step on u's loss) / L_v(before); rows u, columns v"}
 
     def write(self, out_dir: Path) -> list[Path]:
-        from mtlsweep import plots
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / FILE
         tmp = path.with_name(f".{path.name}.tmp")
@@ -171,8 +174,6 @@ def symmetric(Z: np.ndarray) -> np.ndarray:
 
 
 def _linkage(Z: np.ndarray):
-    from scipy.cluster.hierarchy import linkage
-    from scipy.spatial.distance import squareform
     S = symmetric(Z)
     T = S.shape[0]
     off = S[~np.eye(T, dtype=bool)]
@@ -190,7 +191,6 @@ def cluster(Z: np.ndarray, k: int) -> np.ndarray:
         return np.arange(T)
     if k == 1 or T < 2:
         return np.zeros(T, dtype=int)
-    from scipy.cluster.hierarchy import fcluster
     raw = fcluster(_linkage(Z), t=k, criterion="maxclust")
     first: dict[int, int] = {}
     return np.array([first.setdefault(int(c), len(first)) for c in raw])
@@ -200,7 +200,6 @@ def leaf_order(Z: np.ndarray) -> list[int]:
     """Tasks in dendrogram order, so groups sit together in the heatmap."""
     if Z.shape[0] < 3:
         return list(range(Z.shape[0]))
-    from scipy.cluster.hierarchy import leaves_list
     return [int(i) for i in leaves_list(_linkage(Z))]
 
 
@@ -209,7 +208,6 @@ def groups_of(labels: np.ndarray, tasks: Sequence[str]) -> list[list[str]]:
 
 
 def adjusted_rand(a: Sequence[int], b: Sequence[int]) -> float:
-    from sklearn.metrics import adjusted_rand_score
     return float(adjusted_rand_score(list(a), list(b)))
 
 

@@ -1,0 +1,97 @@
+"""One Ray Tune experiment over a space or a fixed design: what a sweep's trials and a tuned
+baseline's own search both run (Optuna or the grid, the per-family ASHA, retries, resume)."""
+from __future__ import annotations
+
+import os
+
+import optuna
+from mlflow.exceptions import MlflowException
+from ray import tune
+from ray.tune import CLIReporter
+from ray.tune.search.optuna import OptunaSearch
+
+from mtlsweep.config import tags as tag
+from mtlsweep.config.tags import Role
+from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
+from mtlsweep.search.space import SearchSpace
+from mtlsweep.search.trial import SweepContext, run_trial
+
+# Read when Tune runs (tune.run reads both): the new Tune output engine ignores a custom
+# reporter, ours shows the metrics that matter here; Tune snapshots the experiment at most every
+# second (its "auto" waits >= 10 s), so a killed driver loses at most a second of what trials reported.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+
+
+def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str):
+    """One Tune experiment over ``space`` (restored when its state exists); then every child
+    run left RUNNING is closed. Returns Tune's ResultGrid."""
+
+
+    args, cfg = sweep.args, sweep.cfg
+    grid = isinstance(space, GridSpace)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.datasets),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    multi = args.objective == "multi"
+    objective = args.objective if ctx.baselines or args.objective in ("val/auroc_mean", "val/auprc_mean", "multi") \
+        else "val/auroc_mean"                        # a baseline's search has no delta to maximize
+    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else objective
+    mode = ["max", "min"] if multi else "max"
+    searcher = None
+    if not grid:
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
+                                             n_startup_trials=min(10, max(2, num_samples // 3)))
+        # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
+        # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
+        searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
+    scheduler = None
+    if args.scheduler == "asha":
+        scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric, mode="max",
+                               max_t=cfg.train.epochs, grace_period=args.grace_period, reduction_factor=2)
+    reporter = CLIReporter(
+        metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
+                        "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
+        parameter_columns=space.keys[:6], max_report_frequency=15, metric="val/auroc_mean", mode="max",
+        sort_by_metric=True)
+    run_config = tune.RunConfig(
+        name=name, storage_path=sweep.storage, verbose=args.verbose, progress_reporter=reporter,
+        failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        # Keep a few: a driver killed between checkpoints must find the one its last experiment
+        # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
+    path = f"{sweep.storage.rstrip('/')}/{name}"
+    if sweep.restoring and tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
+                           tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
+            max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
+    results = tuner.fit()
+    # Every result Tune records carries its trial's id; a trial that never reported ran no epoch.
+    known = {(r.metrics or {}).get("trial_id") for r in results} - {None}
+    if sweep.client is not None:
+        _close_stopped_runs(sweep.client, sweep.experiment_id, sweep.parent_id, known, ctx.role)
+    return results
+
+
+def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, role: str = Role.TRIAL) -> None:
+    """Close the child runs still RUNNING after the sweep. A trial Tune knows was stopped by
+    its scheduler (its best/ metrics were logged as it went): FINISHED. A trial a killed
+    driver had started after its last experiment snapshot is unknown to the restored sweep:
+    its run is KILLED and tagged, never counted as a result. A FINISHED run is never touched:
+    finished work stays finished (a restored trial of its configuration adopts it)."""
+    runs = client.search_runs([exp_id], filter_string=f"tags.`{tag.PARENT}` = '{parent_id}' and tags.{tag.ROLE} = '{role}' "
+                              "and attributes.status = 'RUNNING'", max_results=5000)
+    for r in runs:
+        stopped = r.data.tags.get(tag.TRIAL_ID) in known_trials
+        mark = (tag.STOPPED_EARLY, "scheduler") if stopped else (tag.ORPHANED, "driver killed before the trial was recorded")
+        try:
+            client.set_tag(r.info.run_id, *mark)
+        except MlflowException:
+            # The trial's own stopped_early() may be closing it at this very moment (SQLite
+            # refuses the second insert of the same tag): its close wins.
+            if client.get_run(r.info.run_id).info.status != "RUNNING":
+                continue
+        client.set_terminated(r.info.run_id, "FINISHED" if stopped else "KILLED")
