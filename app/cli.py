@@ -56,14 +56,27 @@ def cmd_data_build(args) -> int:
         report = build_from_labels(args.labels, args.inputs[0], args.out, seq_len=args.length,
                                    label_map=_label_map(args.label_map), **common)
         print(format_labels_report(report))
+        _warn_about_labels(Path(args.out) / "store.h5")
         return 0
     from mtlsweep.data.peaks import build_from_peaks, format_report
     result = build_from_peaks(
         args.inputs[0], args.inputs[1], args.out, seq_len=args.length or 600, merge_overlap=args.merge_overlap,
         merge_mode=args.merge_mode, negatives=args.negatives, negative_ratio=args.negative_ratio,
-        max_n_fraction=args.max_n_fraction, flank_distance=args.flank_distance, **common)
+        max_n_fraction=args.max_n_fraction, flank_distance=args.flank_distance, min_negatives=args.min_negatives,
+        **common)
     print(format_report(result.report))
+    _warn_about_labels(result.store_path)
     return 0
+
+
+def _warn_about_labels(store_path: Path) -> None:
+    """Complementary tasks and tasks too scarce to judge, said when the store is built."""
+    import warnings
+
+    from mtlsweep.data.label_checks import label_warnings
+    from mtlsweep.data.store import open_dataset
+    for line in label_warnings(open_dataset(store_path), str(store_path)):
+        warnings.warn(line, stacklevel=2)
 
 
 def _label_map(raw):
@@ -98,7 +111,7 @@ def cmd_train(args) -> int:
 
     from mtlsweep.config.run import load_config
     from mtlsweep.mlflow_server.attach import attach, train_tracking
-    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
+    from mtlsweep.mlflow_server.server import check_reachable, make_room, resolve_tracking_uri
     from mtlsweep.training.callbacks import ConsoleReporter
     from mtlsweep.training.engine import check_resume, prepare_run_dir
     from mtlsweep.training.request import RunRequest, resolve
@@ -108,7 +121,7 @@ def cmd_train(args) -> int:
         cfg = cfg.with_overrides({"tracking.enabled": True})
     uri = None
     if cfg.tracking.enabled:
-        uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace")
+        uri = resolve_tracking_uri(cfg.tracking.uri, args.tracking_uri, default_dir="workspace", create=False)
         check_reachable(uri)
     # Everything a user can get wrong is checked before a directory, a checkpoint or an MLflow run exists.
     run_dir = Path(args.resume).resolve() if args.resume else prepare_run_dir(cfg, args.name, force=args.force)
@@ -116,6 +129,8 @@ def cmd_train(args) -> int:
     req = resolve(RunRequest(cfg, run_dir, resume=resume, progress=not args.no_progress))
     if args.resume:
         check_resume(req.cfg, run_dir, req.data.fingerprint, list(req.data.task_names), force=args.force)
+    if uri:
+        make_room(uri)
     tracking, baseline = train_tracking(req, uri) if uri else (None, None)
     req, prepared = prepare(dataclasses.replace(req, baseline=baseline))
     req, logger = attach(req, tracking)
@@ -134,28 +149,44 @@ def cmd_sweep(args) -> int:
 
 
 def _tracking_uri(args) -> str:
-    from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
-    uri = resolve_tracking_uri(None, args.tracking_uri, default_dir=args.workspace)
+    from mtlsweep.mlflow_server.server import check_reachable, require_store, resolve_tracking_uri
+    uri = resolve_tracking_uri(None, args.tracking_uri, default_dir=args.workspace, create=False)
+    require_store(uri)
     check_reachable(uri)
     return uri
 
 
+def _which_sweep(args, uri: str):
+    """--sweep as given; else, unless --all-sweeps, the experiment's latest sweep (said on stderr)."""
+    if args.sweep or args.all_sweeps:
+        return args.sweep
+    from mtlsweep.mlflow_server.compare import latest_sweep
+    found = latest_sweep(uri, args.experiment)
+    if found is None:
+        return None
+    run_id, name = found
+    print(f"comparing sweep {name} (parent run {run_id[:8]}), the latest of experiment {args.experiment!r}; "
+          "--sweep NAME for another, --all-sweeps for every run", file=sys.stderr)
+    return run_id
+
+
 def cmd_compare(args) -> int:
+    uri = _tracking_uri(args)
+    args.sweep = _which_sweep(args, uri)
     if args.group_by:
-        return _compare_grouped(args)
+        return _compare_grouped(args, uri)
     from mtlsweep.mlflow_server.compare import compare
-    text, _ = compare(_tracking_uri(args), args.experiment, args.sweep, args.metric, Path(args.out), args.top)
+    text, _ = compare(uri, args.experiment, args.sweep, args.metric, Path(args.out), args.top)
     print(text)
     print(f"written: {Path(args.out) / 'comparison.csv'} and {Path(args.out) / 'comparison.html'}")
     return 0
 
 
-def _compare_grouped(args) -> int:
+def _compare_grouped(args, uri: str) -> int:
     from mlflow.tracking import MlflowClient
 
     from mtlsweep.mlflow_server.compare import collect
     from mtlsweep.mlflow_server.group_compare import group_runs, render_markdown, render_text, write_csv
-    uri = _tracking_uri(args)
     runs = collect(MlflowClient(uri), args.experiment, args.sweep)
     groups = group_runs(runs, args.group_by, args.split)
     if len(groups) < 2:
@@ -171,6 +202,8 @@ def _compare_grouped(args) -> int:
 
 def cmd_export(args) -> int:
     from mtlsweep.search.export import export_best
+    if args.top < 1:
+        raise UserError(f"--top {args.top}: must be >= 1 (how many of the best configurations to export)")
     for p in export_best(_tracking_uri(args), args.experiment, args.out, sweep=args.sweep, metric=args.metric,
                          top=args.top, force=args.force):
         print(p)
@@ -278,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="peaks: other tasks' peaks only (Basset); background: + GC-matched genomic windows "
                         "overlapping no peak; flank: + windows --flank-distance beside each peak")
     b.add_argument("--negative-ratio", type=float, default=1.0, help="added negatives per positive window")
+    b.add_argument("--min-negatives", type=float, default=0.9, metavar="FRACTION",
+                   help="fewest negatives accepted, as a fraction of those requested (default 0.9; fewer is an error)")
     b.add_argument("--max-n-fraction", type=float, default=0.1, help="largest fraction of N bases in a negative")
     b.add_argument("--flank-distance", type=int, default=None,
                    help="flank: bp from a peak window's centre to its flank's centre (default --length: the flank "
@@ -334,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     cp = sub.add_parser("compare", help="best run per family vs the single-task baseline: table, CSV, HTML")
     cp.add_argument("--experiment", default="mtlsweep")
-    cp.add_argument("--sweep", help="MLflow run id of a sweep's parent run (default: the whole experiment)")
+    cp.add_argument("--sweep", help="a sweep's name or its MLflow parent run id (default: the latest sweep)")
+    cp.add_argument("--all-sweeps", action="store_true", help="compare every run of the experiment")
     cp.add_argument("--metric", default="val/auroc_mean")
     cp.add_argument("--top", type=int, default=5, help="also list the top runs overall")
     cp.add_argument("--out", default="workspace/compare", help="directory for comparison.csv and comparison.html")

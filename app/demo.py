@@ -102,7 +102,6 @@ def run_demo(workspace: Path | str = "workspace", settings: Optional[DemoSetting
                                  tracking_uri=uri, workspace=str(ws), scheduler="none",
                                  references=s.references))
 
-
     _step("4/4 best configurations, exported for `mtlsweep train`")
     for p in export_best(uri, s.experiment, ws / "export" / name, sweep=result.parent_run_id, top=s.top):
         print(f"  {p}")

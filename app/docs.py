@@ -124,8 +124,6 @@ def demo_results(workspace: Path) -> str:
 
 def cli_reference() -> str:
     """Every command of `mtlsweep` with its usage and flags, from the parser the CLI runs."""
-
-
     def commands(parser: argparse.ArgumentParser, prefix: str):
         subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         if not subs:

@@ -5,7 +5,10 @@ TrackingError in mlflow_server); ``guarded`` is how every entry point prints the
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
+import threading
 
 
 class UserError(Exception):
@@ -45,13 +48,41 @@ def describe_all(exc, prefix: tuple = ()) -> str:
     return "; ".join(describe({**e, "loc": prefix + tuple(e["loc"])}) for e in exc.errors())
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's or `kill`'s stop), raised like Ctrl-C so that every run it interrupts
+    is closed the same way: KILLED in MLflow, its checkpoint kept for --resume."""
+
+
+_SIGTERM_SEEN = []      # a library may re-raise Terminated as a plain KeyboardInterrupt
+
+
+def _terminate(signum, frame):
+    _SIGTERM_SEEN.append(signum)
+    raise Terminated()
+
+
+def catch_sigterm():
+    """Make SIGTERM raise Terminated in the main thread; returns the handler it replaced (None
+    elsewhere). Called again after `ray.init`, whose core worker installs its own, which aborts."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
 def guarded(func, *args) -> int:
-    """Run an entry point: user mistakes become one line and exit status 2; bugs keep their traceback."""
+    """Run an entry point: user mistakes become one line and exit status 2; bugs keep their traceback;
+    SIGINT and SIGTERM end it through KeyboardInterrupt (exit status 130 and 143)."""
+    previous = catch_sigterm()
     try:
         return func(*args) or 0
-    except KeyboardInterrupt:
-        print("mtlsweep: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        term = isinstance(exc, Terminated) or bool(_SIGTERM_SEEN)
+        print(f"mtlsweep: {'terminated' if term else 'interrupted'}", file=sys.stderr)
+        return 143 if term else 130
+    except BrokenPipeError:
+        # The reader of a pipe went away (`mtlsweep data info F | head`): stop quietly, as `cat` does.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as exc:  # noqa: BLE001 - user mistakes become one line; bugs keep their traceback
         # A Ray task's error is also its cause's type; its own text starts with the task's name.
         cause = getattr(exc, "cause", None)
@@ -61,3 +92,6 @@ def guarded(func, *args) -> int:
             print(f"mtlsweep: error: {msg}", file=sys.stderr)
             return 2
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mtlsweep.config.errors import ConfigError, describe_all
 from mtlsweep.config.registry import REGISTRIES
+from mtlsweep.config.yaml_file import load_yaml
 
 
 class _Section(BaseModel):
@@ -499,13 +500,10 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> RunC
         raise ConfigError(f"{path}: an HDF5 data file, not a YAML config; name it in a config as data.path "
                           f"(or --set data.path={path})")
     try:
-        tree = yaml.safe_load(raw.decode("utf-8"))
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a text file; a config is YAML (see search/configs/*.yaml)") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    tree = load_yaml(text, str(path))
     cfg = validate(tree, str(path))
     if overrides:
         cfg = cfg.with_overrides(parse_overrides(overrides), f"{path} --set")

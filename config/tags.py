@@ -26,6 +26,8 @@ PROTOCOL_FP = "baseline_protocol_fp"
 
 STOPPED_EARLY = "stopped_early"          # a scheduler stopped the run: never a family's best
 ORPHANED = "orphaned"                    # its driver was killed before the run was recorded
+STARTED_BY = "started_by"                # the sweep whose driver trained this shared baseline
+INTERRUPTED = "interrupted"              # Ctrl-C or SIGTERM ended it (KILLED; --resume continues it)
 ADOPTED_BY = "adopted_by"                # a restored trial took over this finished run
 FIRST_TRIAL_ID = "first_trial_id"
 

@@ -707,6 +707,10 @@ class BassetReader:
 def open_h5(path) -> "h5py.File":
     """Open an existing HDF5 file read-only, or a one-line DataError naming it."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        inside = sorted(n for n in os.listdir(path) if n.endswith((".h5", ".hdf5")))
+        raise DataError(f"{path}: is a directory, not an HDF5 file" + (
+            f"; it holds {', '.join(inside[:3])}" if inside else " (and holds no .h5 file)"))
     if not os.path.isfile(path):
         raise DataError(f"{path}: no such file")
     try:

@@ -70,6 +70,10 @@ def _describe_store(path: str, f: h5py.File) -> dict:
 def describe(path, label_map: dict | None = None) -> dict:
     """Plain-Python summary (JSON-ready; prevalence is None for a task with no known label)."""
     path = os.fspath(path)
+    if os.path.isdir(path):        # what `data synth`/`data build --out DIR` wrote: its one data file
+        inside = [n for n in os.listdir(path) if n.endswith((".h5", ".hdf5"))]
+        if "store.h5" in inside or len(inside) == 1:
+            path = os.path.join(path, "store.h5" if "store.h5" in inside else inside[0])
     with open_h5(path) as f:
         if f.attrs.get("format") is not None:
             return _describe_store(path, f)

@@ -81,6 +81,10 @@ def read_header(path: Path) -> list[str]:
             line = fh.readline().rstrip("\r\n")
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"--labels {path}: cannot read ({type(e).__name__}: {e})") from None
+    if not line.strip():
+        what = "is empty" if path.stat().st_size == 0 else "has an empty first line"
+        raise DataError(f"--labels {path}: {what}; expected a header chr<TAB>start<TAB>stop<TAB>TASK... and "
+                        "one row per window (the ENCODE-DREAM layout)")
     cols = line.split("\t")
     if len(cols) < 4:
         raise DataError(f"--labels {path}: header has {len(cols)} tab-separated column(s); expected "

@@ -71,13 +71,16 @@ def _windows(chrom_codes: np.ndarray, starts: np.ndarray, L: int) -> np.ndarray:
     return chrom_codes[starts[:, None] + np.arange(L)]
 
 
-def check_options(kind: str, ratio: float, max_n: float, distance, seq_len: int) -> None:
+def check_options(kind: str, ratio: float, max_n: float, distance, seq_len: int, min_found: float = 0.9) -> None:
     if kind not in NEGATIVES:
         raise DataError(f"--negatives {kind!r} is not allowed; choose one of {', '.join(NEGATIVES)}")
     if not (isinstance(ratio, (int, float)) and not isinstance(ratio, bool) and 0 < ratio <= 100):
         raise DataError(f"--negative-ratio {ratio!r} is not allowed; it must be in (0, 100] negatives per positive")
     if not (isinstance(max_n, (int, float)) and 0 <= max_n <= 1):
         raise DataError(f"--max-n-fraction {max_n!r} is not allowed; it must be in [0, 1]")
+    if not (isinstance(min_found, (int, float)) and not isinstance(min_found, bool) and 0 <= min_found <= 1):
+        raise DataError(f"--min-negatives {min_found!r} is not allowed; it must be a fraction in [0, 1] of the "
+                        "negatives requested")
     if distance is not None and (isinstance(distance, bool) or not isinstance(distance, int) or distance < seq_len):
         raise DataError(f"--flank-distance {distance!r} is not allowed with --length {seq_len}; it must be an "
                         f"integer >= the length, so that a flank does not overlap its own peak window")

@@ -594,8 +594,8 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
                      on_outside: str = "skip", layout: str = "N41L",
                      overwrite: bool = False, negatives: str = "peaks", negative_ratio: float = 1.0,
                      max_n_fraction: float = 0.1, flank_distance: Optional[int] = None,
-                     tracks: Sequence[TrackSpec] = (), track_transform: Optional[str] = None,
-                     track_resolution: int = 1) -> BuildResult:
+                     min_negatives: float = 0.9, tracks: Sequence[TrackSpec] = (),
+                     track_transform: Optional[str] = None, track_resolution: int = 1) -> BuildResult:
     """Sample sheet + FASTA -> out_dir/basset.h5, out_dir/store.h5, out_dir/build_report.json.
 
     Everything is read and checked before anything is written; the three files are written to
@@ -605,7 +605,7 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
     if merge_overlap is None and isinstance(seq_len, (int, np.integer)) and not isinstance(seq_len, bool):
         merge_overlap = seq_len // 3        # Basset's 200 bp at 600 bp, scaled with the length
     _check_args(seq_len, merge_overlap, merge_mode, on_error, on_outside, layout, plan)
-    check_negatives(negatives, negative_ratio, max_n_fraction, flank_distance, seq_len)
+    check_negatives(negatives, negative_ratio, max_n_fraction, flank_distance, seq_len, min_negatives)
     transforms = parse_transforms(track_transform)
     check_tracks(tracks)
     out_dir = Path(out_dir)
@@ -637,6 +637,12 @@ def build_from_peaks(sample_sheet: str | os.PathLike, fasta: str | os.PathLike,
         if negatives != "peaks":
             merged, neg_report = _add_negatives(merged, windows, lengths, load, seq_len, negatives,
                                                 negative_ratio, max_n_fraction, flank_distance, seed)
+            found, asked = neg_report["obtained"], neg_report["requested"]
+            if asked and found < min_negatives * asked:
+                raise DataError(f"--negatives {negatives}: {found} of the {asked} negatives requested were found "
+                                f"(--min-negatives {min_negatives:g} asks for at least {min_negatives * asked:.0f}); "
+                                f"lower --negative-ratio or --max-n-fraction, or pass --min-negatives "
+                                f"{found / asked:.2f} to accept them")
         split_idx = assign_splits(merged, plan)
         codes = extract_codes(load, merged, seq_len)
         if negatives != "peaks":

@@ -172,6 +172,17 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
     return rows
 
 
+def latest_sweep(tracking_uri: str, experiment: str) -> Optional[tuple[str, str]]:
+    """(parent run id, name) of the sweep started last in ``experiment``; None if it has none."""
+    client = MlflowClient(tracking_uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.{tag.ROLE} = '{Role.SWEEP}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    return (runs[0].info.run_id, runs[0].info.run_name or runs[0].info.run_id) if runs else None
+
+
 def reference_baseline(row: RunRow, baselines: list[RunRow]) -> Optional[RunRow]:
     """A reference family (motif_gbm, kmer_linear) trains no CNN, so no CNN key of its config says
     which towers it faces: any finished baseline on the same data and tasks will do; the one of

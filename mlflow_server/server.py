@@ -8,11 +8,13 @@ redacted, artifact root, log path) and `<project_dir>/mlflow_server.pid`.
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -154,12 +156,14 @@ def _clear_state(project_dir: Path) -> None:
         (project_dir / name).unlink(missing_ok=True)
 
 
-def _log_tail(log_path: Path, n: int = 5) -> str:
+def _last_error(log_path: Path) -> str:
+    """The exception line a crashed server's log ends with (`ValueError: ...`), else its last line."""
     try:
         lines = [ln.strip() for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "(no log)"
-    return " | ".join(lines[-n:]) or "(empty log)"
+    errors = [ln for ln in lines if re.match(r"^[\w.]+(Error|Exception)\b.*:", ln)]
+    return (errors or lines or ["(empty log)"])[-1][:300]
 
 
 def _info_from_state(state: dict) -> ServerInfo:
@@ -175,8 +179,8 @@ def _allowed_hosts(host: str, port: int) -> list[str]:
     return _DEFAULT_ALLOWED + extra
 
 
-def _auth_files(project_dir: Path, env: dict) -> None:
-    """Write the basic-auth config (0600) from MLFLOW_TRACKING_USERNAME/PASSWORD."""
+def _admin_credentials() -> tuple[str, str]:
+    """The admin user and password basic auth is started with, checked before anything is written."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME", "")
     password = os.environ.get("MLFLOW_TRACKING_PASSWORD", "")
     if not user or not password:
@@ -194,6 +198,11 @@ def _auth_files(project_dir: Path, env: dict) -> None:
             "MLFLOW_TRACKING_PASSWORD: must not contain line breaks or start/end with whitespace "
             "(MLflow reads it from an INI file)"
         )
+    return user, password
+
+
+def _auth_files(project_dir: Path, env: dict, user: str, password: str) -> None:
+    """Write the basic-auth config (0600) with the admin credentials."""
     values = {
         "default_permission": "READ",
         "database_uri": f"sqlite:///{project_dir / 'basic_auth.db'}",
@@ -239,24 +248,16 @@ def start(
     if port is not None and not _port_free(host, port):
         raise TrackingError(f"--port {port}: already in use on {host} (another server listens there); "
                             "choose another --port or stop that server")
-    project_dir.mkdir(parents=True, exist_ok=True)
-
-    old = _read_state(project_dir)
-    if old is not None:
-        if _group_alive(int(old["pgid"])):
-            raise TrackingError(
-                f"{project_dir}: an MLflow server already runs at {old['url']} "
-                f"(pid {old['pid']}); stop it first (mtlsweep server stop --dir {project_dir})"
-            )
-        _clear_state(project_dir)
-
+    if project_dir.exists() and not project_dir.is_dir():
+        raise TrackingError(f"--dir {project_dir}: is a file, not a directory")
+    credentials = _admin_credentials() if auth else None
     backend = backend_uri or f"sqlite:///{project_dir / 'mlflow.db'}"
-    if backend.startswith("postgres") and not any(
-        importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")
-    ):
+    _check_backend(backend)
+    old = _read_state(project_dir) if project_dir.is_dir() else None
+    if old is not None and _group_alive(int(old["pgid"])):
         raise TrackingError(
-            f"backend {redact_uri(backend)}: PostgreSQL needs a driver; install the project's "
-            "extra: pip install -e '.[postgres]'"
+            f"{project_dir}: an MLflow server already runs at {old['url']} "
+            f"(pid {old['pid']}); stop it first (mtlsweep server stop --dir {project_dir})"
         )
     if artifact_root is None:
         artifacts = str(project_dir / "artifacts")
@@ -264,6 +265,40 @@ def start(
         artifacts = artifact_root
     else:
         artifacts = str(Path(artifact_root).expanduser().resolve())
+
+    # Everything checkable is checked: from here on, a start that fails removes what it created.
+    created = [d for d in (project_dir, Path(artifacts)) if "://" not in str(d) and not d.exists()]
+    try:
+        return _launch(project_dir, backend, artifacts, host, port, auth, credentials, workers, wait_s,
+                       allowed_hosts, log_kept=project_dir not in created)
+    except BaseException:
+        for d in created:
+            shutil.rmtree(d, ignore_errors=True)
+        raise
+
+
+def _check_backend(backend: str) -> None:
+    """A backend store URI `mlflow server` can open, refused in one line before anything starts."""
+    m = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", backend)
+    scheme = m.group(1).lower().split("+")[0] if m else ""
+    if scheme not in BACKEND_SCHEMES:
+        raise TrackingError(f"--backend-uri {redact_uri(backend)}: use sqlite:///path/mlflow.db, "
+                            "postgresql://user@host/db, mysql://user@host/db or mssql://user@host/db")
+    if scheme == "postgresql" and not any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
+        raise TrackingError(
+            f"backend {redact_uri(backend)}: PostgreSQL needs a driver; install the project's "
+            "extra: pip install -e '.[postgres]'"
+        )
+
+
+BACKEND_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+
+
+def _launch(project_dir: Path, backend: str, artifacts: str, host: str, port: int | None, auth: bool,
+            credentials: tuple[str, str] | None, workers: int, wait_s: float,
+            allowed_hosts: list[str] | None, log_kept: bool) -> ServerInfo:
+    project_dir.mkdir(parents=True, exist_ok=True)
+    _clear_state(project_dir)
     if "://" not in artifacts:
         Path(artifacts).mkdir(parents=True, exist_ok=True)
     port = port or _free_port(host)
@@ -272,7 +307,7 @@ def start(
     # Otherwise 3.17 starts a job runner and 7 consumers (~2 GB) that tracking never uses.
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
     if auth:
-        _auth_files(project_dir, env)
+        _auth_files(project_dir, env, *credentials)
 
     # The backend URI (a database password, perhaps) goes by the environment, not the command
     # line that `ps` shows every user; a SQLite database is created private to its owner.
@@ -314,8 +349,8 @@ def start(
         if proc.poll() is not None:
             _clear_state(project_dir)
             raise TrackingError(
-                f"mlflow server exited with code {proc.returncode} before answering at {url}; "
-                f"log {log_path}: {_log_tail(log_path)}"
+                f"mlflow server exited with code {proc.returncode} before answering at {url}: "
+                f"{_last_error(log_path)}" + (f" (log {log_path})" if log_kept else "")
             )
         if _health(url, timeout=1.0):
             time.sleep(0.5)
@@ -325,8 +360,8 @@ def start(
             _terminate(proc.pid)
             _clear_state(project_dir)
             raise TrackingError(
-                f"mlflow server did not answer at {url}/health within {wait_s:.0f} s; "
-                f"log {log_path}: {_log_tail(log_path)}"
+                f"mlflow server did not answer at {url}/health within {wait_s:.0f} s: "
+                f"{_last_error(log_path)}" + (f" (log {log_path})" if log_kept else "")
             )
         time.sleep(0.25)
     info.healthy = True
@@ -407,16 +442,34 @@ def status(project_dir) -> ServerInfo | None:
 
 
 def resolve_tracking_uri(config_uri: str | None = None, cli_uri: str | None = None,
-                         default_dir="workspace") -> str:
+                         default_dir="workspace", create: bool = True) -> str:
     """First set of: the config's tracking URI, --tracking-uri, MLFLOW_TRACKING_URI;
-    else the embedded default `sqlite:///<abs default_dir>/mlflow.db` (directory created)."""
+    else the embedded default `sqlite:///<abs default_dir>/mlflow.db` (its directory created
+    unless `create` is false: a command that may still refuse creates it later, with `make_room`)."""
     for where, uri in (("tracking.uri", config_uri), ("--tracking-uri", cli_uri),
                        ("MLFLOW_TRACKING_URI", os.environ.get("MLFLOW_TRACKING_URI"))):
         if uri and uri.strip():
             return check_uri(uri.strip(), where)
-    d = Path(default_dir).expanduser().resolve()
-    d.mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{d / 'mlflow.db'}"
+    uri = f"sqlite:///{Path(default_dir).expanduser().resolve() / 'mlflow.db'}"
+    if create:
+        make_room(uri)
+    return uri
+
+
+def make_room(uri: str) -> None:
+    """Create the directory a SQLite tracking store will be written in."""
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+
+
+def require_store(uri: str) -> None:
+    """A command that only reads tracked runs refuses a SQLite store that does not exist, rather
+    than creating an empty one."""
+    db = sqlite_path(uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"{uri}: no MLflow store there (nothing has been tracked in that workspace); "
+                            "pass --tracking-uri or --workspace of one that has runs")
 
 
 URI_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "file", "databricks")
@@ -438,14 +491,17 @@ def check_uri(uri: str, where: str = "--tracking-uri") -> str:
 
 
 def check_reachable(uri: str, timeout: float = 5) -> None:
-    """Raise TrackingError if an http(s) tracking URI does not answer GET /health."""
+    """Raise TrackingError if an http(s) tracking URI does not answer GET /health, or refuses this
+    user's credentials."""
     if not uri.lower().startswith(("http://", "https://")):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as r:
-            if r.status == 200:
-                return
+            healthy = r.status == 200
             reason = f"HTTP {r.status}"
+        if healthy:
+            check_access(uri, timeout)
+            return
     except urllib.error.HTTPError as e:
         reason = f"HTTP {e.code}"
     except (urllib.error.URLError, OSError, ValueError) as e:
@@ -454,3 +510,29 @@ def check_reachable(uri: str, timeout: float = 5) -> None:
         f"MLflow tracking server {redact_uri(uri)} does not answer ({reason}); start it with "
         f"`mtlsweep server start` or set another tracking URI"
     )
+
+
+def check_access(uri: str, timeout: float = 5) -> None:
+    """Refuse, in one line, an http(s) tracking server that will not let this user read and write
+    runs (basic auth: wrong or missing credentials), before any work is done."""
+    if not uri.lower().startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search",
+                                     data=b'{"max_results": 1}', headers={"Content-Type": "application/json"})
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {token}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            said = "were refused" if user and password else "are not set"
+            raise TrackingError(f"MLflow tracking server {redact_uri(uri)} asks for credentials (HTTP 401) and "
+                                f"MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD {said}; set them to a user of "
+                                "that server") from None
+        if e.code == 403:
+            raise TrackingError(f"MLflow tracking server {redact_uri(uri)}: user {user!r} may not read its "
+                                "experiments (HTTP 403); ask its admin for a permission") from None
+    except (urllib.error.URLError, OSError):
+        pass                      # unreachable: check_reachable says so

@@ -247,8 +247,8 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
             role = "baseline" if len(cands) == 1 else Role.CANDIDATE
             pending.append(train_reference(c, sweep.datasets[c.data.path], run_dir, sweep.tracking_uri,
                                            c.tracking.experiment,
-                                           _tags(protocol, key, fp, role, c.train.seed,
-                                                 ranges if len(cands) > 1 else None),
+                                           {**_tags(protocol, key, fp, role, c.train.seed,
+                                                    ranges if len(cands) > 1 else None), tag.STARTED_BY: sweep.name},
                                            sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
     ray.get(pending)
     out = {}

@@ -16,7 +16,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from mtlsweep.config import tags as tag
-from mtlsweep.config.errors import ConfigError
+from mtlsweep.config.errors import ConfigError, catch_sigterm
 from mtlsweep.config.identity import Protocol
 from mtlsweep.config.run import RunConfig, load_config
 from mtlsweep.config.tags import Role
@@ -78,9 +78,6 @@ class SweepResult:
 
 
 def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
-    cfg = load_config(args.base, list(args.overrides))
-    space = load_space(args.space)
-    space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
     if args.objective not in ("val/auroc_mean", "val/auprc_mean", "val/delta_auroc_mean", "multi"):
         raise ConfigError(f"--objective {args.objective!r}: use val/auroc_mean, val/auprc_mean, "
                           "val/delta_auroc_mean or multi (AUROC up, epoch time down)")
@@ -94,6 +91,13 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
         raise ConfigError(f"--baseline {args.baseline!r}: use tuned (its own search, as each family) or fixed")
     if args.baseline_trials is not None and args.baseline_trials < 1:
         raise ConfigError("--baseline-trials must be >= 1")
+    if args.grace_period < 1:
+        raise ConfigError(f"--grace-period {args.grace_period}: must be >= 1 (epochs before ASHA may stop a trial)")
+    if args.max_failures < -1:
+        raise ConfigError(f"--max-failures {args.max_failures}: must be >= 0, or -1 for no limit (as in Tune)")
+    cfg = load_config(args.base, list(args.overrides))
+    space = load_space(args.space)
+    space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
     for name in parse_references(",".join(args.references)):
         reference_config(cfg, name, cfg.data.path, args.cpus_per_trial)
     return cfg, space
@@ -147,16 +151,22 @@ def _check_trunks(space: "SearchSpace | GridSpace", base: RunConfig, stores: dic
                                   f"{str(exc).splitlines()[0]}") from None
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None):
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None, log=print):
     """Connect to the cluster named (--address ADDR|auto, or RAY_ADDRESS), else start an embedded
     one on this machine's cores: never a cluster nobody named, which may be another sweep's and
     end under this one."""
     if ray.is_initialized():
         return
-    if address or os.environ.get("RAY_ADDRESS"):
-        ray.init(address=address or os.environ["RAY_ADDRESS"], log_to_driver=True)
-        return
-    start_embedded(num_cpus)
+    named = address or os.environ.get("RAY_ADDRESS")
+    if named:
+        ray.init(address=named, log_to_driver=True)
+        log(f"Ray: the cluster at {ray.get_runtime_context().gcs_address} "
+            f"({'--address' if address else 'RAY_ADDRESS'} {named}), {ray.cluster_resources().get('CPU', 0):g} CPUs")
+    else:
+        start_embedded(num_cpus)
+        log(f"Ray: an embedded cluster of this sweep, {ray.cluster_resources().get('CPU', 0):g} CPUs "
+            "(--address names another)")
+    catch_sigterm()
 
 
 def start_embedded(num_cpus: Optional[int] = None) -> None:
@@ -206,12 +216,14 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         cfg = cfg.with_overrides({"train.device": "auto"})
     protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
 
-    init_ray(args.address, None)
+    init_ray(args.address, None, log)
     client = MlflowClient(tracking_uri) if tracked else None
     exp_id = get_or_create_experiment(client, cfg.tracking.experiment) if tracked else None
 
     if restoring:
         parent_id = state.get("parent_run_id")
+        if tracked and parent_id and client.get_run(parent_id).info.status != "RUNNING":
+            client.update_run(parent_id, status="RUNNING")      # interrupted or killed: running again
         log(f"sweep {name}: resuming" + (f" (MLflow parent run {parent_id})" if parent_id else ""))
     elif not tracked:
         parent_id = None
@@ -237,6 +249,37 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
 
     sweep = Sweep(args=args, cfg=cfg, stores=stores, datasets=datasets, client=client, experiment_id=exp_id, tracking_uri=tracking_uri,
                   parent_id=parent_id, name=name, storage=storage, workspace=workspace, restoring=restoring, log=log)
+    try:
+        return _run(sweep, space, protocol, baseline_space, num_samples)
+    except KeyboardInterrupt:
+        ray.shutdown()                        # its trials end first: none can log after being closed
+        if tracked:
+            closed = close_interrupted_sweep(client, exp_id, parent_id, name)
+            log(f"sweep {name}: interrupted; {closed} run(s) marked KILLED in MLflow")
+        log(f"resume it with: mtlsweep sweep --base {args.base} --space {args.space} --name {name} --resume")
+        raise
+
+
+def close_interrupted_sweep(client, experiment_id: str, parent_id: str, name: str) -> int:
+    """Mark an interrupted sweep's parent and every run of it still RUNNING (trials, baselines,
+    their candidates) KILLED and tagged; a run a resumed sweep continues runs again. Returns how many."""
+    runs = {}
+    for where in (f"tags.`mlflow.parentRunId` = '{parent_id}'", f"tags.{tag.SWEEP} = '{name}'",
+                  f"tags.{tag.STARTED_BY} = '{name}'"):
+        for r in client.search_runs([experiment_id], max_results=5000,
+                                    filter_string=f"{where} and attributes.status = 'RUNNING'"):
+            runs[r.info.run_id] = r
+    runs.pop(parent_id, None)
+    for run_id in [*runs, parent_id]:
+        client.set_tag(run_id, tag.INTERRUPTED, time.strftime("%Y-%m-%d %H:%M:%S"))
+        client.set_terminated(run_id, "KILLED")
+    return len(runs) + 1
+
+
+def _run(sweep: Sweep, space, protocol, baseline_space, num_samples: int) -> SweepResult:
+    args, cfg, client, name, parent_id = sweep.args, sweep.cfg, sweep.client, sweep.name, sweep.parent_id
+    tracked, grid, workspace = client is not None, isinstance(space, GridSpace), sweep.workspace
+    tracking_uri, storage, log = sweep.tracking_uri, sweep.storage, sweep.log
     baselines = ensure_baselines(sweep, space, protocol, baseline_space)
     first = next(iter(baselines.values()))
     if tracked:

@@ -22,13 +22,15 @@ from mtlsweep.search.trial import SweepContext, run_trial
 # second (its "auto" waits >= 10 s), so a killed driver loses at most a second of what trials reported.
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+# Ctrl-C and SIGTERM end a sweep alike: a KeyboardInterrupt in the driver, which closes the
+# sweep's runs as KILLED (Tune's own handler would return normally, as if the sweep had ended);
+# --resume restores from the last experiment snapshot.
+os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
 def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str):
     """One Tune experiment over ``space`` (restored when its state exists); then every child
     run left RUNNING is closed. Returns Tune's ResultGrid."""
-
-
     args, cfg = sweep.args, sweep.cfg
     grid = isinstance(space, GridSpace)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.datasets),

@@ -35,8 +35,6 @@ def finish_runs(rows: Sequence, uri: str, cpus: float = 1.0, gpus: float = 0.0, 
     """Train every unconverged run of ``rows`` longer, at once as the cluster allows; returns how
     many were continued. A run still not converged afterwards keeps its certificate saying so
     (`finish_until_converged` tries again)."""
-
-
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
     def _continue(run_dir: str, overrides: dict, uri: str) -> bool:
         result = execute(continue_request(Path(run_dir), overrides, uri, threads=max(1, int(cpus))))

@@ -28,13 +28,12 @@ import itertools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
-
-import yaml
+from typing import Any, Optional
 
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.identity import model_family
 from mtlsweep.config.run import RunConfig
+from mtlsweep.config.yaml_file import load_yaml
 from mtlsweep.search.grid import is_grid_tree, parse_grid
 
 TYPES = ("float", "loguniform", "int", "categorical")
@@ -286,10 +285,7 @@ def load_space(path: str | Path, base: Optional[RunConfig] = None) -> "SearchSpa
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such search-space file")
-    try:
-        tree = yaml.safe_load(path.read_text())
-    except yaml.YAMLError:
-        raise ConfigError(f"{path}: not valid YAML") from None
+    tree = load_yaml(path.read_text(), str(path))
     space = parse_grid(tree, str(path)) if is_grid_tree(tree) else parse_space(tree, str(path))
     if base is not None:
         space.check_against(base)

@@ -154,8 +154,6 @@ def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp:
     that no trial of the restored sweep owns (a killed driver finished it after its last
     experiment snapshot; the searcher, restored from that snapshot, proposed it again). That
     run is adopted, so finished work is counted once and not trained again."""
-
-    
     client = MlflowClient(ctx.tracking_uri)
     if run_id is not None:
         return client.get_run(run_id)
@@ -200,7 +198,6 @@ def trial_baseline(cfg: RunConfig, data, ctx: SweepContext) -> tuple[Optional[st
 
 def _tracking(ctx: SweepContext, config: dict, trial_id: str, run_dir: Path, run_id: Optional[str],
               config_fp: Optional[str], key: Optional[str], baseline_run: Optional[str]):
-    
     ranges = {k: v for k, v in ctx.ranges.items() if k in config and config[k] != NOT_APPLICABLE}
     tags = {tag.ROLE: ctx.role, tag.TRIAL_ID: trial_id, tag.SWEEP: ctx.sweep_name,
             **({tag.CONFIG_FP: config_fp} if config_fp else {}),
@@ -217,9 +214,6 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     """The Tune function trainable (wrapped with tune.with_parameters by the sweep): one run request
     of the trial's config, executed by training.run, reported to Tune each epoch. ``stores`` maps
     each data.path of the sweep to its data as opened, shared through Ray's object store."""
-
-
-
     if not ctx.ray_logs:
         # "Checkpoint successfully created at ..." once per epoch and trial: most of a sweep's terminal.
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

@@ -51,6 +51,7 @@ from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import ARCH_PRESETS, load_config
 from mtlsweep.config.tags import Role
+from mtlsweep.config.yaml_file import load_yaml
 from mtlsweep.data.synthetic import spec_from_dict, write_synthetic, written_with
 from mtlsweep.mlflow_server.compare import collect
 from mtlsweep.mlflow_server.group_compare import (
@@ -97,7 +98,7 @@ class Design:
 
 def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) -> Design:
     """The study's design; a bad knob, arm or key fails here, before any work."""
-    tree = yaml.safe_load(Path(regimes_file).read_text()) or {}
+    tree = load_yaml(Path(regimes_file).read_text(), str(regimes_file)) or {}
     common, regimes = tree.get("common") or {}, tree.get("regimes")
     seeds = tree.get("data_seeds", [common.get("seed", 0)])
     if not isinstance(regimes, dict) or not regimes:
@@ -110,7 +111,7 @@ def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) ->
         merged = {**common, **(k or {})}
         spec_from_dict({**merged, "seed": seeds[0]})
         knobs[str(name)] = merged
-    grid = yaml.safe_load(Path(variants_file).read_text()) or {}
+    grid = load_yaml(Path(variants_file).read_text(), str(variants_file)) or {}
     variants = {str(n): dict(o or {}) for n, o in (grid.get("variants") or {}).items()}
     tune = grid.get("tune") or {}
     every = [*variants, AFFINITY_ARM]
@@ -287,7 +288,6 @@ def replicate_stage(study: Study, regime: str, affinity: dict) -> None:
 
 def table_runs(rows) -> list:
     """The runs a regime's table reads: each arm's chosen run per data set and the baselines."""
-    
     out = [r for r in rows if r.role == Role.BASELINE and r.status == "FINISHED"]
     by_arm: dict[str, list] = {}
     for r in rows:
@@ -474,8 +474,6 @@ def main(argv=None) -> int:
                                    "(the site's docs/results/ground-truth.md)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     a = ap.parse_args(argv)
-
-
 
     design = load_design(Path(a.regimes), Path(a.space), a.quick)
     for r in a.regime or []:

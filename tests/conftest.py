@@ -112,7 +112,7 @@ def ray_cluster(tmp_path_factory):
     from pathlib import Path
 
     bin_dir = Path(sys.executable).parent
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     # The venv first on PATH, as the cluster YAMLs do: job entrypoints say plain `python`.
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -120,6 +120,9 @@ def ray_cluster(tmp_path_factory):
     cmd = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
            "--num-cpus=2", f"--object-store-memory={300 * 1024**2}", "--include-dashboard=true",
            "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--disable-usage-stats",
+           # Not Ray's fixed 52365: an embedded cluster elsewhere on the machine holds it, and the
+           # Jobs API goes through this agent.
+           f"--dashboard-agent-listen-port={agent}",
            f"--temp-dir={temp}"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
     old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}

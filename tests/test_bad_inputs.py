@@ -53,6 +53,8 @@ def home(tmp_path_factory, signal_store_path):
         assert main(["data", "synth", "--out", "synth", "--tasks", "2", "--groups", "1", "--seqs", "200",
                      "--length", "100"]) == 0
         Path("a_file").write_text("not a directory\n")
+        Path("dup.yaml").write_text("data: {path: store.h5}\ntrain: {epochs: 1}\ntrain: {epochs: 2}\n")
+        Path("empty_labels.tsv").write_text("")
         Path("export_me").mkdir()
         # A tracking store with only a `train` run in it.
         assert main(["train", "--config", "run.yaml", "--name", "tracked", "--no-progress", *TINY,
@@ -116,6 +118,20 @@ CASES = [
      "model.arch.preset=basset does not fit"),
     ("sweep-base-trunk-too-long", "sweep --base run.yaml --space basset_space.yaml",
      "the base config's trunk does not fit"),
+    ("sweep-grace-period", "sweep --base run.yaml --space space.yaml --grace-period -1",
+     "--grace-period -1: must be >= 1"),
+    ("sweep-max-failures", "sweep --base run.yaml --space space.yaml --max-failures -2", "--max-failures -2"),
+    ("server-auth-no-credentials", "server start --dir new_server --auth", "MLFLOW_TRACKING_PASSWORD"),
+    ("server-backend-scheme", "server start --dir new_server --backend-uri bogus://x",
+     "--backend-uri bogus://x: use sqlite:///"),
+    ("yaml-duplicate-key", "train --config dup.yaml", "dup.yaml: key 'train' at lines 2 and 3"),
+    ("weighting-one-task", "train --config run.yaml --set schedule.weighting=famo --set data.tasks=[0]",
+     "schedule.weighting=famo: weighs tasks against each other, and this run has one task"),
+    ("export-top-0", "export-best --top 0 --out new_export --tracking-uri sqlite:///mlflow.db", "--top 0: must be >= 1"),
+    ("export-no-store", "export-best --out new_export --tracking-uri sqlite:///nothing.db", "no MLflow store there"),
+    ("compare-no-store", "compare --workspace no_workspace --out new_compare", "no MLflow store there"),
+    ("info-directory", "data info peaks", "peaks: is a directory, not an HDF5 file (and holds no .h5 file)"),
+    ("labels-empty", "data build --labels empty_labels.tsv genome.fa --out new_build", "empty_labels.tsv: is empty"),
     ("synth-avoid-bad", "data synth --out new_synth --tasks 2 --groups 1 --seqs 200 --set avoid_motifs=vertebrates",
      "avoid_motifs='vertebrates' is not allowed"),
 ]
@@ -144,6 +160,19 @@ def test_bad_input_is_one_line_and_writes_nothing(case, home, capsys, monkeypatc
     assert len(lines) == 1 and lines[0].startswith("mtlsweep: error: "), err
     assert expect in lines[0], lines[0]
     assert _snapshot(home) == before          # nothing created, nothing changed
+
+
+def test_refused_resume_creates_no_workspace(home, tmp_path, monkeypatch, capsys):
+    """A refused `train --resume` in a fresh directory leaves it empty: the default tracking
+    store's workspace is made only once the run is accepted."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    cfg = home / "run.yaml"
+    rc = main(["train", "--config", str(cfg), "--resume", str(home / "runs" / "done"), *TINY, "--set", "optim.lr=0.5",
+               "--set", f"data.path={home / 'store.h5'}", "--set", f"train.out_dir={home / 'runs'}",
+               "--set", "tracking.enabled=true"])
+    assert rc == 2 and "--resume with another config: optim.lr" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_resume_continues_and_force_reevaluates(home, tmp_path, monkeypatch, capsys):

@@ -85,6 +85,39 @@ def test_server_away_at_the_end_finishes_locally_and_sync_completes_the_run(kill
     assert not any(spool.glob("pending_*.jsonl"))
 
 
+def test_sigterm_ends_a_train_run_as_killed_and_resume_finishes_it(tiny_config, tmp_path):
+    """`kill` (SIGTERM) of `mtlsweep train` mid-run: exit 143, the MLflow run KILLED (not left
+    RUNNING) with its epochs so far; --resume continues the same run to FINISHED."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "c.yaml").write_text(tiny_config(**{"train.steps_per_epoch": 20}).to_yaml())
+    base = [sys.executable, "-m", "mtlsweep", "train", "--config", str(tmp_path / "c.yaml"), "--no-progress",
+            "--tracking-uri", uri, "--set", f"train.out_dir={tmp_path / 'runs'}", "--set", "train.patience=100"]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(base + ["--name", "t", "--set", "train.epochs=100"], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # Watched through its checkpoint file, not MLflow: a second client creating the store's
+    # tables beside the run's own would race it.
+    last, seen, deadline = tmp_path / "runs" / "t" / "last.pt", set(), time.time() + 180
+    while time.time() < deadline and proc.poll() is None and len(seen) < 2:
+        if last.exists():
+            seen.add(last.stat().st_mtime_ns)
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    err = proc.communicate(timeout=120)[1]
+    client = MlflowClient(uri)
+    assert proc.returncode == 143 and "mtlsweep: terminated" in err and "Traceback" not in err, err
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    done = len(client.get_metric_history(run.info.run_id, "val/auroc_mean"))
+    assert run.info.status == "KILLED" and 2 <= done < 100
+    r = subprocess.run(base + ["--resume", str(tmp_path / "runs" / "t"), "--set", f"train.epochs={done + 2}"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (again,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "val/auroc_mean")]
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    assert steps == list(range(1, done + 3))
+
+
 # ---- sweeps: the driver SIGKILLed at chosen points, then resumed with the same --name ---------
 
 SPACE = {"optim.lr": {"type": "loguniform", "low": 3e-3, "high": 3e-2},
@@ -118,7 +151,7 @@ def _epochs(client, run_id) -> int:
     return len(client.get_metric_history(run_id, "val/auroc_mean"))
 
 
-def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when, n: int = 6):
+def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when, n: int = 6, sig=signal.SIGKILL):
     uri = f"sqlite:///{d / 'ws' / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "mtlsweep.search.sweep", "--base", str(d / "base.yaml"), "--space",
            str(d / "space.yaml"), "--num-samples", str(n), "--max-concurrent", "2", "--name", name,
@@ -131,9 +164,16 @@ def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when,
     while time.time() < deadline and proc.poll() is None and not kill_when(_trials(client, name)):
         time.sleep(0.3)
     assert proc.poll() is None, "the sweep ended before the kill point"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=120)
     before = {r.info.run_id: r for r in _trials(client, name)}
+    if sig == signal.SIGTERM:         # ended, not killed: nothing of it is left RUNNING
+        assert rc == 143
+        exp = client.get_experiment_by_name("faults").experiment_id
+        parent = client.search_runs([exp], f"tags.role = 'sweep' and tags.sweep = '{name}'")[0]
+        assert parent.info.status == "KILLED" and "interrupted" in parent.data.tags
+        assert not [r for r in client.search_runs([exp], "attributes.status = 'RUNNING'")]
+        assert any("interrupted" in r.data.tags and r.info.status == "KILLED" for r in before.values())
     epochs_before = {i: _epochs(client, i) for i in before}
     r = subprocess.run(cmd + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
@@ -173,6 +213,12 @@ def test_kill_right_as_a_trial_finishes(sweep_dir, ray_cluster):
     """Killed the moment a trial's run turns FINISHED: its end is logged, Tune's snapshot may not
     have it yet. The restored sweep must count it once, not train or log it again."""
     _kill_and_resume(sweep_dir, ray_cluster, "at-end", "none", lambda runs: len(_finished(runs)) >= 1)
+
+
+def test_sigterm_mid_trial_closes_runs_as_killed_and_resumes(sweep_dir, ray_cluster):
+    _kill_and_resume(sweep_dir, ray_cluster, "sigterm", "none",
+                     lambda runs: any(r.info.status == "RUNNING" for r in runs) and len(_finished(runs)) >= 1,
+                     n=3, sig=signal.SIGTERM)
 
 
 def test_kill_with_a_pruned_trial_present(sweep_dir, ray_cluster):

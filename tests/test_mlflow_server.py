@@ -103,7 +103,7 @@ def _api(url, auth=None):
         return e.code
 
 
-def test_basic_auth_refuses_anonymous_and_accepts_admin(tmp_path, monkeypatch):
+def test_basic_auth_refuses_anonymous_and_accepts_admin(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
     monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "boss")
     with pytest.raises(server.TrackingError, match="MLFLOW_TRACKING_PASSWORD"):
@@ -123,6 +123,20 @@ def test_basic_auth_refuses_anonymous_and_accepts_admin(tmp_path, monkeypatch):
         from mlflow import MlflowClient  # picks the credentials from the environment
 
         assert MlflowClient(info.url).create_experiment("auth-ok")
+        # Without or with wrong credentials, commands refuse in one line before any work.
+        from mtlsweep.app.cli import main
+        (tmp_path / "run.yaml").write_text(f"data: {{path: {tmp_path / 'none.h5'}}}\n")
+        for password, said in ((None, "are not set"), ("wrong-password-xx", "were refused")):
+            if password is None:
+                monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+            else:
+                monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", password)
+            for argv in (["train", "--config", str(tmp_path / "run.yaml")], ["compare", "--out", str(tmp_path / "c")]):
+                capsys.readouterr()
+                assert main(argv + ["--tracking-uri", info.url]) == 2
+                err = capsys.readouterr().err.strip().splitlines()
+                assert len(err) == 1 and "asks for credentials (HTTP 401)" in err[0] and said in err[0], err
+        assert not (tmp_path / "c").exists()
     finally:
         assert server.stop(tmp_path) is True
     assert not ini.exists() and not (tmp_path / server.PID_FILE).exists()

@@ -400,7 +400,9 @@ def test_flank_negatives_and_peaks_default(tmp_path, fasta):
     L = 200
     base = build_from_peaks(sheet, fasta, tmp_path / "p", seq_len=L)
     assert base.report["negatives"]["method"] == "peaks"
-    res = build_from_peaks(sheet, fasta, tmp_path / "f", seq_len=L, negatives="flank", flank_distance=300)
+    # The toy genome's peaks are dense: about 70 % of their flanks are free of peaks, so fewer are accepted.
+    res = build_from_peaks(sheet, fasta, tmp_path / "f", seq_len=L, negatives="flank", flank_distance=300,
+                           min_negatives=0.5)
     wins = _windows_of(tmp_path / "f", L)
     pos = [w for w, c, y in wins if (y == 1).any()]
     neg = [w for w, c, y in wins if not (y == 1).any()]
@@ -413,6 +415,22 @@ def test_flank_negatives_and_peaks_default(tmp_path, fasta):
         build_from_peaks(sheet, fasta, tmp_path / "x", seq_len=L, negatives="background", max_n_fraction=1.5)
     with pytest.raises(DataError, match="--negative-ratio"):
         build_from_peaks(sheet, fasta, tmp_path / "x", seq_len=L, negatives="background", negative_ratio=0)
+
+
+def test_too_few_negatives_is_an_error_unless_accepted(tmp_path, fasta):
+    """A genome too small for the negatives asked for: refused with nothing written, and accepted
+    (with the shortfall in the report) only when --min-negatives says so."""
+    sheet = _peak_sheet(tmp_path)
+    with pytest.raises(DataError, match=r"--negatives flank: \d+ of the 90 negatives requested.*--min-negatives"):
+        build_from_peaks(sheet, fasta, tmp_path / "few", seq_len=200, negatives="flank", negative_ratio=2)
+    assert not (tmp_path / "few").exists()
+    res = build_from_peaks(sheet, fasta, tmp_path / "few", seq_len=200, negatives="flank", negative_ratio=2,
+                           min_negatives=0)
+    rep = res.report["negatives"]
+    assert 0 < rep["obtained"] < 0.9 * rep["requested"]
+    assert any("negatives found" in w for w in res.report["warnings"])
+    with pytest.raises(DataError, match="--min-negatives 1.5"):
+        build_from_peaks(sheet, fasta, tmp_path / "x", seq_len=200, negatives="background", min_negatives=1.5)
 
 
 # ----------------------------------------------------------------------------- convert, info

@@ -23,6 +23,7 @@ from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.identity import run_identity
 from mtlsweep.config.run import RunConfig
 from mtlsweep.data.errors import DataError
+from mtlsweep.data.label_checks import label_warnings
 from mtlsweep.data.store import Store, batches, open_dataset, to_device
 from mtlsweep.data.synthetic import load_oracle
 from mtlsweep.models import build_model
@@ -167,6 +168,8 @@ class Trainer:
             warnings.warn(f"{cfg.data.path}: {len(left)} task(s) lack positives or negatives among their known "
                           f"train/valid labels and are left out of every mean: {', '.join(left[:5])}"
                           + (", ..." if len(left) > 5 else ""), stacklevel=2)
+        for line in label_warnings(self.store, cfg.data.path):
+            warnings.warn(line, stacklevel=2)
         oracle = load_oracle(cfg.data.path, self.store.fingerprint)
         self.oracle = ({split: {t: per[t] for t in self.tasks if t in per} for split, per in oracle.items()}
                        if oracle else None)

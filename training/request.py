@@ -23,6 +23,7 @@ from typing import Literal, Mapping, Optional, Sequence, Union
 
 import torch
 
+from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.identity import FAMILY_SECTIONS
 from mtlsweep.config.run import RunConfig
 from mtlsweep.data.store import Store, open_dataset
@@ -52,6 +53,9 @@ def resolve(req: RunRequest) -> RunRequest:
         return req
     cfg = req.cfg
     data = (req.data if req.data is not None else open_dataset(cfg.data.path)).select_tasks(cfg.data.tasks)
+    if data.n_tasks == 1 and cfg.schedule.weighting != "equal":
+        raise ConfigError(f"schedule.weighting={cfg.schedule.weighting}: weighs tasks against each other, and this "
+                          f"run has one task ({data.task_names[0]}); use equal, or more data.tasks")
     threads = req.threads or cfg.train.num_threads or torch.get_num_threads()
     over = {"train.num_threads": int(threads)}
     section = FAMILY_SECTIONS.get(cfg.model.family)
