@@ -118,7 +118,7 @@ def demo_results(workspace: Path) -> str:
     failed = [f"- {r['role']} ({r['family']}): {re.sub(r'; finish it: [^;]*', '', r['certificate'])}"
               for r in rows if r.get("certified") == "no"]
     if failed:
-        out += ["", "Not certified:", *failed]
+        out += ["", "Not certified:", "", *failed]
     return "\n".join(out)
 
 

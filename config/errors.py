@@ -73,6 +73,7 @@ def guarded(func, *args) -> int:
     """Run an entry point: user mistakes become one line and exit status 2; bugs keep their traceback;
     SIGINT and SIGTERM end it through KeyboardInterrupt (exit status 130 and 143)."""
     previous = catch_sigterm()
+    _SIGTERM_SEEN.clear()
     try:
         return func(*args) or 0
     except KeyboardInterrupt as exc:
