@@ -274,7 +274,8 @@ class TrainConfig(_Section):
     patience: int = Field(3, ge=1, description="Early stopping: epochs without validation AUROC gain.")
     seed: int = Field(0, ge=0, description="Seed of data order, init and dropout.")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?|auto)$", description="cpu, cuda, cuda:N or auto.")
-    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast (CUDA only).")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="bf16 autocast of the forward pass (CUDA or CPU); "
+                                               "loss, metrics and optimizer state stay fp32.")
     compile: bool = Field(False, description="torch.compile the model.")
     num_threads: Optional[int] = Field(
         None, ge=1, description="CPU threads for torch (null = torch's default; 1 is fastest for small models "
@@ -412,12 +413,7 @@ class RunConfig(_Section):
             raise ValueError(f"schedule.order={self.schedule.order} needs model.sharing.groups")
         if self.schedule.order_by == "baseline_auroc" and not self.schedule.baseline_auroc:
             raise ValueError("schedule.baseline_auroc is required when schedule.order_by is baseline_auroc")
-        if self.precision_needs_cuda():
-            raise ValueError("train.precision=bf16 needs train.device cuda")
         return self
-
-    def precision_needs_cuda(self) -> bool:
-        return self.train.precision == "bf16" and self.train.device == "cpu"
 
     # ---- dotted keys -------------------------------------------------------------------
     def flatten(self) -> dict[str, Any]:

@@ -498,12 +498,19 @@ def to_device(split: SplitArrays, idx, device, dtype: torch.dtype = torch.float3
         x = torch.from_numpy(_expand_np(codes, tracks, _NP_DTYPES[dtype]))
         labels = torch.from_numpy(split.labels[idx])
     else:
-        x = _expand(torch.from_numpy(codes).to(device, non_blocking=True), dtype)
+        # Pinned host pages let the copies overlap the previous step's kernels (non_blocking
+        # is a plain synchronous copy from pageable memory).
+        pin = device.type == "cuda"
+
+        def host(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(a)
+            return t.pin_memory() if pin else t
+        x = _expand(host(codes).to(device, non_blocking=True), dtype)
         if tracks is not None:
-            x = torch.cat([x, torch.from_numpy(tracks).to(device, non_blocking=True).to(dtype)], dim=1)
+            x = torch.cat([x, host(tracks).to(device, non_blocking=True).to(dtype)], dim=1)
         else:
             x = x.contiguous()
-        labels = torch.from_numpy(split.labels[idx]).to(device, non_blocking=True)
+        labels = host(split.labels[idx]).to(device, non_blocking=True)
     mask = labels >= 0
     y = labels.clamp(min=0).to(dtype)
     return x, y, mask

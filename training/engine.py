@@ -253,8 +253,7 @@ class Trainer:
         if self.progress:
             bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch}", leave=False, unit="step",
                        disable=None, mininterval=0.5)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.train.precision == "bf16"
-                    else torch.autocast("cpu", enabled=False))
+        autocast = self._autocast()
         loss_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
         n_known = torch.zeros(len(self.tasks), dtype=torch.float64)
         weight_sum = torch.zeros(len(self.tasks), dtype=torch.float64)
@@ -318,8 +317,15 @@ class Trainer:
         outs = []
         for idx in batches(len(rows), self.cfg.train.eval_batch_size, shuffle=False, rng=None):
             x, _, _ = self._batch(split, rows[idx])
-            outs.append(torch.sigmoid(self.forward(x).float()).cpu().numpy())
+            with self._autocast():
+                logits = self.forward(x)
+            outs.append(torch.sigmoid(logits.float()).cpu().numpy())
         return np.concatenate(outs) if outs else np.zeros((0, len(self.tasks)), np.float32)
+
+    def _autocast(self):
+        """bf16 autocast on the run's device (CUDA or CPU) when train.precision is bf16; the loss,
+        the metrics and the optimizer state stay fp32."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.train.precision == "bf16")
 
     def evaluate(self, split_name: str, rows: Optional[np.ndarray] = None) -> TaskMetrics:
         labels = self.store.splits[split_name].labels
