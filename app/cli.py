@@ -73,9 +73,8 @@ def _warn_about_labels(store_path: Path) -> None:
     """Complementary tasks and tasks too scarce to judge, said when the store is built."""
     import warnings
 
-    from mtlsweep.data.label_checks import label_warnings
-    from mtlsweep.data.store import open_dataset
-    for line in label_warnings(open_dataset(store_path), str(store_path)):
+    from mtlsweep.data.label_checks import file_label_warnings
+    for line in file_label_warnings(store_path):
         warnings.warn(line, stacklevel=2)
 
 

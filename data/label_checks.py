@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mtlsweep.data.store import Store
+from mtlsweep.data.basset_hdf5 import open_h5
+from mtlsweep.data.store import SplitArrays, Store, read_store_meta
 
 # Fewer positives (or negatives) than this in a split make its AUROC for the task mostly noise.
 MIN_TO_JUDGE = 10
@@ -61,3 +62,13 @@ def label_warnings(store: Store, source: str) -> list[str]:
             out.append(f"{source}: {len(few)} task(s) have fewer than {MIN_TO_JUDGE} positives or negatives in "
                        f"{split}, so their {split} AUROC is mostly noise: {shown}")
     return out
+
+
+def file_label_warnings(path) -> list[str]:
+    """label_warnings of a store file, reading its names and labels only (not its sequences)."""
+    with open_h5(path) as f:
+        meta = read_store_meta(f, str(path))
+        splits = {s: SplitArrays(codes=np.empty((0, 0), np.uint8), labels=f[s]["labels"][()])
+                  for s in meta["splits"]}
+    labels_only = Store(meta["task_names"], meta["track_names"], meta["seq_len"], meta["fingerprint"], splits)
+    return label_warnings(labels_only, str(path))
