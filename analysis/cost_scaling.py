@@ -17,10 +17,8 @@ configuration can then hide part of a later peak.
 
 The growth exponent of a family is the least-squares slope of log(time per step) against
 log(T). Hard sharing should stay near 0 (the trunk is shared; only the output layer grows),
-single-task towers near 1.
-
-``time_to_target`` reads a run's learning curve: epochs and seconds until the validation
-AUROC first reaches a target.
+single-task towers near 1. (How long a run took to reach a target AUROC:
+analysis/learning_curves.py.)
 """
 from __future__ import annotations
 
@@ -34,7 +32,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -274,26 +272,6 @@ def cost_scaling(tasks: Sequence[int], families: Sequence[str], *, arch: str = "
         study.mlflow_run_id = publish(f"cost scaling {arch}", kind="cost", tags={"arch": arch}, params=settings,
                                       metrics=metrics, artifacts=study.files)
     return study
-
-
-# ---- learning curves ------------------------------------------------------------------------
-class TimeToTarget(NamedTuple):
-    epochs: float               # NaN when the target was never reached
-    seconds: float
-
-
-def time_to_target(history: Sequence[dict], target: float, metric: str = "val/auroc_mean",
-                   seconds_key: str = "cost/epoch_s") -> TimeToTarget:
-    """Epochs and wall seconds (sum of ``cost/epoch_s`` so far) until ``metric`` first reaches
-    ``target``; history is the per-epoch metrics list of a run (metrics.json "history", or
-    MLflow metric histories merged by step)."""
-    seconds = 0.0
-    for i, h in enumerate(history):
-        seconds += float(h.get(seconds_key, math.nan))
-        v = h.get(metric)
-        if v is not None and math.isfinite(float(v)) and float(v) >= target:
-            return TimeToTarget(float(h.get("epoch", i + 1)), seconds)
-    return TimeToTarget(math.nan, math.nan)
 
 
 if __name__ == "__main__":

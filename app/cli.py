@@ -157,6 +157,7 @@ def _tracking_uri(args) -> str:
 
 def _which_sweep(args, uri: str):
     """--sweep as given; else, unless --all-sweeps, the experiment's latest sweep (said on stderr)."""
+    args.sweep_label = args.sweep or ("all-sweeps" if args.all_sweeps else None)
     if args.sweep or args.all_sweeps:
         return args.sweep
     from mtlsweep.mlflow_server.compare import latest_sweep
@@ -164,7 +165,8 @@ def _which_sweep(args, uri: str):
     if found is None:
         return None
     run_id, name = found
-    print(f"comparing sweep {name} (parent run {run_id[:8]}), the latest of experiment {args.experiment!r}; "
+    args.sweep_label = name
+    print(f"sweep {name} (parent run {run_id[:8]}), the latest of experiment {args.experiment!r}; "
           "--sweep NAME for another, --all-sweeps for every run", file=sys.stderr)
     return run_id
 
@@ -172,6 +174,8 @@ def _which_sweep(args, uri: str):
 def cmd_compare(args) -> int:
     uri = _tracking_uri(args)
     args.sweep = _which_sweep(args, uri)
+    # Where the sweep itself wrote its report: workspace/compare/<sweep>/.
+    args.out = args.out or str(Path(args.workspace) / "compare" / (args.sweep_label or args.experiment))
     if args.group_by:
         return _compare_grouped(args, uri)
     from mtlsweep.mlflow_server.compare import compare
@@ -203,9 +207,13 @@ def cmd_export(args) -> int:
     from mtlsweep.search.export import export_best
     if args.top < 1:
         raise UserError(f"--top {args.top}: must be >= 1 (how many of the best configurations to export)")
-    for p in export_best(_tracking_uri(args), args.experiment, args.out, sweep=args.sweep, metric=args.metric,
-                         top=args.top, force=args.force):
+    uri = _tracking_uri(args)
+    written = export_best(uri, args.experiment, args.out, sweep=_which_sweep(args, uri), metric=args.metric,
+                          top=args.top, force=args.force)
+    for p in written:
         print(p)
+    print(f"{len(written)} config(s) and {Path(args.out) / 'README.md'} (their scores); rerun one with: "
+          f"mtlsweep train --config {written[0]}")
     return 0
 
 
@@ -372,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--all-sweeps", action="store_true", help="compare every run of the experiment")
     cp.add_argument("--metric", default="val/auroc_mean")
     cp.add_argument("--top", type=int, default=5, help="also list the top runs overall")
-    cp.add_argument("--out", default="workspace/compare", help="directory for comparison.csv and comparison.html")
+    cp.add_argument("--out", help="directory for comparison.csv and comparison.html (default: "
+                    "<workspace>/compare/<sweep>, where the sweep wrote its own)")
     cp.add_argument("--group-by", metavar="TAG", help="aggregate repeated runs by this tag (grid sweeps tag `variant`): "
                     "mean ± sd over seeds of ΔAUROC and a paired Wilcoxon test over tasks × seeds")
     cp.add_argument("--split", choices=["val", "test"], default="val", help="with --group-by: which split's AUROC")
@@ -381,7 +390,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export-best", help="write the best trials' configs as YAML that `mtlsweep train` reruns")
     ex.add_argument("--experiment", default="mtlsweep")
-    ex.add_argument("--sweep", help="MLflow run id of a sweep's parent run")
+    ex.add_argument("--sweep", help="a sweep's name or its MLflow parent run id (default: the latest sweep)")
+    ex.add_argument("--all-sweeps", action="store_true", help="the best trials of every sweep of the experiment")
     ex.add_argument("--metric", default="val/auroc_mean")
     ex.add_argument("--top", type=int, default=3)
     ex.add_argument("--out", required=True)

@@ -36,6 +36,15 @@ CONVERGENCE = "convergence"              # why (not), and how to finish it
 RANGES = "search_ranges"                 # JSON: each tuned key's searched range
 INNER_TUNING = "inner_tuning"            # JSON: what a reference family tuned inside its fit
 
+# ---- headline metrics ------------------------------------------------------------------------
+# Short copies of what a run is judged by, logged beside their long names: a runs-table column's
+# header and value fit these (``best/val/auroc_`` and ``0.80141781…`` were cut at any width).
+AUROC = "auroc"                          # best/val/auroc_mean, 4 decimals
+D_AUROC = "d_auroc"                      # best/val/delta_auroc_mean, 4 decimals
+IMPROVED = "improved"                    # best/val/tasks_improved
+CONVERGED_METRIC = "converged"           # the convergence certificate: 1 / 0
+PARAMS = "params"                        # model.n_params
+
 
 class Role:
     TRIAL = "trial"
@@ -53,3 +62,4 @@ TASK_NAMES_FILE = "task_names.json"
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
 PER_TASK_FILE = "per_task.csv"
+PER_TASK_PAGE = "per_task.html"          # the same table as the MLflow UI's artifact view renders it

@@ -406,6 +406,6 @@ def format_labels_report(report: Mapping) -> str:
     lines.extend(format_extras(report))
     rate = f" ({report['rows_per_s']:,.0f} rows/s)" if report.get("rows_per_s") else ""
     lines.append(f"built in {report['seconds']:.1f} s{rate}")
-    lines.extend(f"warning: {w}" for w in report["warnings"])
+    lines.extend(f"mtlsweep: warning: {w}" for w in report["warnings"])
     lines.append("wrote " + ", ".join(report["outputs"].values()))
     return "\n".join(lines)

@@ -20,6 +20,7 @@ from mtlsweep.config import tags as tag
 from mtlsweep.config.tags import Role
 from mtlsweep.data.errors import DataError
 from mtlsweep.mlflow_server.run_logger import get_or_create_experiment, param_value
+from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
 
 
@@ -63,9 +64,9 @@ def log_analysis_run(tracking_uri: str, experiment: str, run_name: str, *, kind:
         for p in artifacts:
             client.log_artifact(rid, str(p))
     except BaseException:
-        client.set_terminated(rid, "FAILED")
+        end_run(client, rid, "FAILED")
         raise
-    client.set_terminated(rid, "FINISHED")
+    end_run(client, rid, "FINISHED")
     return rid
 
 

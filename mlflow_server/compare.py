@@ -3,13 +3,16 @@
 Each run is matched to the single-task baseline with the same baseline fingerprint (data,
 task set, tower shape, budget, seed), recomputed from the run's own params; a run with no
 such baseline is shown without deltas rather than compared with the wrong one.
+
+Where a configuration ran on several seeds (training or data), the table says how far its
+delta moves from seed to seed, so that a gain can be told from seed noise.
+
+The report's plots live in report_html (matplotlib is imported only when one is written); this
+module imports neither torch nor matplotlib, so `mtlsweep compare` starts in about a second.
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
-import io
 import json
 import math
 import os
@@ -25,18 +28,30 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from rich.console import Console
 from rich.table import Table
-from scipy.stats import wilcoxon
 
-from mtlsweep.analysis.cost_scaling import time_to_target
+from mtlsweep.analysis.learning_curves import time_to_target
 from mtlsweep.config import tags as tag
-from mtlsweep.config.identity import FAMILY_LABELS, REFERENCE_FAMILIES, baseline_fingerprint, run_config
+from mtlsweep.config.identity import (
+    FAMILY_LABELS,
+    NOT_IDENTITY,
+    REFERENCE_FAMILIES,
+    baseline_fingerprint,
+    run_config,
+)
 from mtlsweep.config.tags import Role
 from mtlsweep.data.task_keys import sanitize_names
-from mtlsweep.plots import subplots
 from mtlsweep.training.certificates import RULE, TUNING_RULE, tuning_edges
 
 FAMILIES = FAMILY_LABELS
 AUROC_PREFIX = "best/val/auroc/"
+AUPRC_PREFIX = "best/val/auprc/"
+# The per-epoch learning curve every run logs (training's val/auroc_mean, one step per epoch).
+CURVE_METRIC = "val/auroc_mean"
+# What a repeat of a configuration may differ in: its seeds. A data set drawn with another seed is
+# another data.path and data.fingerprint; NOT_IDENTITY keys never change a result.
+SEED_KEYS = ("train.seed", "data.path", "data.fingerprint")
+# The level a p-value is read against, for the note on too few tasks.
+SIGNIFICANCE = 0.05
 
 
 @dataclass
@@ -52,6 +67,7 @@ class RunRow:
     per_task: dict[str, float] = field(default_factory=dict)   # metric key -> best val AUROC
     baseline_fp: Optional[str] = None
     baseline: Optional["RunRow"] = None
+    per_task_auprc: dict[str, float] = field(default_factory=dict)   # metric key -> best val AUPRC (if logged)
 
     def m(self, key: str) -> float:
         return float(self.metrics.get(key, math.nan))
@@ -147,7 +163,7 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
         rows.append(RunRow(
             r.info.run_id, r.info.run_name or r.info.run_id[:8], tags.get(tag.FAMILY, "?"), role, r.info.status,
             dict(r.data.metrics), dict(r.data.params), dict(tags),
-            per_task={k[len(AUROC_PREFIX):]: v for k, v in r.data.metrics.items() if k.startswith(AUROC_PREFIX)}))
+            per_task=_per_task(r.data.metrics, AUROC_PREFIX), per_task_auprc=_per_task(r.data.metrics, AUPRC_PREFIX)))
     by_id, by_fp = {}, {}
     for row in rows:
         if row.role == Role.BASELINE and row.status == "FINISHED":
@@ -170,6 +186,10 @@ def collect(client: MlflowClient, experiment: str, sweep: Optional[str] = None) 
         rows = [r for r in rows if in_sweep(r) or (r.role == Role.BASELINE and any(x.baseline is r for x in rows
                                                                                  if in_sweep(x)))]
     return rows
+
+
+def _per_task(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    return {k[len(prefix):]: v for k, v in metrics.items() if k.startswith(prefix)}
 
 
 def latest_sweep(tracking_uri: str, experiment: str) -> Optional[tuple[str, str]]:
@@ -220,10 +240,56 @@ def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
 
 def wilcoxon_p(d: np.ndarray) -> float:
     """Wilcoxon signed-rank p of paired differences (NaN ignored); NaN when it is undefined."""
+    from scipy.stats import wilcoxon  # half a second of import, paid only when a p-value is computed
     d = d[np.isfinite(d)]
     if len(d) < 2 or not np.any(d != 0):
         return math.nan
     return float(wilcoxon(d).pvalue)
+
+
+def least_p(n: int) -> float:
+    """The smallest two-sided p Wilcoxon's signed-rank test can give with n paired differences:
+    all of one sign, 2 / 2^n (2 tasks: 0.5, 5 tasks: 0.0625)."""
+    return 2.0 / 2.0 ** n
+
+
+def p_floor_note(n: int, what: str = "tasks") -> str:
+    """A sentence when n pairs are too few for the test to ever reach SIGNIFICANCE, else ''."""
+    if n < 1 or least_p(n) <= SIGNIFICANCE:
+        return ""
+    need = math.ceil(math.log2(2 / SIGNIFICANCE))
+    return (f"p ≥ {least_p(n):.3g} is the least possible with {n} {what}: too few for the Wilcoxon test to reach "
+            f"p < {SIGNIFICANCE} (that takes at least {need}), so its p says nothing here")
+
+
+# ---- repeats of a configuration over seeds ----------------------------------------------------
+def config_key(row: RunRow) -> tuple:
+    """A run's configuration without its seeds: runs with equal keys are repeats of one configuration."""
+    params = ((k, v) for k, v in row.params.items() if k not in SEED_KEYS and not k.startswith(NOT_IDENTITY))
+    return row.family, row.role == Role.BASELINE, tuple(sorted(params))
+
+
+def seed_of(row: RunRow) -> tuple:
+    return tuple(row.params.get(k, "") for k in SEED_KEYS)
+
+
+def repeats(row: RunRow, runs: Sequence[RunRow], keys: Optional[dict[str, tuple]] = None) -> list[RunRow]:
+    """``row`` first, then the completed runs of its configuration on other seeds: one per seed,
+    the best on validation where a seed ran more than once. ``keys``: config_key by run id, to
+    reuse."""
+    def key(r):
+        return keys[r.run_id] if keys is not None else config_key(r)
+    mine = key(row)
+    done = [r for r in runs if r is not row and key(r) == mine and r.role != Role.CANDIDATE
+            and (r.status == "FINISHED" if row.role == Role.BASELINE else r.completed)]
+    out = {seed_of(row): row}
+    for r in sorted(done, key=lambda r: -_finite_or(r.m("best/val/auroc_mean"), -math.inf)):
+        out.setdefault(seed_of(r), r)
+    return list(out.values())
+
+
+def _finite_or(x: float, default: float) -> float:
+    return x if math.isfinite(x) else default
 
 
 @dataclass
@@ -250,19 +316,42 @@ class ComparisonRow:
     s_to_target: float = math.nan
     n_params: object = ""
     flops_per_seq: object = ""
+    # The same configuration over its seeds (``repeats``; empty when it ran on one): how many, the
+    # sd of their mean AUROC, and their per-seed mean delta, each seed against its own baseline.
+    seeds: object = ""
+    auroc_seed_sd: float = math.nan
+    delta_seed_mean: float = math.nan
+    delta_seed_sd: float = math.nan
+    delta_seed_min: float = math.nan
+    delta_seed_max: float = math.nan
     baseline: str = ""
     certificate: str = ""
     source: Optional[RunRow] = field(default=None, repr=False)          # the run the line is about
     comparison: Optional["Comparison"] = field(default=None, repr=False)
+    repeats: list[RunRow] = field(default_factory=list, repr=False)     # source first, then its other seeds
+    curves: dict[str, list[dict]] = field(default_factory=dict, repr=False)   # run id -> per-epoch metrics
 
     def values(self) -> dict[str, object]:
         return {c: getattr(self, c) for c in COLUMNS}
 
+    @property
+    def delta_seeds(self) -> str:
+        """The delta over seeds in a few characters: mean ± sd (seeds), or '-' without repeats."""
+        if not math.isfinite(self.delta_seed_mean):
+            return "-"
+        return f"{self.delta_seed_mean:+.3f} ± {self.delta_seed_sd:.3f} ({self.seeds})"
 
-COLUMNS = [f.name for f in fields(ComparisonRow)][:-2]
+    @property
+    def within_seed_noise(self) -> bool:
+        """The per-seed deltas do not agree in sign: this run's delta may be seed luck."""
+        return math.isfinite(self.delta_seed_min) and self.delta_seed_min <= 0 <= self.delta_seed_max
+
+
+_NAMES = [f.name for f in fields(ComparisonRow)]
+COLUMNS = _NAMES[:_NAMES.index("certificate") + 1]
 TEXT_COLUMNS = ["run", "family", "role", "trials", "certified", "auroc_mean", "auprc_mean", "delta_auroc_mean",
-                "wilcoxon_p", "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap", "n_params", "epoch_s",
-                "baseline"]
+                "delta_seeds", "wilcoxon_p", "tasks_improved", "oracle_auroc", "gap_closed", "train_val_gap",
+                "n_params", "epoch_s", "baseline"]
 
 
 def gap_closed(run: float, baseline: float, oracle: float) -> float:
@@ -273,16 +362,43 @@ def gap_closed(run: float, baseline: float, oracle: float) -> float:
     return (run - baseline) / (oracle - baseline)
 
 
-def seconds_to_target(client: MlflowClient, row: RunRow, target: float) -> float:
+def metric_history(client: MlflowClient, run_id: str,
+                   keys: Sequence[str] = (CURVE_METRIC, "cost/epoch_s")) -> list[dict]:
+    """A run's per-epoch metrics ``keys``, merged by step: [{"epoch": e, key: value, ...}, ...]."""
+    hist: dict[int, dict] = {}
+    for key in keys:
+        for m in client.get_metric_history(run_id, key):
+            hist.setdefault(m.step, {"epoch": m.step})[key] = m.value
+    return [hist[k] for k in sorted(hist)]
+
+
+def seconds_to_target(client: MlflowClient, row: RunRow, target: float,
+                      history: Optional[list[dict]] = None) -> float:
     """Training seconds until the run's mean validation AUROC first reached ``target`` (the
-    matched baseline's best), from its learning curve; NaN if it never did."""
+    matched baseline's best), from its learning curve (``history``, else read); NaN if it never did."""
     if not math.isfinite(target):
         return math.nan
-    hist: dict[int, dict] = {}
-    for key in ("val/auroc_mean", "cost/epoch_s"):
-        for m in client.get_metric_history(row.run_id, key):
-            hist.setdefault(m.step, {"epoch": m.step})[key] = m.value
-    return time_to_target([hist[k] for k in sorted(hist)], target).seconds
+    curve = history if history is not None else metric_history(client, row.run_id)
+    return time_to_target(curve, target, CURVE_METRIC).seconds
+
+
+def seed_spread(runs: list[RunRow]) -> dict[str, object]:
+    """The ComparisonRow fields of a configuration's repeats (nothing for a single seed)."""
+    if len(runs) < 2:
+        return {}
+    auroc = np.array([r.m("best/val/auroc_mean") for r in runs])
+    deltas = [c.delta_mean for c in map(compare_to_baseline, runs) if c is not None]
+    d = np.array([x for x in deltas if math.isfinite(x)])
+    out: dict[str, object] = {"seeds": len(runs), "auroc_seed_sd": _sd(auroc)}
+    if len(d) >= 2:
+        out.update(delta_seed_mean=float(d.mean()), delta_seed_sd=_sd(d), delta_seed_min=float(d.min()),
+                   delta_seed_max=float(d.max()))
+    return out
+
+
+def _sd(x: np.ndarray) -> float:
+    x = x[np.isfinite(x)]
+    return float(x.std(ddof=1)) if len(x) > 1 else math.nan
 
 
 def _trials(runs: list[RunRow]) -> str:
@@ -318,9 +434,12 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
                    default=None)
         if best is not None:
             chosen.append(("baseline", best, ""))
-    for r in certified[:top]:
-        if all(r is not c for _, c, _ in chosen):
-            chosen.append(("top", r, ""))
+    keys = {r.run_id: config_key(r) for r in rows}
+    # A top run that repeats a chosen configuration on another seed is counted in its seeds instead.
+    shown = {keys[c.run_id] for _, c, _ in chosen if c is not None}
+    for r in [r for r in certified if keys[r.run_id] not in shown][:top]:
+        chosen.append(("top", r, ""))
+        shown.add(keys[r.run_id])
     for _, r, _ in list(chosen):
         if r is not None and r.baseline is not None and all(r.baseline is not c for _, c, _ in chosen):
             chosen.insert(0, ("baseline", r.baseline, ""))
@@ -334,6 +453,13 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
         ok, why = r.certificate()
         base = r.baseline
         oracle = r.m("oracle/val/auroc_mean")
+        reps = repeats(r, rows, keys)
+        curves = {}
+        if client is not None:     # the learning curves of the run and its seeds, for the report
+            curves = {x.run_id: metric_history(client, x.run_id, (CURVE_METRIC,) if x is not r else
+                                               (CURVE_METRIC, "cost/epoch_s")) for x in reps}
+        target = base.m("best/val/auroc_mean") if base else \
+            (r.m("best/val/auroc_mean") if r.role == Role.BASELINE else math.nan)
         out.append(ComparisonRow(
             run=r.name.rsplit("/", 1)[-1], family=r.family, role=label, trials=trials,
             certified="yes" if ok else "no",
@@ -345,12 +471,11 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
             gap_closed=gap_closed(r.m("best/val/auroc_mean"), base.m("best/val/auroc_mean"), oracle)
             if base is not None else math.nan,
             train_val_gap=r.m("best/gap/auroc"), epoch_s=r.m("cost/epoch_s"), samples_per_s=r.m("cost/samples_per_s"),
-            s_to_target=seconds_to_target(client, r, base.m("best/val/auroc_mean") if base
-                                          else (r.m("best/val/auroc_mean") if r.role == Role.BASELINE else math.nan))
-            if client is not None else math.nan,
+            s_to_target=seconds_to_target(client, r, target, curves[r.run_id]) if client is not None else math.nan,
             n_params=_int(r.params.get("model.n_params")), flops_per_seq=_int(r.params.get("model.flops_per_sample")),
             baseline=base.name if base else ("-" if r.role == Role.BASELINE else "no matching baseline"),
-            certificate=why or "converged; every tuned value interior", source=r, comparison=c))
+            certificate=why or "converged; every tuned value interior", source=r, comparison=c,
+            repeats=reps, curves=curves, **seed_spread(reps)))
     return out
 
 
@@ -368,7 +493,10 @@ def caption(rows: list[ComparisonRow]) -> str:
     lines = ["Validation AUROC at each run's best epoch; delta against the single-task baseline each run was "
              "compared with; p: Wilcoxon signed-rank over tasks; better: tasks improved.",
              "Best of a family: its best certified trial, else its best completed one marked uncertified (trials: "
-             "completed/all); pruned trials are never best."]
+             "completed/all); pruned trials are never best; top: the best other configurations."]
+    lines += seed_lines(rows)
+    lines += sorted({f"{p_floor_note(n)}." for n in {r.tasks_total for r in rows if isinstance(r.tasks_total, int)}
+                     if p_floor_note(n)})
     if protocols:
         lines.append("Baseline: " + "; ".join(protocols) + ".")
     lines.append(f"Certified (cert.): {RULE}, and {TUNING_RULE}. An uncertified run is shown, never ranked; "
@@ -379,6 +507,21 @@ def caption(rows: list[ComparisonRow]) -> str:
                      "share of the baseline's gap to it that a run closes; train-val (train_val_gap): train minus "
                      "valid AUROC (overfitting).")
     return "\n".join(lines)
+
+
+def seed_lines(rows: list[ComparisonRow]) -> list[str]:
+    """What the seed columns are, which deltas the seeds do not confirm, or that no seed was repeated."""
+    compared = [r for r in rows if r.comparison is not None and r.role != Role.BASELINE]
+    if not compared:
+        return []
+    if not any(math.isfinite(r.delta_seed_mean) for r in compared):
+        return ["Seeds: no configuration here ran on more than one seed, so how much its delta moves from seed to "
+                "seed is unknown; a small delta may be seed noise (repeat a configuration over train.seed to see)."]
+    out = ["Δ seeds (delta_seed_*): the same configuration (params equal but for train.seed and the data's seed) over "
+           "its seeds, each against its own baseline: mean ± sd of the per-seed ΔAUROC (seeds)."]
+    out += [f"  within seed noise, {r.role} {r.run}: ΔAUROC {r.delta_auroc_mean:+.4f}, but over {r.seeds} seeds it "
+            f"ranges {r.delta_seed_min:+.4f} to {r.delta_seed_max:+.4f}" for r in compared if r.within_seed_noise]
+    return out
 
 
 def _fmt(v) -> str:
@@ -431,11 +574,12 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
 
 # Short headers for the terminal (the CSV and HTML keep the column names); the caption says what they are.
 TEXT_LABELS = {"auroc_mean": "AUROC", "auprc_mean": "AUPRC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p",
+               "delta_seeds": "Δ seeds",
                "tasks_improved": "better", "n_params": "params", "certified": "cert.",
                "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch"}
 # Columns the text table leaves out first when the terminal is narrow (all are in comparison.csv).
 OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_auroc", "auprc_mean", "baseline",
-                 "family", "role", "n_params")     # a best run's role names its family
+                 "family", "n_params", "role", "delta_seeds")     # a best run's role names its family
 
 
 def render_text(rows: list[ComparisonRow], width: Optional[int] = None) -> str:
@@ -453,106 +597,6 @@ def write_csv(rows: list[ComparisonRow], path: Path) -> Path:
     return path
 
 
-def _png_b64(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    return base64.b64encode(buf.getvalue()).decode()
-
-
-@dataclass
-class Figure:
-    name: str           # file-like key (also the MLflow artifact name)
-    png: str            # base64
-    caption: str        # what the plot shows, in a sentence
-    detail: str = ""    # optional HTML shown under it (a per-task table)
-
-
-def _auroc_limits(*arrays: np.ndarray) -> tuple[float, float]:
-    vals = np.concatenate([a[np.isfinite(a)] for a in arrays]) if arrays else np.array([])
-    if not len(vals):
-        return 0.0, 1.0
-    return max(0.0, float(vals.min()) - 0.02), min(1.0, float(vals.max()) + 0.02)
-
-
-# Tasks named on a per-task scatter: the most improved and the most worsened.
-LABELLED_TASKS = 3
-
-
-def figures(rows: list[ComparisonRow], all_runs: list[RunRow]) -> list[Figure]:
-    out = []
-    fig, ax = subplots(figsize=(6, 4.2))
-    palette = ("tab:gray", "tab:blue", "tab:orange", "tab:red", "tab:green", "tab:purple", "tab:brown", "tab:olive",
-               "tab:pink", "tab:cyan")
-    colors = {fam: palette[i % len(palette)] for i, fam in enumerate(FAMILIES)}
-    for fam in FAMILIES:
-        pts = [(r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs if r.family == fam]
-        pts = [p for p in pts if all(map(math.isfinite, p))]
-        if pts:
-            x, y = zip(*pts)
-            ax.scatter(x, y, label=fam, c=colors[fam], s=22)
-    pts = sorted((r.m("cost/epoch_s"), r.m("best/val/auroc_mean")) for r in all_runs
-                 if math.isfinite(r.m("cost/epoch_s")) and math.isfinite(r.m("best/val/auroc_mean")))
-    front, best = [], -math.inf
-    for x, y in pts:
-        if y > best:
-            front.append((x, y))
-            best = y
-    if front:
-        ax.step(*zip(*front), where="post", c="k", lw=1, label="Pareto front")
-    ax.set_ylim(*_auroc_limits(np.array([p[1] for p in pts], dtype=float)))
-    ax.set_xlabel("epoch time (s)"); ax.set_ylabel("best validation AUROC (mean over tasks)")
-    ax.legend(fontsize=7, loc="best"); ax.set_title("accuracy against cost")
-    out.append(Figure("pareto.png", _png_b64(fig),
-                      "Accuracy against cost: every run's best validation AUROC (mean over tasks) against its "
-                      "seconds per epoch, coloured by family; the line is the Pareto front (no run is both faster "
-                      "and better than a point on it)."))
-    for r in rows:
-        c = r.comparison
-        if c is None or r.role == Role.BASELINE:
-            continue
-        row = r.source
-        base = np.array([row.baseline.per_task[k] for k in c.keys])
-        run = np.array([row.per_task[k] for k in c.keys])
-        names = [row.task_names.get(k, k) for k in c.keys]
-        fig, ax = subplots(figsize=(4.6, 4.4))
-        better = run > base
-        ax.scatter(base[~better], run[~better], c="tab:red", s=14)
-        ax.scatter(base[better], run[better], c="tab:green", s=14)
-        lo, hi = _auroc_limits(base, run)
-        ax.plot([lo, hi], [lo, hi], "k--", lw=1)
-        ax.set_xlim(lo, hi); ax.set_ylim(lo, hi)
-        d = run - base
-        order = [i for i in np.argsort(d) if np.isfinite(d[i])]
-        for i in {*order[:LABELLED_TASKS], *order[-LABELLED_TASKS:]}:
-            ax.annotate(names[i], (base[i], run[i]), fontsize=6, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("single-task baseline AUROC"); ax.set_ylabel(f"{row.family} AUROC")
-        ax.set_title(f"{row.name}: {c.improved}/{c.compared} tasks improved", fontsize=9)
-        detail = ("<details><summary>per-task AUROC</summary><table><tr><th>task</th><th>baseline</th>"
-                  f"<th>{html.escape(row.family)}</th><th>delta</th></tr>" + "".join(
-                      f"<tr><td>{html.escape(names[i])}</td><td>{_fmt(float(base[i]))}</td><td>{_fmt(float(run[i]))}"
-                      f"</td><td>{_fmt(float(d[i]))}</td></tr>" for i in order[::-1]) + "</table></details>")
-        out.append(Figure(f"scatter_{row.family}_{row.run_id[:8]}.png", _png_b64(fig),
-                          f"{r.role} ({row.name}) against its single-task baseline, one point per task (validation "
-                          "AUROC at the best epoch): above the diagonal (green) the task gained, below it (red) it "
-                          f"did not; the {LABELLED_TASKS} most improved and most worsened tasks are named.", detail))
-    return out
-
-
-def write_html(rows: list[ComparisonRow], figs: list[Figure], path: Path, title: str) -> Path:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(v))}</td>" for v in r.values().values()) + "</tr>"
-                   for r in rows)
-    imgs = "".join(f'<figure><img src="data:image/png;base64,{f.png}" alt="{html.escape(f.name)}">'
-                   f"<figcaption>{html.escape(f.caption)}</figcaption>{f.detail}</figure>" for f in figs)
-    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
-padding:3px 6px;font-size:12px;text-align:right}}figure{{display:inline-block;vertical-align:top;margin:8px;
-max-width:480px}}figure img{{max-width:100%;height:auto}}figcaption{{font-size:12px;color:#333}}</style></head><body>
-<h1>{html.escape(title)}</h1><p>{"<br>".join(html.escape(line) for line in caption(rows).splitlines())}</p>
-<div style="overflow-x:auto"><table><tr>{head}</tr>{body}</table></div>{imgs}</body></html>""")
-    return path
-
-
 def report_title(client: MlflowClient, experiment: str, sweep: Optional[str]) -> str:
     """The report's title: the sweep's name when it is one sweep's, else the experiment's."""
     if sweep:
@@ -565,10 +609,10 @@ def report_title(client: MlflowClient, experiment: str, sweep: Optional[str]) ->
 
 def write_report(rows: list[ComparisonRow], runs: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
     """comparison.csv and comparison.html (table, captioned plots) in ``out_dir``."""
+    from mtlsweep.mlflow_server.report_html import write_html  # matplotlib: only when a report is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return (write_csv(rows, out_dir / "comparison.csv"),
-            write_html(rows, figures(rows, runs), out_dir / "comparison.html", title))
+    return write_csv(rows, out_dir / "comparison.csv"), write_html(rows, runs, out_dir / "comparison.html", title)
 
 
 def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, metric: str = "val/auroc_mean",

@@ -46,6 +46,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
 from mtlsweep.data.errors import DataError
+from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.mlflow_server.server import TrackingError, check_reachable
 
 _log = logging.getLogger(__name__)
@@ -541,8 +542,7 @@ def _sync_run_ends(spool_dir: Path, tracking_uri: str | None) -> int:
     clients = _Clients()
     n = 0
     for name, send in ((PENDING_ARTIFACTS, lambda c, e: c.log_artifact(e["run_id"], e["path"])),
-                       (PENDING_STATUS, lambda c, e: c.set_terminated(e["run_id"], e["status"],
-                                                                       end_time=e.get("end_time")))):
+                       (PENDING_STATUS, lambda c, e: end_run(c, e["run_id"], e["status"], end_time=e.get("end_time")))):
         path = spool_dir / name
         entries = _read_jsonl(path)
         left = []

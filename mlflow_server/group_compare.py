@@ -21,7 +21,7 @@ import numpy as np
 
 from mtlsweep.config import tags as tag
 from mtlsweep.config.tags import Role
-from mtlsweep.mlflow_server.compare import RunRow, gap_closed, rich_table, wilcoxon_p
+from mtlsweep.mlflow_server.compare import RunRow, gap_closed, p_floor_note, rich_table, wilcoxon_p
 
 SPLITS = {"val": "best/val/auroc/", "test": "test/auroc/"}
 SUMMARY = {"val": "best/val/auroc_mean", "test": "test/auroc_mean"}
@@ -202,7 +202,9 @@ def render_text(groups: list[Group], title: str, width: Optional[int] = None) ->
     text = rich_table(title, COLUMNS, [[str(r[c]) for c in COLUMNS] for r in rows], ("group", "family", "certified"),
                       width, ("epoch_s", "flops", "runs", "train_val_gap", "gap_closed", "oracle", "params"))
     return text + "".join(f"  not certified, {g.name}: {'; '.join(g.certificate()[1])}\n" for g in groups
-                          if not g.certificate()[0])
+                          if not g.certificate()[0]) \
+        + "".join(f"  {g.name}: {p_floor_note(g.pairs.size, '(task, seed) pairs')}.\n" for g in groups
+                  if p_floor_note(g.pairs.size))
 
 
 def write_csv(groups: list[Group], path: Path) -> Path:

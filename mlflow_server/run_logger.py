@@ -3,9 +3,11 @@ the single-task baseline, artifacts and plots. Plugs into training/ as a Callbac
 from __future__ import annotations
 
 import csv
+import html
 import json
 import math
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,7 +23,7 @@ from mtlsweep.config.run import RunConfig
 from mtlsweep.config.tags import Role
 from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.mlflow_server.fast_logger import PENDING_ARTIFACTS, PENDING_STATUS, FastLogger, strip_userinfo
-from mtlsweep.mlflow_server.runs_view import ensure_view
+from mtlsweep.mlflow_server.runs_view import end_run, ensure_view
 from mtlsweep.mlflow_server.server import check_reachable, redact_uri, sqlite_path
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.training.metrics import baseline_array
@@ -54,8 +56,30 @@ def oracle_metrics(oracle: Optional[dict], tasks: list[str]) -> dict[str, float]
     return out
 
 
-# The experiment type MLflow 3's UI reads: model training, not its GenAI view.
+# The experiment type MLflow 3 records: model training, not GenAI. (3.17's UI takes its side from
+# the link's workflowType instead: runs_view.) Kinds a person may have chosen are kept.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+TRAINING_KINDS = {"custom_model_development", "finetuning", "forecasting", "classification", "regression", "automl"}
+# The headline metrics (config/tags.py) of a best epoch: long name -> (short name, decimals kept);
+# converged and params are logged at a run's end and start.
+HEADLINE = {"best/val/auroc_mean": (tag.AUROC, 4), "best/val/delta_auroc_mean": (tag.D_AUROC, 4),
+            "best/val/tasks_improved": (tag.IMPROVED, None)}
+
+
+def headline(metrics: dict[str, float]) -> dict[str, float]:
+    """Short copies of a best epoch's metrics, rounded so that a runs-table column shows them whole."""
+    return {short: round(metrics[k], nd) if nd else metrics[k] for k, (short, nd) in HEADLINE.items()
+            if k in metrics and math.isfinite(metrics[k])}
+
+
+def display_name(family: str, arm: Optional[str], given: Optional[str]) -> str:
+    """``<family>-<arm>-<id>``: what the MLflow UI, `mtlsweep compare` and the sweep's report call a
+    run. The id is the caller's name for it less any ``<sweep>/`` (a trial's Tune id, a baseline's
+    fingerprint, a `train` run's directory), else a random one; a part the id already says (`train
+    --name hard` of the hard family) is not said twice."""
+    ident = (given or "").rsplit("/", 1)[-1] or uuid.uuid4().hex[:8]
+    words = ident.split("-")
+    return "-".join([*(p for p in dict.fromkeys((family, arm)) if p and p not in words), ident])
 
 
 def artifact_location(uri: str) -> Optional[str]:
@@ -71,7 +95,7 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
     if exp is not None:
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
-        if not exp.tags.get("mlflow.experimentKind"):
+        if exp.tags.get("mlflow.experimentKind") not in TRAINING_KINDS:
             for k, v in EXPERIMENT_KIND.items():
                 client.set_experiment_tag(exp.experiment_id, k, v)
         exp_id = exp.experiment_id
@@ -86,6 +110,68 @@ def get_or_create_experiment(client: MlflowClient, name: str) -> str:
             exp_id = exp.experiment_id
     ensure_view(client, exp_id)
     return exp_id
+
+
+# per_task.csv's columns: what a person compares first, then the rest. MLflow's artifact view shows a
+# .csv as a table and a .html page rendered; per_task.html is the same table rounded, best delta first.
+PER_TASK_COLUMNS = ("task", "val_auroc", "baseline_val_auroc", "delta_val_auroc", "val_auprc", "test_auroc",
+                    "val_n_pos", "val_n_neg", "key")
+PAGE_COLUMNS = {"task": "task", "val_auroc": "AUROC", "baseline_val_auroc": "baseline AUROC",
+                "delta_val_auroc": "delta", "val_auprc": "AUPRC", "test_auroc": "test AUROC"}
+
+
+def per_task_rows(tasks: list[str], keys: dict[str, str], val, test, base: Optional[np.ndarray]) -> list[dict]:
+    """One row per task (PER_TASK_COLUMNS): validation AUROC against the baseline's, AUPRC, test AUROC."""
+    rows = []
+    for i, t in enumerate(tasks):
+        b = float(base[i]) if base is not None else math.nan
+        rows.append({"task": t, "val_auroc": float(val.auroc[i]), "baseline_val_auroc": b,
+                     "delta_val_auroc": float(val.auroc[i]) - b, "val_auprc": float(val.auprc[i]),
+                     "test_auroc": float(test.auroc[i]) if test is not None else math.nan,
+                     "val_n_pos": int(val.n_pos[i]), "val_n_neg": int(val.n_neg[i]), "key": keys[t]})
+    return rows
+
+
+def write_per_task_csv(rows: list[dict], path: Path) -> Path:
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PER_TASK_COLUMNS)
+        w.writeheader()
+        w.writerows({k: f"{v:.6f}" if isinstance(v, float) else v for k, v in r.items()} for r in rows)
+    return path
+
+
+def write_per_task_page(rows: list[dict], path: Path, title: str) -> Path:
+    """per_task.csv as a page: the mean over tasks, tasks improved, then the tasks by delta (the
+    MLflow UI shows it in the run's artifact view; no script, one inline style)."""
+    def mean(col):
+        vals = [r[col] for r in rows if math.isfinite(r[col])]
+        return float(np.mean(vals)) if vals else math.nan
+    cols = [c for c in PAGE_COLUMNS if c == "task" or any(math.isfinite(r[c]) for r in rows)]
+    has_base = "delta_val_auroc" in cols
+    ordered = sorted(rows, key=lambda r: -np.nan_to_num(r["delta_val_auroc"], nan=-np.inf)) if has_base else rows
+
+    def cell(r, c):
+        v = r[c]
+        if c == "task":
+            return f"<td>{html.escape(v)}</td>"
+        if not math.isfinite(v):
+            return "<td>-</td>"
+        if c == "delta_val_auroc":
+            return f'<td class="{"up" if v > 0 else "down" if v < 0 else ""}">{v:+.4f}</td>'
+        return f"<td>{v:.4f}</td>"
+    summary = f"mean AUROC {mean('val_auroc'):.4f} over {len(rows)} tasks"
+    if has_base:
+        improved = sum(r["delta_val_auroc"] > 0 for r in rows)
+        summary += (f"; baseline {mean('baseline_val_auroc'):.4f}, delta {mean('delta_val_auroc'):+.4f}; "
+                    f"{improved}/{len(rows)} tasks improved (sorted by delta)")
+    head = "".join(f"<th>{PAGE_COLUMNS[c]}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(cell(r, c) for c in cols) + "</tr>" for r in ordered)
+    path.write_text(
+        "<!doctype html><meta charset=utf-8><style>body{font:13px sans-serif;margin:8px}"
+        "table{border-collapse:collapse}th,td{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}"
+        "th:first-child,td:first-child{text-align:left}.up{color:#1a7f37}.down{color:#c62828}</style>"
+        f"<h3>{html.escape(title)}</h3><p>{html.escape(summary)}</p><table><tr>{head}</tr>{body}</table>\n")
+    return path
 
 
 def param_value(v: Any) -> str:
@@ -121,13 +207,16 @@ class MlflowRunLogger(Callback):
         self.new_epochs = 0              # epochs this process trained and logged (a resumed run's new ones)
         self.continued = run_id is not None
         if run_id is None:
-            run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
-            run_id = run.info.run_id
+            arm = all_tags.get(tag.ARM) or all_tags.get(tag.VARIANT)
+            all_tags[tag.RUN_NAME] = display_name(all_tags[tag.FAMILY], arm, run_name or all_tags.get(tag.RUN_NAME))
+            run = self.client.create_run(self.experiment_id, tags=all_tags)
         else:
             self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, "val/auroc_mean")}
-            if self.client.get_run(run_id).info.status != "RUNNING":      # a killed run resumed: running again
+            run = self.client.get_run(run_id)
+            if run.info.status != "RUNNING":      # a killed run resumed: running again
                 self.client.update_run(run_id, status="RUNNING")
-        self.run_id = run_id
+        self.run_id = run.info.run_id
+        self.name = run.info.run_name
         self.tags = all_tags
         self.spool_dir = Path(spool_dir) if spool_dir else None
         self.logger: Optional[FastLogger] = None
@@ -170,8 +259,8 @@ class MlflowRunLogger(Callback):
             tags[tag.INNER_TUNING] = json.dumps(info.family["tuned"])
         log.set_tags(tags)
         ceiling = oracle_metrics(info.oracle, self.tasks)
-        if ceiling and not self.logged_epochs:      # a continued run logged them when it began
-            log.log_metrics(self._rename(ceiling), step=0)
+        if not self.logged_epochs:      # a continued run logged them when it began
+            log.log_metrics({tag.PARAMS: float(info.n_params), **self._rename(ceiling)}, step=0)
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
         (run_dir / tag.RUN_ID_FILE).write_text(self.run_id)
@@ -192,6 +281,7 @@ class MlflowRunLogger(Callback):
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
             m.update({f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)})
             m["best/epoch"] = float(report.epoch)
+            m = {**headline(m), **m}        # first in the batch: a run page lists metrics as first logged
         self._fast(Path(".")).log_metrics(self._rename(m), step=report.epoch)
 
     def _rename(self, metrics: dict[str, float]) -> dict[str, float]:
@@ -209,7 +299,7 @@ class MlflowRunLogger(Callback):
         log = self._fast(result.run_dir)
         final = dict(result.test_summary)
         if result.convergence is not None:
-            final["cert/converged"] = float(result.convergence.converged)
+            final["cert/converged"] = final[tag.CONVERGED_METRIC] = float(result.convergence.converged)
             log.set_tags({tag.CONVERGED: "yes" if result.convergence.converged else "no",
                           tag.CONVERGENCE: result.convergence.detail[:5000]})
         if not self._already_tested():
@@ -218,7 +308,7 @@ class MlflowRunLogger(Callback):
         self.log_artifacts(self._result_files(result, self.baseline))
         log.close()
         try:
-            self.client.set_terminated(self.run_id, "FINISHED")
+            self._end("FINISHED")
         except Exception as exc:  # noqa: BLE001 - any transport failure: the run finished here all the same
             self._spool_status("FINISHED", exc)
 
@@ -247,17 +337,9 @@ class MlflowRunLogger(Callback):
         d = Path(result.run_dir) / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
         files = [Path(result.run_dir) / "metrics.json"]
-        table = d / "per_task.csv"
-        with open(table, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["task", "key", "val_auroc", "val_auprc", "baseline_val_auroc", "delta_val_auroc",
-                        "test_auroc", "val_n_pos", "val_n_neg"])
-            for i, t in enumerate(self.tasks):
-                b = base[i] if base is not None else math.nan
-                w.writerow([t, self.keys[t], result.val.auroc[i], result.val.auprc[i], b, result.val.auroc[i] - b,
-                            result.test.auroc[i] if result.test is not None else math.nan,
-                            int(result.val.n_pos[i]), int(result.val.n_neg[i])])
-        files.append(table)
+        rows = per_task_rows(self.tasks, self.keys, result.val, result.test, base)
+        files += [write_per_task_csv(rows, d / tag.PER_TASK_FILE),
+                  write_per_task_page(rows, d / tag.PER_TASK_PAGE, f"{self.name}: validation AUROC per task")]
         if "learning_curves" in self.plots:
             files.append(plots.learning_curves(result.history, d / "learning_curves.png",
                                                title=self.tags.get(tag.FAMILY, "")))
@@ -302,7 +384,7 @@ class MlflowRunLogger(Callback):
             if self.logger is not None:
                 self.logger.set_tags({tag.STOPPED_EARLY: "scheduler"})
                 self.logger.close()
-            self.client.set_terminated(self.run_id, "FINISHED")
+            self._end("FINISHED")
         except Exception:  # noqa: BLE001 - the driver closes leftover runs after the sweep
             pass
 
@@ -313,6 +395,9 @@ class MlflowRunLogger(Callback):
             except Exception:  # noqa: BLE001 - the run already failed; keep the first error
                 pass
         try:
-            self.client.set_terminated(self.run_id, status)
+            self._end(status)
         except Exception:  # noqa: BLE001
             pass
+
+    def _end(self, status: str) -> None:
+        end_run(self.client, self.run_id, status, name=self.name, experiment_id=self.experiment_id)

@@ -1,4 +1,8 @@
-"""Plots people would rather see than read; each returns the PNG path it wrote."""
+"""Plots people would rather see than read; each returns the PNG path it wrote (or the figure).
+
+matplotlib is imported by the first plot, not with this module: a command that only reads
+numbers (``mtlsweep compare`` without a report) never pays for it.
+"""
 from __future__ import annotations
 
 import math
@@ -6,13 +10,13 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
-from matplotlib.figure import Figure
 
 
-def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, **kw):
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize=None, layout: Optional[str] = None, **kw):
     """(figure, axes) like pyplot.subplots, without pyplot: no global state and no GUI backend,
     so plots render anywhere (a Tune trial's thread, a cluster node, CI) and need no closing."""
-    fig = Figure(figsize=figsize)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=figsize, layout=layout)
     return fig, fig.subplots(nrows, ncols, **kw)
 
 
@@ -83,3 +87,66 @@ def heatmap(mat: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Pat
     ax.set_xlabel(xlabel); ax.set_ylabel(ylabel); ax.set_title(title)
     fig.colorbar(im, ax=ax)
     return save_figure(fig, path)
+
+
+def cluster_order(mat: np.ndarray) -> np.ndarray:
+    """An order of the rows of ``mat`` that puts rows with similar profiles next to each other: the
+    leaves of average-linkage clustering (Euclidean, optimal leaf order; NaN counts as 0)."""
+    n = mat.shape[0]
+    if n < 3:
+        return np.arange(n)
+    from scipy.cluster.hierarchy import leaves_list, linkage
+    z = linkage(np.nan_to_num(np.asarray(mat, dtype=np.float64), nan=0.0), method="average", metric="euclidean",
+                optimal_ordering=True)
+    return leaves_list(z)
+
+
+# A tall heatmap: inches per row, and the cap on the figure's height (one row per task).
+ROW_IN, MAX_HEIGHT_IN = 0.11, 20.0
+# Row labels smaller than this many points are thinned (every k-th row named) rather than shrunk further.
+MIN_LABEL_PT = 5.5
+
+
+def symmetric_limit(mat: np.ndarray, q: float = 98.0) -> float:
+    """A colour range ±limit shared by every cell of ``mat``: the q-th percentile of |value| (one
+    outlier does not wash out the rest; the colour bar's arrows mark what lies beyond)."""
+    vals = np.abs(mat[np.isfinite(mat)])
+    lim = float(np.percentile(vals, q)) if vals.size else 0.0
+    return lim if lim > 0 else 0.01
+
+
+def row_heatmaps(panels: Sequence[tuple[str, np.ndarray]], rows: Sequence[str], cols: Sequence[str],
+                 row_label: str, col_label: str, title: str = ""):
+    """Side-by-side heatmaps sharing their rows (one panel per (colour-bar label, matrix rows x
+    cols)), diverging colours centred at 0 with a symmetric range per panel, missing cells grey.
+    The height grows with the rows up to MAX_HEIGHT_IN; row labels shrink, then thin. Returns the
+    figure."""
+    n = len(rows)
+    height = min(MAX_HEIGHT_IN, max(3.5, ROW_IN * n + 2.5))
+    width = 2.2 + len(panels) * (0.55 * len(cols) + 1.4)
+    fig, axes = subplots(1, len(panels), figsize=(width, height), layout="constrained", sharey=True,
+                         squeeze=False)
+    row_pt = (height - 2.5) * 72 / max(n, 1)            # the points one row gets
+    step = 1 if row_pt >= MIN_LABEL_PT else math.ceil(MIN_LABEL_PT / row_pt)
+    for ax, (label, mat) in zip(axes[0], panels):
+        lim = symmetric_limit(mat)
+        im = ax.imshow(np.ma.masked_invalid(mat), aspect="auto", cmap="RdBu_r", vmin=-lim, vmax=lim,
+                       interpolation="nearest")
+        ax.set_facecolor("0.85")                          # masked (missing) cells
+        ax.set_xticks(range(len(cols)), cols, fontsize=7)
+        ax.tick_params(top=True, labeltop=True)        # named at both ends of a tall figure
+        for tick in ax.xaxis.get_major_ticks():         # slanted away from the cells, above and below
+            tick.label1.set(rotation=35, ha="right", va="top", rotation_mode="anchor")
+            tick.label2.set(rotation=35, ha="left", va="bottom", rotation_mode="anchor")
+        ax.xaxis.set_label_position("top")
+        ax.set_xlabel(col_label)
+        # A colour bar at the top of the panel's side: a tall figure's reader sees it first.
+        fig.colorbar(im, ax=ax, label=label, extend="both", shrink=min(1.0, 4.0 / height), anchor=(0.0, 1.0),
+                     panchor=(1.0, 1.0), aspect=15)
+    first = axes[0][0]
+    first.set_yticks(range(0, n, step), [rows[i] for i in range(0, n, step)],
+                     fontsize=max(MIN_LABEL_PT, min(7.0, 0.8 * row_pt)))
+    first.set_ylabel(row_label + (f" (one in {step} named)" if step > 1 else ""))
+    if title:
+        fig.suptitle(title)
+    return fig

@@ -16,6 +16,7 @@ identity, so a rerun or a resumed sweep trains nothing twice.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import sys
 from dataclasses import dataclass
@@ -39,8 +40,10 @@ from mtlsweep.config.run import RunConfig, load_config
 from mtlsweep.config.tags import Role
 from mtlsweep.mlflow_server.attach import Tracking, attach
 from mtlsweep.mlflow_server.registry import Baseline, best_on_validation, find_baseline, find_identical, load_baseline
+from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.search.experiment import run_experiment
 from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.live_view import mlflow_scores, wait_tasks
 from mtlsweep.search.space import SearchSpace
 from mtlsweep.search.trial import SweepContext
 from mtlsweep.training.callbacks import ConsoleReporter
@@ -183,7 +186,7 @@ def local_baselines(sweep: Sweep, space, protocol: Protocol, baseline_space: Opt
             run_dir.mkdir(parents=True, exist_ok=True)
             pending.append(train_reference(c, sweep.datasets[c.data.path], run_dir, None, c.tracking.experiment, {},
                                            sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
-    ray.get(pending)
+    wait_tasks(pending, "baselines", ["towers"] * len(pending))
     for key, ds in dirs.items():
         found[key] = baseline_from_dir(max(ds, key=_best_val), key, protocol)
     return found
@@ -211,8 +214,8 @@ def local_search(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Pr
               f"{protocol.trials} trial(s), untracked")
     ctx = SweepContext(base=bcfg.flatten(), sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
                        role=Role.CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
-                       ray_logs=sweep.args.verbose >= 2, ranges=space.ranges())
-    run_experiment(sweep, ctx, space, protocol.trials, name)
+                       ray_logs=sweep.args.verbose >= 3, ranges=space.ranges())
+    run_experiment(sweep, ctx, space, protocol.trials, name, stage="baseline search", arm="towers")
     done = [d for d in (Path(bcfg.train.out_dir) / name).glob(f"*/{tag.METRICS_FILE}")]
     if not done:
         raise ConfigError("the single-task baseline's search completed none of its trial(s) (each was pruned or "
@@ -223,7 +226,7 @@ def local_search(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol: Pr
 def _tags(protocol: Protocol, key: str, fp: str, role: str, seed: int, ranges: Optional[dict] = None) -> dict[str, str]:
     return {tag.ROLE: role, tag.BASELINE_FP: fp, tag.COMPARE_KEY: key, tag.PROTOCOL: protocol.describe(),
             tag.PROTOCOL_FP: protocol.fingerprint, tag.FAMILY: "single",
-            tag.RUN_NAME: f"baseline-{fp[:8]}-s{seed}", **({tag.RANGES: json.dumps(ranges)} if ranges else {})}
+            tag.RUN_NAME: f"{fp[:8]}-s{seed}", **({tag.RANGES: json.dumps(ranges)} if ranges else {})}
 
 
 def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], protocol: Protocol,
@@ -250,7 +253,7 @@ def train_and_choose(sweep: Sweep, candidates: dict[str, list[RunConfig]], proto
                                            {**_tags(protocol, key, fp, role, c.train.seed,
                                                     ranges if len(cands) > 1 else None), tag.STARTED_BY: sweep.name},
                                            sweep.args.cpus_per_trial, sweep.args.gpus_per_trial))
-    ray.get(pending)
+    wait_tasks(pending, "baselines", ["towers"] * len(pending), mlflow_scores(client))
     out = {}
     for key, cands in candidates.items():
         runs = [find_identical(client, sweep.experiment_id, sweep.fingerprint(c), roles=("baseline", Role.CANDIDATE))
@@ -274,7 +277,7 @@ def close_interrupted(client, experiment_id: str, fp: str) -> None:
             f"tags.{tag.BASELINE_FP} = '{fp}' and attributes.status = 'RUNNING'")):
         if r.data.tags.get(tag.ROLE) in ("baseline", Role.CANDIDATE):
             client.set_tag(r.info.run_id, tag.ORPHANED, "driver stopped before the run ended")
-            client.set_terminated(r.info.run_id, "KILLED")
+            end_run(client, r.info.run_id, "KILLED", echo=logging.getLogger("mtlsweep").info)
 
 
 def mark_baseline(sweep: Sweep, run, key: str, protocol: Protocol) -> None:
@@ -300,8 +303,8 @@ def search_baseline(sweep: Sweep, bcfg: RunConfig, space: SearchSpace, protocol:
     ctx = SweepContext(base=bcfg.flatten(), tracking_uri=sweep.tracking_uri, experiment=bcfg.tracking.experiment,
                        parent_run_id=sweep.parent_id, sweep_name=name, cpus_per_trial=sweep.args.cpus_per_trial,
                        role=Role.CANDIDATE, extra_callbacks=tuple(sweep.args.extra_callbacks),
-                       ray_logs=sweep.args.verbose >= 2, ranges=space.ranges())
-    run_experiment(sweep, ctx, space, protocol.trials, name)
+                       ray_logs=sweep.args.verbose >= 3, ranges=space.ranges())
+    run_experiment(sweep, ctx, space, protocol.trials, name, stage="baseline search", arm="towers")
     runs = sweep.client.search_runs(
         [sweep.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{sweep.parent_id}' "
                                              f"and tags.{tag.ROLE} = '{Role.CANDIDATE}'", max_results=5000)

@@ -6,11 +6,14 @@ Runs the same whether the driver is on a laptop (embedded Ray), on a cluster hea
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import ray
 from mlflow.tracking import MlflowClient
@@ -20,14 +23,18 @@ from mtlsweep.config.errors import ConfigError, catch_sigterm
 from mtlsweep.config.identity import Protocol
 from mtlsweep.config.run import RunConfig, load_config
 from mtlsweep.config.tags import Role
+from mtlsweep.data.label_checks import label_warnings
 from mtlsweep.data.store import open_dataset
 from mtlsweep.mlflow_server.registry import Baseline
 from mtlsweep.mlflow_server.run_logger import get_or_create_experiment
+from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
 from mtlsweep.models.arch import plan
 from mtlsweep.search.baseline_search import Sweep, ensure_baselines, sweep_protocol
 from mtlsweep.search.experiment import run_experiment
 from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.library_logs import LibraryLogs
+from mtlsweep.search.live_view import SweepView, stop_active
 from mtlsweep.search.ray_leftovers import end_orphaned_agents
 from mtlsweep.search.references import fit_references, parse_references, reference_config
 from mtlsweep.search.space import SearchSpace, load_space
@@ -151,7 +158,7 @@ def _check_trunks(space: "SearchSpace | GridSpace", base: RunConfig, stores: dic
                                   f"{str(exc).splitlines()[0]}") from None
 
 
-def init_ray(address: Optional[str], num_cpus: Optional[int] = None, log=print):
+def init_ray(address: Optional[str], num_cpus: Optional[int] = None, log=print, log_to_driver: bool = True):
     """Connect to the cluster named (--address ADDR|auto, or RAY_ADDRESS), else start an embedded
     one on this machine's cores: never a cluster nobody named, which may be another sweep's and
     end under this one."""
@@ -159,27 +166,48 @@ def init_ray(address: Optional[str], num_cpus: Optional[int] = None, log=print):
         return
     named = address or os.environ.get("RAY_ADDRESS")
     if named:
-        ray.init(address=named, log_to_driver=True)
+        ray.init(address=named, log_to_driver=log_to_driver)
         log(f"Ray: the cluster at {ray.get_runtime_context().gcs_address} "
             f"({'--address' if address else 'RAY_ADDRESS'} {named}), {ray.cluster_resources().get('CPU', 0):g} CPUs")
     else:
-        start_embedded(num_cpus)
+        start_embedded(num_cpus, log_to_driver, log)
         log(f"Ray: an embedded cluster of this sweep, {ray.cluster_resources().get('CPU', 0):g} CPUs "
             "(--address names another)")
     catch_sigterm()
 
 
-def start_embedded(num_cpus: Optional[int] = None) -> None:
+def start_embedded(num_cpus: Optional[int] = None, log_to_driver: bool = True, log=print) -> None:
     """A Ray cluster of this process, on this machine's cores."""
     ended = end_orphaned_agents()          # left by an earlier embedded cluster's killed driver
     if ended:
-        print(f"ended {len(ended)} Ray agent(s) an earlier killed sweep left behind (pids {', '.join(map(str, ended))})")
+        log(f"ended {len(ended)} Ray agent(s) an earlier killed sweep left behind (pids {', '.join(map(str, ended))})")
     ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              object_store_memory=min(2 * 1024**3, 512 * 1024**2 * max(1, (num_cpus or os.cpu_count() or 1))),
-             log_to_driver=True)
+             log_to_driver=log_to_driver)
 
 
-def run_sweep(args: SweepArgs, log=print) -> SweepResult:
+def run_sweep(args: SweepArgs, log: Optional[Callable[[str], None]] = None) -> SweepResult:
+    """Run (or resume) one sweep. Without ``log`` the terminal shows its live view, and the
+    libraries write to ``<workspace>/logs/<sweep>.log`` (``args.verbose`` 2 and up: as they would)."""
+    with ExitStack() as stack:
+        return _run_sweep(args, log, stack)
+
+
+def _quiet_terminal(stack: ExitStack, args: SweepArgs, workspace: Path, name: str, log):
+    if log is not None:
+        return log
+    if args.verbose >= 2:
+        return print
+    log_path = workspace / "logs" / f"{name}.log"
+    log = print
+    if args.verbose == 1:
+        log = stack.enter_context(SweepView(f"sweep {name}", footer=f"log: {log_path}")).log
+    stack.enter_context(LibraryLogs(log_path, say=log))
+    log(f"sweep {name}: Ray, Tune, Optuna and MLflow write to {log_path} (--verbose 2 shows them here)")
+    return log
+
+
+def _run_sweep(args: SweepArgs, log, stack: ExitStack) -> SweepResult:
     cfg, space = _validate(args)                       # before any cluster work
     grid = isinstance(space, GridSpace)
     # Trials chdir into their own directories: every path they read must be absolute.
@@ -215,8 +243,11 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
     if args.gpus_per_trial > 0 and cfg.train.device == "cpu":
         cfg = cfg.with_overrides({"train.device": "auto"})
     protocol, baseline_space = sweep_protocol(args, space, cfg, num_samples)
-
-    init_ray(args.address, None, log)
+    log = _quiet_terminal(stack, args, workspace, name, log)
+    for path, store in stores.items():
+        for line in label_warnings(store, path):        # said once here, not by every trial
+            warnings.warn(line, stacklevel=1)
+    init_ray(args.address, None, log, log_to_driver=args.verbose >= 2)
     client = MlflowClient(tracking_uri) if tracked else None
     exp_id = get_or_create_experiment(client, cfg.tracking.experiment) if tracked else None
 
@@ -249,6 +280,7 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
 
     sweep = Sweep(args=args, cfg=cfg, stores=stores, datasets=datasets, client=client, experiment_id=exp_id, tracking_uri=tracking_uri,
                   parent_id=parent_id, name=name, storage=storage, workspace=workspace, restoring=restoring, log=log)
+    resume = f"mtlsweep sweep --base {args.base} --space {args.space} --name {name} --resume"
     try:
         return _run(sweep, space, protocol, baseline_space, num_samples)
     except KeyboardInterrupt:
@@ -256,13 +288,25 @@ def run_sweep(args: SweepArgs, log=print) -> SweepResult:
         if tracked:
             closed = close_interrupted_sweep(client, exp_id, parent_id, name)
             log(f"sweep {name}: interrupted; {closed} run(s) marked KILLED in MLflow")
-        log(f"resume it with: mtlsweep sweep --base {args.base} --space {args.space} --name {name} --resume")
+        log(f"resume it with: {resume}")
+        raise
+    except Exception:
+        # A sweep that failed is not left RUNNING among the runs a person compares.
+        ray.shutdown()
+        if tracked and parent_id:
+            close_interrupted_sweep(client, exp_id, parent_id, name, status="FAILED")
+        log(f"sweep {name}: failed; once the cause is fixed, resume it with: {resume}")
         raise
 
 
-def close_interrupted_sweep(client, experiment_id: str, parent_id: str, name: str) -> int:
-    """Mark an interrupted sweep's parent and every run of it still RUNNING (trials, baselines,
-    their candidates) KILLED and tagged; a run a resumed sweep continues runs again. Returns how many."""
+def _to_log_file(line: str) -> None:
+    logging.getLogger("mtlsweep").info(line)
+
+
+def close_interrupted_sweep(client, experiment_id: str, parent_id: str, name: str, status: str = "KILLED") -> int:
+    """Mark an interrupted sweep's parent ``status`` and every run of it still RUNNING (trials,
+    baselines, their candidates) KILLED, all tagged; a run a resumed sweep continues runs again.
+    Returns how many."""
     runs = {}
     for where in (f"tags.`mlflow.parentRunId` = '{parent_id}'", f"tags.{tag.SWEEP} = '{name}'",
                   f"tags.{tag.STARTED_BY} = '{name}'"):
@@ -272,7 +316,7 @@ def close_interrupted_sweep(client, experiment_id: str, parent_id: str, name: st
     runs.pop(parent_id, None)
     for run_id in [*runs, parent_id]:
         client.set_tag(run_id, tag.INTERRUPTED, time.strftime("%Y-%m-%d %H:%M:%S"))
-        client.set_terminated(run_id, "KILLED")
+        end_run(client, run_id, status if run_id == parent_id else "KILLED", echo=_to_log_file)
     return len(runs) + 1
 
 
@@ -291,16 +335,17 @@ def _run(sweep: Sweep, space, protocol, baseline_space, num_samples: int) -> Swe
                        extra_callbacks=tuple(args.extra_callbacks), cpus_per_trial=args.cpus_per_trial,
                        variants=space.variants if grid else {}, families={} if grid else space.families,
                        baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.free,
-                       ray_logs=args.verbose >= 2, ranges=space.ranges())
+                       ray_logs=args.verbose >= 3, ranges=space.ranges())
     results = run_experiment(sweep, ctx, space, num_samples, name)
     n_errors = sum(1 for r in results if r.error is not None)
     if args.references:
         fit_references(sweep, list(args.references), (space.data_paths() if grid else []) or [cfg.data.path],
                        baselines, protocol.free)
+    stop_active()           # the live view stays in its final state; the comparison prints once, below it
     if tracked:
         summary = summarize_sweep(tracking_uri, cfg.tracking.experiment, parent_id, workspace / "compare" / name,
                                   log=log)
-        client.set_terminated(parent_id, "FINISHED" if n_errors == 0 else "FAILED")
+        end_run(client, parent_id, "FINISHED" if n_errors == 0 else "FAILED", echo=log)   # its page holds the report
     else:       # Tune's own results: every trial's objective was computed in training
         summary = summarize_results(results, args.objective, workspace / "compare" / name, log=log)
     return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),

@@ -2,7 +2,10 @@
 baseline's own search both run (Optuna or the grid, the per-family ASHA, retries, resume)."""
 from __future__ import annotations
 
+import logging
 import os
+import warnings
+from typing import Optional
 
 import optuna
 from mlflow.exceptions import MlflowException
@@ -12,7 +15,10 @@ from ray.tune.search.optuna import OptunaSearch
 
 from mtlsweep.config import tags as tag
 from mtlsweep.config.tags import Role
+from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.search.grid import GridSpace
+from mtlsweep.search.live_view import LiveTrials
+from mtlsweep.search.lost_checkpoints import restore_lost_checkpoints
 from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
 from mtlsweep.search.space import SearchSpace
 from mtlsweep.search.trial import SweepContext, run_trial
@@ -28,9 +34,24 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
 
 
-def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str):
-    """One Tune experiment over ``space`` (restored when its state exists); then every child
-    run left RUNNING is closed. Returns Tune's ResultGrid."""
+def planned_trials(space: "SearchSpace | GridSpace", num_samples: int, arm: Optional[str] = None) -> dict[str, int]:
+    """How many trials each arm of the experiment gets: a grid's variants all its points, a
+    space's families their turns (trial i goes to family i mod n)."""
+    if arm:
+        return {arm: space.size * num_samples if isinstance(space, GridSpace) else num_samples}
+    if isinstance(space, GridSpace):
+        return {v: space.size // max(1, len(space.variants)) * num_samples for v in space.variants}
+    names = list(space.families)
+    if not names:
+        return {"trials": num_samples}
+    return {f: len(range(i, num_samples, len(names))) for i, f in enumerate(names)}
+
+
+def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", num_samples: int, name: str,
+                   stage: str = "trials", arm: Optional[str] = None):
+    """One Tune experiment over ``space`` (restored when its state exists), counted into the
+    sweep's live view as ``stage`` (every trial as ``arm`` when given); then every child run
+    left RUNNING is closed. Returns Tune's ResultGrid."""
     args, cfg = sweep.args, sweep.cfg
     grid = isinstance(space, GridSpace)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.datasets),
@@ -42,8 +63,10 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
     mode = ["max", "min"] if multi else "max"
     searcher = None
     if not grid:
-        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
-                                             n_startup_trials=min(10, max(2, num_samples // 3)))
+        with warnings.catch_warnings():     # group=True is "experimental" since Optuna 2.8: said once per sweep
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
+                                                 n_startup_trials=min(10, max(2, num_samples // 3)))
         # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
         # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
         searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
@@ -56,14 +79,18 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
                         "val/tasks_improved": "improved", "cost/epoch_s": "epoch_s"},
         parameter_columns=space.keys[:6], max_report_frequency=15, metric="val/auroc_mean", mode="max",
         sort_by_metric=True)
+    # Below --verbose 2 the live view (LiveTrials) is the sweep's only output; Tune's tables come back above it.
     run_config = tune.RunConfig(
-        name=name, storage_path=sweep.storage, verbose=args.verbose, progress_reporter=reporter,
+        name=name, storage_path=sweep.storage, verbose=max(0, args.verbose - 1), progress_reporter=reporter,
+        callbacks=[LiveTrials(stage, planned_trials(space, num_samples, arm), cfg.train.epochs, arm)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
         # Keep a few: a driver killed between checkpoints must find the one its last experiment
         # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
     path = f"{sweep.storage.rstrip('/')}/{name}"
     if sweep.restoring and tune.Tuner.can_restore(path):
+        for lost in restore_lost_checkpoints(path):
+            logging.getLogger("mtlsweep").info("restored %s: Tune had deleted it after the last snapshot", lost)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
         tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
@@ -96,4 +123,5 @@ def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, 
             # refuses the second insert of the same tag): its close wins.
             if client.get_run(r.info.run_id).info.status != "RUNNING":
                 continue
-        client.set_terminated(r.info.run_id, "FINISHED" if stopped else "KILLED")
+        end_run(client, r.info.run_id, "FINISHED" if stopped else "KILLED",
+                echo=logging.getLogger("mtlsweep").info)

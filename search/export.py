@@ -3,6 +3,7 @@ unchanged and reproduces (same seed, same data, the epochs the trial actually ra
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -10,9 +11,25 @@ from typing import Optional
 import yaml
 from mlflow.tracking import MlflowClient
 
+from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import validate
+from mtlsweep.config.tags import Role
 from mtlsweep.mlflow_server.registry import is_completed
+
+
+def _logged_config(client: MlflowClient, run_id: str) -> dict:
+    """The run's config.yaml artifact, read without MLflow's download progress bar (one per file)."""
+    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
+    finally:
+        if before is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
 
 
 def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,
@@ -27,6 +44,10 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
     if exp is None:
         raise ConfigError(f"experiment {experiment!r} does not exist at {tracking_uri}")
     key = f"best/{metric}"
+    if sweep:       # a sweep's name, as compare takes it, or its parent run's id
+        named = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+            f"tags.{tag.ROLE} = '{Role.SWEEP}' and tags.{tag.SWEEP} = '{sweep}'"))
+        sweep = named[0].info.run_id if named else sweep
     filt = "tags.role = 'trial'"
     if sweep:
         filt += f" and tags.`mlflow.parentRunId` = '{sweep}'"
@@ -46,17 +67,17 @@ def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: O
                           "| # | run | family | " + key + " | ΔAUROC vs baseline | epochs run | command |",
                           "|---|---|---|---|---|---|---|"]
     for i, r in enumerate(runs[:top], start=1):
-        with tempfile.TemporaryDirectory() as tmp:
-            tree = yaml.safe_load(Path(client.download_artifacts(r.info.run_id, "config.yaml", tmp)).read_text())
+        tree = _logged_config(client, r.info.run_id)
         epochs_run = int(r.data.metrics.get("epoch", tree["train"]["epochs"]))
         # The trial may have been stopped early by ASHA: export the budget it actually had, so
         # that `mtlsweep train` reproduces its metric; raise train.epochs to train it longer.
         tree["train"]["epochs"] = epochs_run
-        tree["tracking"]["enabled"] = False
+        # A rerun is logged beside the trial it reproduces: same store, same experiment.
+        tree["tracking"].update(enabled=True, uri=tracking_uri, experiment=experiment)
         cfg = validate(tree, f"run {r.info.run_id} config.yaml")
         path = out / f"{i}.yaml"
-        path.write_text(f"# exported from MLflow run {r.info.run_id} ({r.data.tags.get('family', '?')}), "
-                        f"{key} = {r.data.metrics[key]:.4f}\n" + cfg.to_yaml())
+        path.write_text(f"# exported from {r.info.run_name} ({r.data.tags.get('family', '?')}; MLflow run id "
+                        f"{r.info.run_id}), {key} = {r.data.metrics[key]:.4f}\n" + cfg.to_yaml())
         written.append(path)
         lines.append(f"| {i} | {r.info.run_name} | {r.data.tags.get('family', '?')} | {r.data.metrics[key]:.4f} | "
                      f"{r.data.metrics.get('best/val/delta_auroc_mean', math.nan):+.4f} | {epochs_run} | "

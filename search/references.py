@@ -12,14 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
-import ray
-
 from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.identity import FAMILY_SECTIONS, config_fingerprint
 from mtlsweep.config.run import RunConfig
 from mtlsweep.config.tags import Role
 from mtlsweep.search.baseline_search import train_reference
+from mtlsweep.search.live_view import mlflow_scores, wait_tasks
 
 REFERENCES = tuple(FAMILY_SECTIONS)
 
@@ -49,7 +48,7 @@ def fit_references(sweep, names: Sequence[str], paths: Sequence[str], baselines:
     done = {r.data.tags.get(tag.CONFIG_FP) for r in client.search_runs(
         [sweep.experiment_id], filter_string=f"tags.`{tag.PARENT}` = '{sweep.parent_id}' and "
                                              "attributes.status = 'FINISHED'", max_results=5000)} if client else set()
-    pending = []
+    pending, arms = [], []
     for path in paths:
         for name in names:
             cfg = reference_config(sweep.cfg, name, path, sweep.args.cpus_per_trial)
@@ -64,10 +63,10 @@ def fit_references(sweep, names: Sequence[str], paths: Sequence[str], baselines:
             if key in baselines:
                 tags[tag.BASELINE_RUN] = baselines[key].run_id
             run_dir.mkdir(parents=True, exist_ok=True)
-            sweep.log(f"reference {name} on {Path(path).parent.name}/{Path(path).name}")
+            arms.append(name if len(paths) == 1 else f"{name} ({Path(path).parent.name})")
             pending.append(train_reference(cfg, sweep.datasets[path], run_dir, sweep.tracking_uri, cfg.tracking.experiment,
                                            tags,
                                            sweep.args.cpus_per_trial, 0.0,
                                            baselines[key].auroc if key in baselines else None))
-    ray.get(pending)
+    wait_tasks(pending, "references", arms, mlflow_scores(client) if client else None)
     return len(pending)

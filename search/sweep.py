@@ -46,8 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="reference families fitted once per data set beside the trials and compared with the same "
                         "baseline: motif_gbm, kmer_linear (comma-separated)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
-    p.add_argument("--verbose", type=int, choices=[0, 1, 2, 3], default=1,
-                   help="Ray Tune's verbosity; 2 and up also shows Ray's per-checkpoint log lines")
+    p.add_argument("--verbose", type=int, nargs="?", const=2, choices=[0, 1, 2, 3], default=1, metavar="{0,1,2,3}",
+                   help="0: the sweep's own lines; 1 (default): its live view, Ray, Tune, Optuna and MLflow in "
+                        "<workspace>/logs/<sweep>.log; 2 (--verbose alone): those libraries and Tune's status "
+                        "tables on the terminal; 3: also Ray's per-checkpoint lines")
 
 
 # The driver (Ray, MLflow, torch) is imported inside the functions that run a sweep: the CLI builds

@@ -53,7 +53,7 @@ class SweepContext:
     tuned_keys: tuple[str, ...] = ()               # what the baselines were tuned over
     role: str = "trial"                            # "baseline_candidate" in a tuned baseline's search
     ranges: dict[str, dict] = field(default_factory=dict)       # key -> its searched range (certificates)
-    ray_logs: bool = False                         # Ray Train's per-checkpoint INFO lines (Tune verbose >= 2)
+    ray_logs: bool = False                         # Ray Train's per-checkpoint INFO lines (--verbose 3)
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
@@ -205,7 +205,7 @@ def _tracking(ctx: SweepContext, config: dict, trial_id: str, run_dir: Path, run
             **({tag.VARIANT: str(config[VARIANT_KEY])} if VARIANT_KEY in config else {}),
             **({tag.ARM: str(config[FAMILY_KEY])} if FAMILY_KEY in config else {}),   # the space's family name
             **({tag.COMPARE_KEY: key} if key else {}), **({tag.BASELINE_RUN: baseline_run} if baseline_run else {})}
-    return Tracking(ctx.tracking_uri, ctx.experiment, run_name=f"{ctx.sweep_name}/{trial_id}", tags=tags,
+    return Tracking(ctx.tracking_uri, ctx.experiment, run_name=trial_id, tags=tags,   # run_logger adds family, arm
                     parent_run_id=ctx.parent_run_id, run_id=run_id, spool_dir=run_dir / "mlflow_spool",
                     async_=False, plots=TRIAL_PLOTS)
 

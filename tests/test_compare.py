@@ -90,6 +90,12 @@ def test_deltas_wilcoxon_and_tasks_improved_by_hand(experiment):
     assert csv_text.splitlines()[0].startswith("run,family,role,trials,certified,auroc_mean")
     html = (tmp / "out" / "comparison.html").read_text()
     assert "data:image/png;base64," in html and "pareto.png" in html and "hard1" in html
+    # the report reads each family's learning curve from MLflow and shows the per-task deltas
+    assert 'alt="learning_curves.png"' in html and 'alt="delta_heatmap.png"' in html
+    # 5 tasks cannot give p < 0.05, whatever the deltas: said in the terminal and the report
+    assert "p ≥ 0.0625 is the least possible with 5 tasks" in text and "p ≥ 0.0625 is the least possible" in html
+    # one seed per configuration: the seed-to-seed spread is unknown, and said to be
+    assert "no configuration here ran on more than one seed" in text
 
 
 def test_a_pruned_trial_is_never_best_and_a_family_without_completed_trials_says_so(tmp_path):

@@ -4,15 +4,20 @@ import json
 import math
 
 import pytest
-import torch
 
-from mtlsweep.analysis.cost_scaling import (exponents_of, growth_exponent, measure_isolated, measure_point, model_config,
-                                            run_study, time_to_target)
-from mtlsweep.app.analysis_flags import add_cost_arguments as add_arguments
+from mtlsweep.analysis.cost_scaling import (
+    exponents_of,
+    growth_exponent,
+    measure_isolated,
+    measure_point,
+    model_config,
+    run_study,
+)
+from mtlsweep.analysis.learning_curves import time_to_target
 from mtlsweep.app.analyses import run_cost as run
+from mtlsweep.app.analysis_flags import add_cost_arguments as add_arguments
 from mtlsweep.data.errors import DataError
 from mtlsweep.models import build_model
-
 
 TINY = dict(arch="tiny", steps=4, warmup=1, batch=16, seq_len=100, threads=1)
 

@@ -18,6 +18,11 @@ def test_demo_pipeline_end_to_end(ray_cluster, tmp_path, capsys):
     assert "1/4 synthetic benchmark" in out and "4/4 best configurations" in out
     assert out.count("configurations vs single-task baseline") == 1        # the table, printed once
     assert "Checkpoint successfully created" not in out
+    # one live view, the libraries in the sweep's log file: a screenful, not hundreds of lines
+    assert len(out.splitlines()) <= 70, out
+    for noise in ("(run_trial pid=", "== Status ==", "Current best trial", "[I 20", "Downloading artifacts"):
+        assert noise not in out, noise
+    assert "stage" in out and "trials" in out and "references" in out
     assert "mlflow ui --backend-store-uri sqlite:///" in out and "#/experiments/" in out
 
     with open(ws / "compare" / "tiny-demo" / "comparison.csv", newline="") as fh:

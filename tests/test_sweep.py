@@ -266,11 +266,17 @@ def test_two_sweeps_started_at_once_each_run_their_own_embedded_ray(tmp_path, si
                           f"two-{who}", epochs=2, steps=5)
         cmd = [sys.executable, "-m", "mtlsweep.search.sweep", "--base", str(d / "base.yaml"), "--space",
                str(d / "space.yaml"), "--num-samples", "2", "--name", who, "--workspace", str(d / "ws"),
-               "--scheduler", "none", "--baseline", "fixed", "--verbose", "0"]
+               "--scheduler", "none", "--baseline", "fixed"]
         procs.append(subprocess.Popen(cmd, cwd=d, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                       text=True))
     outs = [p.communicate(timeout=600)[0] for p in procs]
-    for p, out in zip(procs, outs):
+    for who, p, out in zip(("a", "b"), procs, outs):
         assert p.returncode == 0, out[-3000:]
         assert "(0 failed)" in out and "Connecting to existing Ray cluster" not in out, out[-3000:]
         assert "Ray: an embedded cluster of this sweep" in out
+        # What a person sees: the live view's final state and the comparison, not the libraries.
+        assert len(out.splitlines()) <= 60, out
+        for noise in ("(run_trial pid=", "== Status ==", "INFO", "[I 20", "Downloading artifacts", "experimental"):
+            assert noise not in out, (noise, out)
+        log = tmp_path / who / "ws" / "logs" / f"{who}.log"
+        assert f"write to {log}" in out and "Started a local Ray instance" in log.read_text()
