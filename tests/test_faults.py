@@ -161,10 +161,14 @@ def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when,
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(uri)
-    deadline = time.time() + 300
+    deadline = time.time() + 600          # a loaded machine trains the baseline first for minutes
     while time.time() < deadline and proc.poll() is None and not kill_when(_trials(client, name)):
         time.sleep(0.3)
     assert proc.poll() is None, "the sweep ended before the kill point"
+    if not kill_when(_trials(client, name)):
+        proc.kill()
+        proc.wait()
+        pytest.fail("the kill point was not reached within 600 s")
     proc.send_signal(sig)
     rc = proc.wait(timeout=120)
     before = {r.info.run_id: r for r in _trials(client, name)}
