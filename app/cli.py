@@ -414,7 +414,8 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("motifs", help="first-layer filters matched to JASPAR motifs (and planted-motif recall)")
     add_motif_arguments(q)
     q.set_defaults(func=cmd_motifs)
-    q = sub.add_parser("affinity", help="task groups from a run's measured inter-task affinity (train.affinity_every)")
+    q = sub.add_parser("affinity", help="task groups from a run's measured inter-task affinity (train.affinity_every): "
+                       "clusters and TAG's selection, their stability, affinity by stage of training")
     add_affinity_arguments(q)
     q.set_defaults(func=cmd_affinity)
     q = sub.add_parser("cost", help="training time, memory, parameters and FLOPs as the number of tasks grows")

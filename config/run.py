@@ -136,19 +136,20 @@ class SharingConfig(_Section):
     cross_stitch_lr: Optional[float] = Field(None, gt=0.0, description="Learning rate of cross-stitch units (null = optim.lr).")
     groups: Union[None, str, list[list[Union[str, int]]]] = Field(
         None, description="Task groups for group_layers: lists of task names or indices, truth (the synthetic "
-                          "benchmark's truth.json beside data.path) or auto:K (K clusters of the affinity matrix "
-                          "in sharing.affinity).")
+                          "benchmark's truth.json beside data.path) auto:K (K clusters of the affinity matrix "
+                          "in sharing.affinity, average linkage) or tag:K (TAG's selection: the partition into at "
+                          "most K groups with the most affinity onto each task from its group).")
     group_layers: Union[Annotated[int, Field(ge=0)], Literal["all"]] = Field(
         0, description="After the k shared layers, this many layers shared within each group (full width); the "
                        "rest are per-task towers. all: every layer after the shared ones (a hard model per group).")
-    affinity: Optional[str] = Field(None, description="groups auto:K: a run directory trained with "
+    affinity: Optional[str] = Field(None, description="groups auto:K or tag:K: a run directory trained with "
                                                       "train.affinity_every, or its affinity.json.")
 
     @field_validator("groups")
     @classmethod
     def _groups_spec(cls, v):
-        if isinstance(v, str) and not (v == "truth" or re.fullmatch(r"auto:[1-9][0-9]*", v)):
-            raise ValueError(f"{v!r}; allowed: truth, auto:K (K >= 1) or lists of task names/indices")
+        if isinstance(v, str) and not (v == "truth" or re.fullmatch(r"(auto|tag):[1-9][0-9]*", v)):
+            raise ValueError(f"{v!r}; allowed: truth, auto:K or tag:K (K >= 1) or lists of task names/indices")
         if isinstance(v, list) and (not v or any(not g for g in v)):
             raise ValueError("needs at least one group and no empty group")
         return v
@@ -201,8 +202,9 @@ class ModelConfig(_Section):
                 raise ValueError("sharing.group_layers needs sharing.groups (lists of tasks, truth or auto:K)")
             if sh.coupling != "none":
                 raise ValueError(f"sharing.coupling={sh.coupling} couples towers; with group_layers use coupling none")
-        if isinstance(sh.groups, str) and sh.groups.startswith("auto:") and not sh.affinity:
-            raise ValueError("sharing.groups auto:K needs sharing.affinity (a run trained with train.affinity_every)")
+        if isinstance(sh.groups, str) and sh.groups.startswith(("auto:", "tag:")) and not sh.affinity:
+            raise ValueError(f"sharing.groups {sh.groups.split(':')[0]}:K needs sharing.affinity (a run trained with "
+                             "train.affinity_every)")
         return self
 
 

@@ -349,8 +349,8 @@ class MlflowRunLogger(Callback):
             files.append(plots.schedule_weights(result.history, self.tasks, d / "schedule_weights.png"))
         if base is not None and "auroc_vs_baseline" in self.plots:
             files.append(plots.auroc_vs_baseline(self.tasks, result.val.auroc, base, d / "auroc_vs_baseline.png"))
-        # What the trainer itself measured (train.affinity_every): the matrix and its heatmap.
-        files.extend(p for p in (d / "affinity.json", d / "affinity.png") if p.is_file())
+        # What the trainer itself measured (train.affinity_every): the matrix, its heatmap, its parts by epoch.
+        files.extend(p for p in (d / "affinity.json", d / "affinity.png", d / "affinity_stages.npz") if p.is_file())
         return files
 
     def log_artifacts(self, paths: list[Path]) -> None:

@@ -237,14 +237,25 @@ def tune_stage(study: Study, regime: str) -> None:
 
 
 def affinity_stage(study: Study, regime: str) -> dict:
-    """grouped_affinity's overrides for ``regime`` (groups from the chosen hard run's affinity),
-    tuned like every arm; {} when the regime does not run it."""
+    """grouped_affinity's overrides for ``regime`` (groups from the chosen hard run's affinity, that
+    run finished until it converged), tuned like every arm; {} when the regime does not run it."""
     d = study.design
     if AFFINITY_ARM not in d.arms[regime]:
         return {}
     _, hard = chosen_values(study.rows(regime), "hard")
     if hard is None or not (Path(hard.tags[tag.RUN_DIR]) / "mlflow_artifacts" / "affinity.json").is_file():
         print(f"{regime}: no hard run with a measured affinity; {AFFINITY_ARM} left out", flush=True)
+        return {}
+    # The affinity is only as good as the probe that measured it: a run that has not converged has not
+    # learned the motifs the groups share (issue 31). It is finished first (its measurement goes on).
+    if hard.converged is not True:
+        a = study.a
+        finish_until_converged(lambda: [r for r in study.rows(regime) if r.run_id == hard.run_id], study.uri,
+                               cpus=a.cpus_per_trial, gpus=a.gpus_per_trial)
+        _, hard = chosen_values(study.rows(regime), "hard")
+    if hard.converged is not True:
+        print(f"{regime}: the chosen hard run ({hard.name}) did not converge; its affinity is no probe of a "
+              f"model that learned, {AFFINITY_ARM} left out", flush=True)
         return {}
     k = d.regimes[regime].get("n_groups", 4)
     over = {**{key: (v.format(k=k) if isinstance(v, str) else v) for key, v in AFFINITY_OVERRIDES.items()},

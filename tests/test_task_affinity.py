@@ -9,7 +9,7 @@ import torch
 
 from mtlsweep.config.run import RunConfig
 from mtlsweep.models import build_model
-from mtlsweep.training.task_affinity import TaskAffinity, adjusted_rand, cluster
+from mtlsweep.training.task_affinity import TaskAffinity, adjusted_rand, cluster, select_groups, total_affinity
 
 ARCH = {"model.arch.conv_channels": [6, 6], "model.arch.conv_widths": [5, 3], "model.arch.pool": [2, 2],
         "model.arch.dense": [8], "model.arch.dropout": 0.0}
@@ -101,6 +101,69 @@ def test_clustering_recovers_planted_blocks():
 # ----------------------------------------------------------------------------- in training
 
 
+def _brute_force_best(Z: np.ndarray, k: int) -> float:
+    """The best TAG score over every assignment of tasks to k labels, written independently."""
+    import itertools
+    T = Z.shape[0]
+    best = -np.inf
+    for labels in itertools.product(range(k), repeat=T):
+        score = 0.0
+        for v in range(T):
+            mates = [u for u in range(T) if u != v and labels[u] == labels[v]]
+            score += np.mean([Z[u, v] for u in mates]) if mates else 0.0
+        best = max(best, score)
+    return best
+
+
+def test_the_measurement_is_kept_by_stage_of_equal_spans_and_resumes():
+    aff = TaskAffinity(["a", "b"], every=1, max_tasks=2, lr=0.1)
+    for epoch in range(1, 60):
+        aff.sum[0, 1] += epoch
+        aff.count[0, 1] += 1
+        aff.end_epoch(epoch)
+        if epoch == 30:
+            again = TaskAffinity(["a", "b"], every=1, max_tasks=2, lr=0.1)
+            again.load_state_dict(aff.state_dict())
+    spans = [b - a + 1 for a, b, _, _ in aff.stages]
+    assert len(aff.stages) <= 16 and set(spans[:-1]) == {4} and aff.stages[-1][1] == 59
+    np.testing.assert_allclose(sum(x for _, _, x, _ in aff.stages), aff.sum)      # nothing lost in the merges
+    for epoch in range(31, 60):                     # a resumed measurement ends with the same stages
+        again.sum[0, 1] += epoch
+        again.count[0, 1] += 1
+        again.end_epoch(epoch)
+    assert [(a, b) for a, b, _, _ in again.stages] == [(a, b) for a, b, _, _ in aff.stages]
+
+
+def test_tag_selection_returns_the_optimum_of_its_objective():
+    # Asymmetric by hand: task 0 helps 1 and 2 a lot, they hurt 0 a little; 3 and 4 help each other
+    # a little; 3 helps 5 a lot, and 4 and 5 hurt each other.
+    Z = np.array([[0.0, 0.30, 0.30, 0.00, 0.00, 0.00],
+                  [-0.05, 0.0, 0.02, 0.00, 0.00, 0.00],
+                  [-0.05, 0.02, 0.0, 0.00, 0.00, 0.00],
+                  [0.00, 0.00, 0.00, 0.0, 0.10, 0.30],
+                  [0.00, 0.00, 0.00, 0.10, 0.0, -0.30],
+                  [0.00, 0.00, 0.00, -0.01, -0.30, 0.0]])
+    for k in (1, 2, 3, 4):
+        labels = select_groups(Z, k)
+        assert labels.max() < k
+        assert total_affinity(Z, labels) == pytest.approx(_brute_force_best(Z, k))
+        assert total_affinity(Z, labels) >= total_affinity(Z, cluster(Z, k)) - 1e-12
+    assert select_groups(Z, 3).tolist() == [0, 0, 0, 1, 2, 1]          # 5 goes with 3, away from 4
+    assert total_affinity(Z, [0, 0, 0, 1, 1, 1]) < total_affinity(Z, select_groups(Z, 3))
+    # Average linkage optimizes something else: on noise it falls short of the selection's score.
+    noise = np.random.default_rng(0).normal(0, 0.01, (10, 10))
+    assert total_affinity(noise, select_groups(noise, 4)) > total_affinity(noise, cluster(noise, 4)) + 0.01
+
+
+def test_tag_selection_beyond_exhaustive_search_finds_planted_blocks():
+    rng = np.random.default_rng(1)
+    Z = rng.normal(0, 0.01, (16, 16))
+    for g in range(4):
+        Z[4 * g:4 * g + 4, 4 * g:4 * g + 4] += 0.05
+    assert adjusted_rand(select_groups(Z, 4), np.repeat(np.arange(4), 4)) == 1.0
+    assert select_groups(Z, 4, seed=3).tolist() == select_groups(Z, 4, seed=3).tolist()
+
+
 def test_probing_changes_nothing_in_training_and_resumes(tmp_path, tiny_config):
     from mtlsweep.training.engine import LAST, Trainer
     cfg = tiny_config(**{"train.epochs": 2, "train.affinity_every": 3, "model.sharing.shared_layers": 3})
@@ -125,11 +188,10 @@ def test_probing_changes_nothing_in_training_and_resumes(tmp_path, tiny_config):
 
 
 def test_affinity_reaches_mlflow_and_the_cli_prints_groups(tmp_path, tiny_config, mlflow_server, capsys):
+    from conftest import run
     from mlflow.tracking import MlflowClient
 
     from mtlsweep.app.cli import main
-    from conftest import run
-
     from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
     cfg = tiny_config(**{"train.epochs": 1, "train.affinity_every": 2, "model.sharing.shared_layers": 3})
     callbacks, logger = run_callbacks(cfg, Tracking(mlflow_server.url, "affinity", async_=False))
@@ -234,6 +296,12 @@ def test_groups_resolve_from_names_truth_and_affinity(tmp_path, tiny_config):
     aff.write_text(json.dumps({"tasks": tasks, "affinity": Z}))
     auto = cfg.model.sharing.model_copy(update={"groups": "auto:2", "affinity": str(aff)})
     assert resolve_groups(auto, tasks, "x") == [0, 1, 0]
+    tag_k = cfg.model.sharing.model_copy(update={"groups": "tag:2", "affinity": str(aff)})
+    assert resolve_groups(tag_k, tasks, "x") == [0, 1, 0]
+    with pytest.raises(ValueError, match="tag:K needs sharing.affinity"):
+        RunConfig().with_overrides({"model.sharing.groups": "tag:2"})
+    with pytest.raises(ValueError, match="allowed: truth, auto:K or tag:K"):
+        RunConfig().with_overrides({"model.sharing.groups": "tags:2"})
     with pytest.raises(ValueError, match="coupling none"):
         RunConfig().with_overrides({"model.sharing.shared_layers": 1, "model.sharing.group_layers": 1,
                                     "model.sharing.groups": "truth", "model.sharing.coupling": "l2"})

@@ -293,6 +293,8 @@ class Trainer:
                 bar.update(1)
         if bar is not None:
             bar.close()
+        if self.affinity is not None:
+            self.affinity.end_epoch(epoch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         elapsed = time.perf_counter() - t0

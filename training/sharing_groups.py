@@ -2,8 +2,8 @@
 
 ``model.sharing.groups`` is resolved once the run's tasks are known: explicit lists (names or
 indices, every task exactly once), ``truth`` (the groups planted in the synthetic benchmark,
-read from the truth.json beside data.path) or ``auto:K`` (K clusters of the affinity matrix a
-run measured, model.sharing.affinity). Groups are numbered by their first task, so the same
+read from the truth.json beside data.path), ``auto:K`` (K clusters of the affinity matrix a
+run measured, model.sharing.affinity) or ``tag:K`` (TAG's selection from that matrix). Groups are numbered by their first task, so the same
 partition always gives the same model.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from mtlsweep.config import tags as tag
 from mtlsweep.config.errors import ConfigError
-from mtlsweep.training.task_affinity import FILE, cluster, read_affinity
+from mtlsweep.training.task_affinity import FILE, cluster, read_affinity, select_groups
 
 TRUTH = "truth.json"
 
@@ -62,15 +62,15 @@ def resolve_groups(sharing, tasks: Sequence[str], data_path: str) -> Optional[li
             raise ConfigError(f"model.sharing.groups truth: no {TRUTH} beside {data_path}; "
                               "truth is for the synthetic benchmark (mtlsweep data synth)")
         return truth_groups(path, tasks, "model.sharing.groups truth:").tolist()
-    if isinstance(spec, str):                      # auto:K, checked by the config
-        k = int(spec.split(":", 1)[1])
+    if isinstance(spec, str):                      # auto:K or tag:K, checked by the config
+        how, k = spec.split(":", 1)[0], int(spec.split(":", 1)[1])
         names, Z, _ = read_affinity(affinity_file(sharing.affinity))
         if names != tasks:
             raise ConfigError(f"model.sharing.affinity: the matrix is over tasks {names[:4]}..., this run's are "
                               f"{tasks[:4]}...; measure affinity on the same tasks")
         if k > len(tasks):
             raise ConfigError(f"model.sharing.groups {spec}: K is more than the run's {len(tasks)} tasks")
-        return _renumber(cluster(Z, k)).tolist()
+        return _renumber(select_groups(Z, k) if how == "tag" else cluster(Z, k)).tolist()
     index = {t: i for i, t in enumerate(tasks)}
     of: dict[int, int] = {}
     for g, members in enumerate(spec):

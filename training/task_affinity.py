@@ -42,6 +42,10 @@ from mtlsweep.training.loss import masked_bce_per_task
 
 SPARSE_OVERLAP = 0.1   # below this shared-label fraction a pair's affinity is reported as noise
 FILE = "affinity.json"
+STAGES_FILE = "affinity_stages.npz"
+# Per-epoch parts of the measurement are kept (for how affinity changes over training, and to
+# resample it for the stability of its groups); past this many, neighbours are merged in pairs.
+MAX_STAGES = 16
 
 
 class TaskAffinity:
@@ -57,6 +61,29 @@ class TaskAffinity:
         self.labelled = np.zeros(T)           # samples labelled for u
         self.cursor = 0
         self.probes = 0
+        # (first epoch, last epoch, the sums and counts measured in them)
+        self.stages: list[tuple[int, int, np.ndarray, np.ndarray]] = []
+        self.stage_width = 1
+        self._at_stage = (np.zeros((T, T)), np.zeros((T, T), dtype=np.int64))
+
+    def end_epoch(self, epoch: int) -> None:
+        """Close the epoch's part of the measurement (nothing if it probed nothing). Stages span
+        ``stage_width`` epochs; past MAX_STAGES, neighbours merge in pairs and the width doubles, so
+        every stage spans the same number of epochs (the last one fewer)."""
+        s0, c0 = self._at_stage
+        if not (self.count > c0).any():
+            return
+        part = ((self.sum - s0).astype(np.float32), (self.count - c0).astype(np.int32))
+        self._at_stage = (self.sum.copy(), self.count.copy())
+        if self.stages and self.stages[-1][1] - self.stages[-1][0] + 1 < self.stage_width:
+            a, _, x, c = self.stages[-1]
+            self.stages[-1] = (a, epoch, x + part[0], c + part[1])
+        else:
+            self.stages.append((epoch, epoch, *part))
+        if len(self.stages) > MAX_STAGES:
+            pairs = [self.stages[i:i + 2] for i in range(0, len(self.stages), 2)]
+            self.stages = [(p[0][0], p[-1][1], sum(x[2] for x in p), sum(x[3] for x in p)) for p in pairs]
+            self.stage_width *= 2
 
     def due(self, global_step: int) -> bool:
         return global_step % self.every == 0
@@ -130,8 +157,13 @@ class TaskAffinity:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / FILE
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1))
+        payload = self.to_json()
+        payload["stages"] = [{"epochs": [a, b], "measurements": int(c.sum())} for a, b, _, c in self.stages]
+        tmp.write_text(json.dumps(payload, indent=1))
         tmp.replace(path)
+        if self.stages:
+            np.savez_compressed(out_dir / STAGES_FILE, epochs=np.array([[a, b] for a, b, _, _ in self.stages]),
+                                sum=np.stack([x[2] for x in self.stages]), count=np.stack([x[3] for x in self.stages]))
         Z = self.matrix()
         order = leaf_order(Z)
         names = [self.tasks[i] for i in order]
@@ -147,12 +179,18 @@ class TaskAffinity:
     # ---- checkpoint ----------------------------------------------------------------------
     def state_dict(self) -> dict:
         return {"sum": self.sum.copy(), "count": self.count.copy(), "both": self.both.copy(),
-                "labelled": self.labelled.copy(), "cursor": self.cursor, "probes": self.probes}
+                "labelled": self.labelled.copy(), "cursor": self.cursor, "probes": self.probes,
+                "stages": [(a, b, x.copy(), c.copy()) for a, b, x, c in self.stages], "stage_width": self.stage_width,
+                "at_stage": (self._at_stage[0].copy(), self._at_stage[1].copy())}
 
     def load_state_dict(self, state: dict) -> None:
         self.sum, self.count = np.array(state["sum"]), np.array(state["count"])
         self.both, self.labelled = np.array(state["both"]), np.array(state["labelled"])
         self.cursor, self.probes = int(state["cursor"]), int(state["probes"])
+        self.stages = [(int(a), int(b), np.array(x), np.array(c)) for a, b, x, c in state.get("stages", [])]
+        self.stage_width = int(state.get("stage_width", 1))
+        at = state.get("at_stage")
+        self._at_stage = (np.array(at[0]), np.array(at[1])) if at is not None else (self.sum.copy(), self.count.copy())
 
 
 def _nan_list(a: np.ndarray) -> list:
@@ -218,3 +256,79 @@ def affinity_from_config(cfg, task_names: Sequence[str]) -> Optional[TaskAffinit
     return TaskAffinity(task_names, t.affinity_every, t.affinity_max_tasks,
                         t.affinity_lr if t.affinity_lr is not None else cfg.optim.lr,
                         chunk=cfg.schedule.per_task_grad_chunk)
+
+
+# ---- TAG's group selection -------------------------------------------------------------------
+def total_affinity(Z: np.ndarray, labels: Sequence[int]) -> float:
+    """TAG's score of a partition (Fifty et al. 2021, eq. 4): the affinity onto each task from the
+    other members of its group, averaged over them, summed over tasks; a task alone adds 0.
+    Pairs never measured count 0."""
+    A = np.nan_to_num(np.asarray(Z, dtype=np.float64), nan=0.0)
+    labels = np.asarray(labels)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    others = same.sum(0)
+    onto = (A * same).sum(0)                  # column v: sum over u in v's group of Z(u -> v)
+    return float(np.sum(np.where(others > 0, onto / np.maximum(others, 1), 0.0)))
+
+
+def _partitions(n: int, k: int):
+    """Every partition of n items into at most k blocks, as restricted growth strings."""
+    labels = [0] * n
+
+    def grow(i: int, used: int):
+        if i == n:
+            yield labels
+            return
+        for g in range(min(used + 1, k)):
+            labels[i] = g
+            yield from grow(i + 1, max(used, g + 1))
+    yield from grow(1, 1) if n else iter([labels])
+
+
+# Up to this many tasks every partition is scored (S(10, <=4) = 43,947); above it, local search.
+EXACT_MAX_TASKS = 10
+
+
+def select_groups(Z: np.ndarray, k: int, *, restarts: int = 8, seed: int = 0) -> np.ndarray:
+    """TAG's group selection under a budget of ``k`` groups: the partition of the tasks into at
+    most k groups with the highest ``total_affinity``. Exact (every partition scored) up to
+    EXACT_MAX_TASKS tasks; above, the best of single-task moves from the average-linkage clusters
+    and from ``restarts`` random partitions (a local optimum, seeded). Labels numbered by first task."""
+    T = Z.shape[0]
+    if not 1 <= k <= T:
+        raise ValueError(f"groups: k={k}; allowed 1..{T} (the number of tasks)")
+    if T <= EXACT_MAX_TASKS:
+        best, best_score = None, -np.inf
+        for labels in _partitions(T, k):
+            s = total_affinity(Z, labels)
+            if s > best_score + 1e-12:
+                best, best_score = list(labels), s
+        return _first_numbered(np.array(best))
+    rng = np.random.default_rng(seed)
+    starts = [cluster(Z, k)] + [rng.integers(0, k, T) for _ in range(restarts)]
+    best = max((_improve(Z, s.copy(), k) for s in starts), key=lambda lab: total_affinity(Z, lab))
+    return _first_numbered(best)
+
+
+def _improve(Z: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    """Move one task at a time to the group (or an empty one, within k) that raises the score most."""
+    score = total_affinity(Z, labels)
+    while True:
+        moved = False
+        for t in range(len(labels)):
+            keep = labels[t]
+            for g in range(k):
+                if g == keep:
+                    continue
+                labels[t] = g
+                s = total_affinity(Z, labels)
+                if s > score + 1e-12:
+                    score, keep, moved = s, g, True
+            labels[t] = keep
+        if not moved:
+            return labels
+
+
+def _first_numbered(labels: np.ndarray) -> np.ndarray:
+    first: dict[int, int] = {}
+    return np.array([first.setdefault(int(c), len(first)) for c in labels])
