@@ -152,12 +152,13 @@ def _epochs(client, run_id) -> int:
     return len(client.get_metric_history(run_id, "val/auroc_mean"))
 
 
-def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when, n: int = 6, sig=signal.SIGKILL):
+def _kill_and_resume(d: Path, ray_cluster, name: str, scheduler: str, kill_when, n: int = 6, sig=signal.SIGKILL,
+                     extra: tuple = ()):
     uri = f"sqlite:///{d / 'ws' / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "mtlsweep.search.sweep", "--base", str(d / "base.yaml"), "--space",
            str(d / "space.yaml"), "--num-samples", str(n), "--max-concurrent", "2", "--name", name,
            "--workspace", str(d / "ws"), "--tracking-uri", uri, "--scheduler", scheduler, "--grace-period", "1",
-           "--baseline", "fixed", "--verbose", "0"]
+           "--baseline", "fixed", "--verbose", "0", *extra]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = MlflowClient(uri)
@@ -226,9 +227,11 @@ def test_kill_right_as_a_trial_finishes(sweep_dir, ray_cluster):
 
 
 def test_sigterm_mid_trial_closes_runs_as_killed_and_resumes(sweep_dir, ray_cluster):
+    # Its kill point lasts one trial's life (a trial running after one finished): 12 epochs, not 4,
+    # so that a loaded machine still sees it before the 3 trials end.
     _kill_and_resume(sweep_dir, ray_cluster, "sigterm", "none",
                      lambda runs: any(r.info.status == "RUNNING" for r in runs) and len(_finished(runs)) >= 1,
-                     n=3, sig=signal.SIGTERM)
+                     n=3, sig=signal.SIGTERM, extra=("--set", "train.epochs=12", "--set", "train.patience=12"))
 
 
 def test_kill_with_a_pruned_trial_present(sweep_dir, ray_cluster):
