@@ -23,10 +23,12 @@ from mtlsweep.training.task_affinity import (
     adjusted_rand,
     cluster,
     groups_of,
+    mean_affinity,
     read_affinity,
     select_groups,
     symmetric,
     total_affinity,
+    within_between,
 )
 
 
@@ -59,11 +61,6 @@ def _stages(path: Path) -> Optional[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         return z["epochs"], z["sum"].astype(np.float64), z["count"].astype(np.float64)
 
 
-def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-
-
 def bootstrap_groups(sums: np.ndarray, counts: np.ndarray, k: int, *, tag: bool = False, n: int = BOOTSTRAP,
                      seed: int = 0) -> list[np.ndarray]:
     """The groups of ``n`` resamples of the measurement: its stages drawn with replacement."""
@@ -71,24 +68,29 @@ def bootstrap_groups(sums: np.ndarray, counts: np.ndarray, k: int, *, tag: bool 
     out = []
     for _ in range(n):
         pick = rng.integers(0, len(sums), len(sums))
-        Z = _mean(sums[pick].sum(0), counts[pick].sum(0))
+        Z = mean_affinity(sums[pick].sum(0), counts[pick].sum(0))
         out.append(select_groups(Z, k, restarts=2) if tag else cluster(Z, k))
     return out
 
 
+def stability(sums: np.ndarray, counts: np.ndarray, labels: np.ndarray, k: int, *, tag: bool = False,
+              n: int = BOOTSTRAP) -> tuple[np.ndarray, float]:
+    """How stable ``labels`` are: the adjusted Rand index with them of the groups of ``n`` resampled
+    measurements, and how often the pairs grouped in ``labels`` are grouped together there."""
+    boot = bootstrap_groups(sums, counts, k, tag=tag, n=n)
+    ari = np.array([adjusted_rand(labels, b) for b in boot])
+    together = np.mean([(b[:, None] == b[None, :]) for b in boot], axis=0)
+    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
+    return ari, float(together[same].mean()) if same.any() else float("nan")
+
+
 def stability_line(stages_path: Path, labels: np.ndarray, k: int, tag: bool = False) -> str:
-    """How stable the groups are: agreement (adjusted Rand index) of the groups of resampled
-    measurements with these, and how often tasks put together here are put together there."""
     st = _stages(stages_path)
     if st is None or len(st[0]) < 2:
         return "stability: unknown (needs the measurement's stages from at least 2 epochs: affinity_stages.npz)"
     epochs, sums, counts = st
-    boot = bootstrap_groups(sums, counts, k, tag=tag)
-    ari = np.array([adjusted_rand(labels, b) for b in boot])
-    together = np.mean([(b[:, None] == b[None, :]) for b in boot], axis=0)
-    same = (labels[:, None] == labels[None, :]) & ~np.eye(len(labels), dtype=bool)
-    kept = together[same].mean() if same.any() else float("nan")
-    return (f"stability over {len(boot)} resamples of its {len(epochs)} stages: adjusted Rand index with these groups "
+    ari, kept = stability(sums, counts, labels, k, tag=tag)
+    return (f"stability over {len(ari)} resamples of its {len(epochs)} stages: adjusted Rand index with these groups "
             f"{ari.mean():.3f} ± {ari.std(ddof=1):.3f}; pairs grouped here are grouped together in {kept:.0%} of them")
 
 
@@ -101,14 +103,10 @@ def stage_lines(stages_path: Path, k: int, truth_of: Optional[np.ndarray]) -> li
     lines = ["by stage of training (epochs: mean affinity within − between groups"
              + (", adjusted Rand index of the stage's clusters against the truth)" if truth_of is not None else ")")]
     for (a, b), x, c in zip(*st):
-        Z = _mean(x, c)
+        Z = mean_affinity(x, c)
         labels = cluster(Z, k)
-        ref = truth_of if truth_of is not None else labels
-        S = symmetric(Z)
-        off = ~np.eye(len(ref), dtype=bool)
-        same = (ref[:, None] == ref[None, :]) & off
-        gap = (S[same].mean() if same.any() else np.nan) - (S[off & ~same].mean() if (off & ~same).any() else np.nan)
-        line = f"  epochs {a}-{b}: {gap:+.4f}"
+        within, between = within_between(Z, truth_of if truth_of is not None else labels)
+        line = f"  epochs {a}-{b}: {within - between:+.4f}"
         if truth_of is not None:
             line += f", ARI {adjusted_rand(truth_of, labels):.3f}"
         lines.append(line)
@@ -139,13 +137,10 @@ def describe_groups(run_dir: Path, k: Optional[int], truth: Optional[str]) -> st
         raise DataError(f"--groups {k}: allowed 1..{len(tasks)} (the run's task count)")
     lines = [f"{path}: {len(tasks)} tasks, {payload['probes']} probes (every {payload['every']} steps, "
              f"{payload['max_tasks']} tasks each, lookahead lr {payload['lr']:g})", probe_line(path.parent.parent)]
-    S = symmetric(Z)
-    off = ~np.eye(len(tasks), dtype=bool)
     for how, labels in (("average linkage (auto:K)", cluster(Z, k)), ("TAG's selection (tag:K)", select_groups(Z, k))):
-        same = (labels[:, None] == labels[None, :]) & off
+        within, between = within_between(Z, labels)
         lines.append(f"{how}: {int(labels.max()) + 1} groups, total affinity onto tasks {total_affinity(Z, labels):+.4f}; "
-                     f"mean affinity within groups {S[same].mean() if same.any() else float('nan'):+.4f}, "
-                     f"between {S[off & ~same].mean() if (off & ~same).any() else float('nan'):+.4f}"
+                     f"mean affinity within groups {within:+.4f}, between {between:+.4f}"
                      + (f"; adjusted Rand index against {truth}: {adjusted_rand(truth_of, labels):.3f}"
                         if truth_of is not None else ""))
         for i, g in enumerate(groups_of(labels, tasks)):

@@ -3,7 +3,6 @@ unchanged and reproduces (same seed, same data, the epochs the trial actually ra
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from pathlib import Path
 from typing import Optional
@@ -16,20 +15,13 @@ from mtlsweep.config.errors import ConfigError
 from mtlsweep.config.run import validate
 from mtlsweep.config.tags import Role
 from mtlsweep.mlflow_server.registry import is_completed
+from mtlsweep.search.library_logs import no_download_bars
 
 
 def _logged_config(client: MlflowClient, run_id: str) -> dict:
     """The run's config.yaml artifact, read without MLflow's download progress bar (one per file)."""
-    before = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            return yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
-    finally:
-        if before is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = before
+    with no_download_bars(), tempfile.TemporaryDirectory() as tmp:
+        return yaml.safe_load(Path(client.download_artifacts(run_id, "config.yaml", tmp)).read_text())
 
 
 def export_best(tracking_uri: str, experiment: str, out: str | Path, *, sweep: Optional[str] = None,

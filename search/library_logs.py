@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -35,6 +36,23 @@ def is_own_warning(category: type, filename: str) -> bool:
     return path.startswith(OWN_ROOT) and "site-packages" not in path
 
 
+BARS = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
+@contextmanager
+def no_download_bars():
+    """MLflow's "Downloading artifacts" bars (one per file) off while open; as it was after."""
+    before = os.environ.get(BARS)
+    os.environ[BARS] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(BARS, None)
+        else:
+            os.environ[BARS] = before
+
+
 class LibraryLogs:
     """While open: the libraries' loggers write to ``path`` (created with its folder), the MLflow
     download bars are off, and third-party warnings go to the file; ``say`` shows mtlsweep's own
@@ -45,7 +63,7 @@ class LibraryLogs:
         self.say = say
         self._saved: list[tuple[logging.Logger, list, int, bool]] = []
         self._showwarning = None
-        self._env: Optional[str] = None
+        self._bars = no_download_bars()
         self._handler: Optional[logging.Handler] = None
         self._seen: set[str] = set()
 
@@ -59,8 +77,7 @@ class LibraryLogs:
         self._handler = logging.FileHandler(self.path, encoding="utf-8")
         self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         self.route()
-        self._env = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
-        os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+        self._bars.__enter__()
         self._showwarning = warnings.showwarning
         warnings.showwarning = self._warning
         return self
@@ -88,10 +105,7 @@ class LibraryLogs:
 
     def __exit__(self, *exc) -> None:
         warnings.showwarning = self._showwarning
-        if self._env is None:
-            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
-        else:
-            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = self._env
+        self._bars.__exit__(None, None, None)
         for log, handlers, level, propagate in self._saved:
             log.handlers, log.propagate = handlers, propagate
             log.setLevel(level)

@@ -41,6 +41,11 @@ class Arm:
     delta: float = math.nan           # its ΔAUROC against the baseline, where the trial has one
     progress: float = 0.0             # finished trials plus the running ones' share of their epochs
 
+    def offer(self, auroc: float, delta: float) -> None:
+        """A trial's validation AUROC (and its Δ): kept if it is the best so far."""
+        if math.isfinite(auroc) and not auroc <= self.best:
+            self.best, self.delta = auroc, delta
+
     @property
     def pending(self) -> int:
         return max(0, self.planned - self.done - self.running - self.failed - self.stopped)
@@ -229,11 +234,8 @@ class LiveTrials(Callback):
         st = self._current()
         if st is None:
             return
-        a = st.arm(self.fixed_arm or arm_of(trial.config or {}))
-        auroc = float(result.get("val/auroc_mean", math.nan))
-        if math.isfinite(auroc) and not auroc <= a.best:
-            a.best = auroc
-            a.delta = float(result.get("val/delta_auroc_mean", math.nan))
+        st.arm(self.fixed_arm or arm_of(trial.config or {})).offer(
+            float(result.get("val/auroc_mean", math.nan)), float(result.get("val/delta_auroc_mean", math.nan)))
 
     def on_experiment_end(self, trials, **info):
         self.on_step_end(0, trials)
@@ -277,9 +279,7 @@ def wait_tasks(refs: Sequence, stage: str, arms: Sequence[str], scores: Optional
                 a.done += 1
                 a.progress += 1.0
                 if scores is not None:
-                    auroc, delta = scores(result)
-                    if math.isfinite(auroc) and not auroc <= a.best:
-                        a.best, a.delta = auroc, delta
+                    a.offer(*scores(result))
         if view is not None:
             view.refresh()
     if st is not None:

@@ -38,13 +38,20 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from mtlsweep.analysis.task_groups import bootstrap_groups
+from mtlsweep.analysis.task_groups import stability
 from mtlsweep.config.run import RunConfig
 from mtlsweep.studies.ground_truth import ensure_data, load_design
 from mtlsweep.training.request import RunRequest
 from mtlsweep.training.run import execute, prepare
 from mtlsweep.training.sharing_groups import truth_groups
-from mtlsweep.training.task_affinity import adjusted_rand, cluster, read_affinity, select_groups, symmetric
+from mtlsweep.training.task_affinity import (
+    adjusted_rand,
+    cluster,
+    mean_affinity,
+    read_affinity,
+    select_groups,
+    within_between,
+)
 
 SPACES = Path(__file__).resolve().parents[1] / "search" / "spaces" / "ground_truth"
 
@@ -88,23 +95,19 @@ def probe(store: Path, base: dict, every: int, run_dir: Path, threads: int = 1, 
     Z = tr.affinity.matrix()
     truth = truth_groups(store.parent / "truth.json", tr.tasks)
     k = int(truth.max()) + 1
-    S = symmetric(Z)
-    off = ~np.eye(len(truth), dtype=bool)
-    same = (truth[:, None] == truth[None, :]) & off
+    within, between = within_between(Z, truth)
     sums = np.stack([x for _, _, x, _ in tr.affinity.stages]).astype(np.float64)
     counts = np.stack([c for _, _, _, c in tr.affinity.stages]).astype(np.float64)
     out = {"val_auroc": res.best_val_auroc, "converged": bool(res.convergence and res.convergence.converged),
            "best_epoch": res.best_epoch, "epochs": res.epochs_run, "probes": tr.affinity.probes,
-           "within_minus_between": float(S[same].mean() - S[off & ~same].mean()), "seconds": time.time() - t0,
-           "by_stage": [(a, b, adjusted_rand(truth, cluster(np.where(c > 0, x / np.maximum(c, 1), np.nan), k)))
-                        for a, b, x, c in tr.affinity.stages]}
+           "within_minus_between": within - between, "seconds": time.time() - t0,
+           "by_stage": [(a, b, adjusted_rand(truth, cluster(mean_affinity(x, c), k))) for a, b, x, c in tr.affinity.stages]}
     # Clusters of -Z: groups of tasks whose steps raise each other's loss (interference), not lower it.
     out["ari_interference"] = adjusted_rand(truth, cluster(-Z, k))
     for name, labels, tag in (("clusters", cluster(Z, k), False), ("tag", select_groups(Z, k), True)):
-        boot = bootstrap_groups(sums, counts, k, tag=tag, n=100)
         out[name] = labels
         out[f"ari_{name}"] = adjusted_rand(truth, labels)
-        out[f"stability_{name}"] = float(np.mean([adjusted_rand(labels, b) for b in boot]))
+        out[f"stability_{name}"] = float(stability(sums, counts, labels, k, tag=tag, n=100)[0].mean())
     return out
 
 
