@@ -204,6 +204,7 @@ class MlflowRunLogger(Callback):
         # Epochs a continued run already logged (a trial killed after logging an epoch but before
         # its checkpoint replays that epoch on resume, with the same values): not sent twice.
         self.logged_epochs: set[int] = set()
+        self.logged_keys: set[str] = set()      # the metrics a continued run already holds
         self.new_epochs = 0              # epochs this process trained and logged (a resumed run's new ones)
         self.continued = run_id is not None
         if run_id is None:
@@ -213,6 +214,7 @@ class MlflowRunLogger(Callback):
         else:
             self.logged_epochs = {m.step for m in self.client.get_metric_history(run_id, "val/auroc_mean")}
             run = self.client.get_run(run_id)
+            self.logged_keys = set(run.data.metrics)
             if run.info.status != "RUNNING":      # a killed run resumed: running again
                 self.client.update_run(run_id, status="RUNNING")
         self.run_id = run.info.run_id
@@ -259,8 +261,12 @@ class MlflowRunLogger(Callback):
             tags[tag.INNER_TUNING] = json.dumps(info.family["tuned"])
         log.set_tags(tags)
         ceiling = oracle_metrics(info.oracle, self.tasks)
-        if not self.logged_epochs:      # a continued run logged them when it began
-            log.log_metrics({tag.PARAMS: float(info.n_params), **self._rename(ceiling)}, step=0)
+        # Logged once, when the run began: a run continued (after a kill, even one before its
+        # first epoch) already holds them.
+        start = {tag.PARAMS: float(info.n_params), **self._rename(ceiling)}
+        start = {k: v for k, v in start.items() if k not in self.logged_keys}
+        if start:
+            log.log_metrics(start, step=0)
         d = run_dir / "mlflow_artifacts"
         d.mkdir(parents=True, exist_ok=True)
         (run_dir / tag.RUN_ID_FILE).write_text(self.run_id)

@@ -8,6 +8,7 @@ import csv
 import json
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mtlsweep.app.cli import main
@@ -88,3 +89,28 @@ def test_resumed_train_continues_its_mlflow_run(tmp_path, signal_store_path, mon
     page = Path(client.download_artifacts(run.info.run_id, tag.PER_TASK_PAGE, str(tmp_path))).read_text()
     assert "hard-r: validation AUROC per task" in page and all(f"<td>{r['task']}</td>" in page for r in rows)
     assert "baseline AUROC" not in page
+
+
+def test_a_run_continued_after_a_kill_in_its_first_epoch_logs_its_start_metrics_once(tmp_path, tiny_config):
+    """A trial killed before its first epoch ended is continued by its restored trial: the metrics
+    a run logs when it begins (params, the oracle's ceiling) are not logged a second time."""
+    from conftest import run
+
+    from mtlsweep.mlflow_server.attach import Tracking, run_callbacks
+    from mtlsweep.training.callbacks import Callback
+
+    class Killed(Callback):
+        def on_batch_end(self, trainer, epoch, step, batch):
+            raise KeyboardInterrupt
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(**{"train.epochs": 1})
+    callbacks, first = run_callbacks(cfg, Tracking(uri, "continued", async_=False))
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, tmp_path / "a", callbacks=[*callbacks, Killed()])
+    callbacks, again = run_callbacks(cfg, Tracking(uri, "continued", run_id=first.run_id, async_=False))
+    run(cfg, tmp_path / "b", callbacks=callbacks)
+    client = MlflowClient(uri)
+    assert again.run_id == first.run_id
+    assert [m.step for m in client.get_metric_history(first.run_id, tag.PARAMS)] == [0]
+    assert [m.step for m in client.get_metric_history(first.run_id, "val/auroc_mean")] == [1]
