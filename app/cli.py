@@ -179,7 +179,8 @@ def cmd_compare(args) -> int:
     if args.group_by:
         return _compare_grouped(args, uri)
     from mtlsweep.mlflow_server.compare import compare
-    text, _ = compare(uri, args.experiment, args.sweep, args.metric, Path(args.out), args.top)
+    text, _ = compare(uri, args.experiment, args.sweep, args.metric, Path(args.out), args.top,
+                      objectives=args.objectives, worst=args.worst, constraint_delta=args.constraint_delta)
     print(text)
     print(f"written: {Path(args.out) / 'comparison.csv'} and {Path(args.out) / 'comparison.html'}")
     return 0
@@ -209,7 +210,8 @@ def cmd_export(args) -> int:
         raise UserError(f"--top {args.top}: must be >= 1 (how many of the best configurations to export)")
     uri = _tracking_uri(args)
     written = export_best(uri, args.experiment, args.out, sweep=_which_sweep(args, uri), metric=args.metric,
-                          top=args.top, force=args.force)
+                          top=args.top, force=args.force, front=args.front, objectives=args.objectives,
+                          worst=args.worst, constraint_delta=args.constraint_delta, uncertified=args.uncertified)
     for p in written:
         print(p)
     print(f"{len(written)} config(s) and {Path(args.out) / 'README.md'} (their scores); rerun one with: "
@@ -370,6 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_sweep_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
 
+    def objective_args(q, what: str):
+        q.add_argument("--objectives", metavar="NAMES", help=f"{what} over these objectives (comma-separated, as "
+                       "sweep --objectives takes them) instead of those the sweep recorded on its parent run")
+        q.add_argument("--worst", metavar="{min,p5,p10,p25}",
+                       help="auroc_worst over tasks: min or a low percentile (default: the sweep's, else p10)")
+        q.add_argument("--constraint-delta", type=float, metavar="DELTA",
+                       help="every task's validation AUROC >= its baseline's - DELTA to be on the front "
+                            "(default: the sweep's)")
+
     def tracking_args(q):
         q.add_argument("--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI, else local SQLite)")
         q.add_argument("--workspace", default="workspace", help="where the local SQLite store lives")
@@ -385,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--group-by", metavar="TAG", help="aggregate repeated runs by this tag (grid sweeps tag `variant`): "
                     "mean ± sd over seeds of ΔAUROC and a paired Wilcoxon test over tasks × seeds")
     cp.add_argument("--split", choices=["val", "test"], default="val", help="with --group-by: which split's AUROC")
+    objective_args(cp, "the Pareto front")
     tracking_args(cp)
     cp.set_defaults(func=cmd_compare)
 
@@ -396,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--top", type=int, default=3)
     ex.add_argument("--out", required=True)
     ex.add_argument("--force", action="store_true", help="write into a non-empty directory")
+    ex.add_argument("--front", action="store_true",
+                    help="export every point of the sweep's Pareto front (its certified, feasible trials no other "
+                         "beats in every objective), instead of --top by --metric")
+    ex.add_argument("--uncertified", action="store_true",
+                    help="with --front: also the uncertified trials no feasible trial dominates (marked so)")
+    objective_args(ex, "with --front: the front")
     tracking_args(ex)
     ex.set_defaults(func=cmd_export)
 

@@ -5,6 +5,7 @@ search keys, so ``flatten``/``unflatten`` must round-trip exactly.
 """
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union, get_args
@@ -250,12 +251,58 @@ class ScheduleConfig(_Section):
     anneal_floor: float = Field(0.0, ge=0.0, le=1.0, description="annealed: final alpha.")
     warm_start: WarmStartConfig = Field(default_factory=WarmStartConfig)
     weighting: str = Field(
-        "equal", description="Task weighting (famo: Liu et al. 2023, one backward pass whatever the task count).",
+        "equal", description="Task weighting: how the scheduled tasks' losses become gradients (each arm: "
+                             "docs/concepts/weightings.md).",
         json_schema_extra={"registry": "schedule.weighting"})
     gradnorm_alpha: float = Field(1.5, ge=0.0, description="GradNorm restoring force.")
-    per_task_grad_chunk: int = Field(32, ge=1, description="GradNorm/PCGrad: tasks per vectorized backward pass.")
+    per_task_grad_chunk: int = Field(32, ge=1, description="GradNorm, PCGrad and the Jacobian arms: tasks per "
+                                                                  "vectorized backward pass (CUDA).")
     famo_lr: float = Field(0.025, gt=0.0, description="FAMO: learning rate of the task logits (Adam).")
     famo_gamma: float = Field(0.01, ge=0.0, description="FAMO: L2 regularization of the task logits.")
+    task_weights: Union[None, list[float], dict[str, float]] = Field(
+        None, description="fixed: a loss weight per task, as a list (one per task, in the run's task order) or a "
+                          "mapping task name -> weight (the others 1.0); null = all 1.0. Read when the weighting "
+                          "is built, so a resumed run takes the config's weights.")
+    aggregate_scale: Literal["tasks", "native"] = Field(
+        "tasks", description="random and the Jacobian arms whose weights sum to one (upgrad, dualproj, mgda, imtl_g, "
+                             "aligned_mtl, cagrad): tasks multiplies them by the number of counted tasks, the scale "
+                             "of equal weighting's sum; native keeps the method's mean scale.")
+    cagrad_c: float = Field(0.4, ge=0.0, description="CAGrad: radius of the ball around the mean gradient, "
+                                                     "relative to its norm (0 = the mean gradient).")
+    nash_max_norm: float = Field(1.0, ge=0.0, description="Nash-MTL: the shared step's norm is clipped to this "
+                                                          "(0 = no clipping).")
+    nash_update_every: int = Field(1, ge=1, description="Nash-MTL: solve for the task weights every N steps and "
+                                                        "reuse them in between (one backward pass instead of T).")
+    nash_optim_niter: int = Field(20, ge=1, description="Nash-MTL: sequential convex steps per solve.")
+    fairgrad_alpha: float = Field(1.0, ge=0.0, description="FairGrad: alpha of the alpha-fair utility (0: the "
+                                                           "mean gradient; 1: proportional fairness).")
+    aligned_mtl_scale: Literal["min", "median", "rmse"] = Field(
+        "min", description="Aligned-MTL: the singular value the aligned gradients are scaled to (rmse: the "
+                           "original code's).")
+
+    @field_validator("task_weights", mode="before")
+    @classmethod
+    def _task_weights(cls, v):
+        if v is None:
+            return v
+        if isinstance(v, dict):
+            items = list(v.items())
+            bad_key = next((k for k, _ in items if not isinstance(k, str)), None)
+            if bad_key is not None:
+                raise ValueError(f"mapping keys must be task names, got {bad_key!r} (give weights by position as a "
+                                 "list)")
+        elif isinstance(v, (list, tuple)):
+            items = list(enumerate(v))
+        else:
+            raise ValueError(f"expected a list of one weight per task or a mapping task name -> weight, got {v!r}")
+        if not items:
+            raise ValueError("empty; give one weight per task, a mapping task name -> weight, or null")
+        for k, w in items:
+            if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or w < 0:
+                raise ValueError(f"weights must be finite numbers >= 0, got {w!r} for {k!r}")
+        if isinstance(v, (list, tuple)) and not any(w > 0 for w in v):
+            raise ValueError("at least one task needs a weight > 0")
+        return v
 
 
 class OptimConfig(_Section):
@@ -399,10 +446,22 @@ class RunConfig(_Section):
         if ws.task is not None and ws.epochs >= self.train.epochs and not ws.until_plateau:
             raise ValueError(f"schedule.warm_start.epochs={ws.epochs} leaves no epoch for the other tasks "
                              f"(train.epochs={self.train.epochs})")
-        if self.schedule.weighting in ("pcgrad", "gradnorm") and self.model.n_shared == 0:
+        weighting = REGISTRIES["schedule.weighting"][self.schedule.weighting]
+        if weighting.kind == "shared" and self.model.n_shared == 0:
             raise ValueError(
                 f"schedule.weighting={self.schedule.weighting} needs shared parameters; "
                 "model.sharing.shared_layers is 0")
+        tw, tasks = self.schedule.task_weights, self.data.tasks
+        if tw is not None and self.schedule.weighting != "fixed":
+            raise ValueError(f"schedule.task_weights is read by schedule.weighting=fixed only, got weighting="
+                             f"{self.schedule.weighting}")
+        # With the tasks named here, what the data would refuse at the start of the run is refused now.
+        if isinstance(tw, list) and tasks is not None and len(tw) != len(tasks):
+            raise ValueError(f"schedule.task_weights has {len(tw)} weights; data.tasks selects {len(tasks)} tasks")
+        if isinstance(tw, dict) and tasks is not None and all(isinstance(t, str) for t in tasks):
+            unknown = [k for k in tw if k not in tasks]
+            if unknown:
+                raise ValueError(f"schedule.task_weights: {unknown[0]!r} is not among data.tasks")
         if self.model.n_group and self.init.kind in ("checkpoint", "from_hard", "from_single"):
             raise ValueError(f"init.kind={self.init.kind} copies layers stack by stack, which group layers do not "
                              "have; use random or motifs with model.sharing.group_layers")

@@ -43,6 +43,7 @@ class Tracking:
     spool_dir: Optional[Path] = None
     async_: bool = True
     plots: Sequence[str] = PLOTS
+    stop_is_pause: bool = False                         # a population's trial: a scheduler's stop is a pause
 
 
 def run_callbacks(cfg: RunConfig, tracking: Optional[Tracking] = None) -> tuple[list[Callback], Optional[MlflowRunLogger]]:
@@ -52,7 +53,8 @@ def run_callbacks(cfg: RunConfig, tracking: Optional[Tracking] = None) -> tuple[
     if tracking is not None:
         logger = MlflowRunLogger(tracking.uri, tracking.experiment, cfg, run_name=tracking.run_name,
                                  parent_run_id=tracking.parent_run_id, tags=tracking.tags, run_id=tracking.run_id,
-                                 spool_dir=tracking.spool_dir, async_=tracking.async_, plots=tracking.plots)
+                                 spool_dir=tracking.spool_dir, async_=tracking.async_, plots=tracking.plots,
+                                 stop_is_pause=tracking.stop_is_pause)
     grad = maybe_grad_flow(cfg, publish=logger.log_artifacts if logger is not None else None)
     return [c for c in (grad, logger) if c is not None], logger
 

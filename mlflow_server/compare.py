@@ -30,6 +30,14 @@ from rich.console import Console
 from rich.table import Table
 
 from mtlsweep.analysis.learning_curves import time_to_target
+from mtlsweep.analysis.pareto import (
+    SHORTFALL_METRIC,
+    Objective,
+    ObjectiveSet,
+    pareto_front,
+    parse_objectives,
+    worst_text,
+)
 from mtlsweep.config import tags as tag
 from mtlsweep.config.identity import (
     FAMILY_LABELS,
@@ -41,6 +49,7 @@ from mtlsweep.config.identity import (
 from mtlsweep.config.tags import Role
 from mtlsweep.data.task_keys import sanitize_names
 from mtlsweep.training.certificates import RULE, TUNING_RULE, tuning_edges
+from mtlsweep.training.metrics import DEFAULT_WORST, worst_stats
 
 FAMILIES = FAMILY_LABELS
 AUROC_PREFIX = "best/val/auroc/"
@@ -103,6 +112,12 @@ class RunRow:
         ranges = _json_tag(self.tags, tag.RANGES)
         chosen = {}
         for k in ranges:
+            # What the run last trained with: the value it logged each epoch (optim.lr as metric
+            # optim/lr; a population's schedule changes it as it trains), else its param.
+            last = self.metrics.get(k.replace(".", "/"))
+            if last is not None:
+                chosen[k] = last
+                continue
             try:
                 chosen[k] = yaml.safe_load(self.params.get(k, "null"))
             except yaml.YAMLError:
@@ -229,11 +244,20 @@ class Comparison:
         return float(self.delta[ok].mean()) if ok.any() else math.nan
 
 
-def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
+def task_deltas(row: RunRow) -> Optional[tuple[list[str], np.ndarray]]:
+    """(task keys, the run's per-task AUROC minus its baseline's) over the tasks both have; None
+    without a baseline."""
     if row.baseline is None:
         return None
     keys = sorted(set(row.per_task) & set(row.baseline.per_task))
-    d = np.array([row.per_task[k] - row.baseline.per_task[k] for k in keys], dtype=np.float64)
+    return keys, np.array([row.per_task[k] - row.baseline.per_task[k] for k in keys], dtype=np.float64)
+
+
+def compare_to_baseline(row: RunRow) -> Optional[Comparison]:
+    paired = task_deltas(row)
+    if paired is None:
+        return None
+    keys, d = paired
     ok = np.isfinite(d)
     return Comparison(row, d, keys, wilcoxon_p(d), int((d[ok] > 0).sum()), int(ok.sum()))
 
@@ -308,6 +332,9 @@ class ComparisonRow:
     wilcoxon_p: float = math.nan
     tasks_improved: object = ""
     tasks_total: object = ""
+    auroc_worst: float = math.nan      # the worst tasks' AUROC (the sweep's --worst, else p10)
+    worst_shortfall: float = math.nan  # max over tasks of baseline − run AUROC (> 0: a task lost that much)
+    front: str = ""                    # on the sweep's Pareto front: yes, uncertified, infeasible or ""
     oracle_auroc: float = math.nan
     gap_closed: float = math.nan
     train_val_gap: float = math.nan
@@ -408,8 +435,145 @@ def _trials(runs: list[RunRow]) -> str:
     return f"{done}/{len(runs)}" + (f" ({pruned} pruned)" if pruned else "") + (f" ({failed} failed)" if failed else "")
 
 
+# ---- the Pareto front of a multi-objective sweep (analysis.pareto) ---------------------------------
+def shortfall(row: RunRow, delta: Optional[np.ndarray]) -> float:
+    """Max over tasks of the baseline's AUROC minus the run's, from ``delta`` (compare's own
+    match), else as the run logged it against its sweep's baseline; NaN without a baseline."""
+    if delta is not None and np.isfinite(delta).any():
+        return float(-np.nanmin(delta))
+    return row.m(f"best/{SHORTFALL_METRIC}")
+
+
+def worst_auroc(row: RunRow, worst: str) -> float:
+    """The run's ``worst`` statistic of per-task validation AUROC at its best epoch."""
+    v = row.m(f"best/val/auroc_{worst}")
+    if math.isfinite(v) or not row.per_task:
+        return v
+    return worst_stats(np.array(list(row.per_task.values())), "a")[f"a_{worst}"]
+
+
+def objective_value(row: RunRow, o: Objective, worst: str, delta: Optional[np.ndarray]) -> float:
+    """The run's value of objective ``o``: deltas against compare's own baseline where it has one
+    (``delta``, the table's), the rest as the run logged them at its best epoch (cost: its last epoch)."""
+    if delta is not None and np.isfinite(delta).any() and o.name == "delta_auroc_mean":
+        return float(np.nanmean(delta))
+    if delta is not None and o.name == "delta_auroc_worst":
+        return worst_stats(delta, "d")[f"d_{worst}"]
+    if o.name == "auroc_worst":
+        return worst_auroc(row, worst)
+    return row.m(o.run_metric)
+
+
+@dataclass
+class FrontPoint:
+    row: RunRow
+    values: tuple[float, ...]          # one per objective, in the ObjectiveSet's order
+    certified: bool
+    why: str                           # why not certified
+    shortfall: float
+    feasible: bool                     # meets the constraint (always, without one)
+    on_front: bool = False             # certified, feasible, dominated by no other such run
+    open_front: bool = False           # feasible, dominated by no feasible run, certified or not
+
+
+@dataclass
+class Front:
+    """The Pareto front of a sweep's completed runs over its objectives. Only certified runs that
+    meet the constraint can be on it; an uncertified run that no feasible run dominates is shown
+    beside it, never on it."""
+    objectives: ObjectiveSet
+    points: list[FrontPoint]           # every completed run with all its objectives measured
+    unmeasured: list[RunRow] = field(default_factory=list)     # completed, an objective missing (NaN)
+    source: str = ""                   # where the objectives came from
+
+    def _sorted(self, pts: list[FrontPoint]) -> list[FrontPoint]:
+        first = self.objectives.objectives[0]
+        return sorted(pts, key=lambda p: -p.values[0] if first.mode == "max" else p.values[0])
+
+    @property
+    def front(self) -> list[FrontPoint]:
+        return self._sorted([p for p in self.points if p.on_front])
+
+    @property
+    def uncertified(self) -> list[FrontPoint]:
+        return self._sorted([p for p in self.points if p.open_front and not p.on_front])
+
+    @property
+    def infeasible(self) -> list[FrontPoint]:
+        return self._sorted([p for p in self.points if not p.feasible])
+
+    def status(self, row: RunRow) -> str:
+        for p in self.points:
+            if p.row is row:
+                return "yes" if p.on_front else "uncertified" if p.open_front else \
+                    "infeasible" if not p.feasible else ""
+        return ""
+
+
+def find_front(runs: list[RunRow], objectives: ObjectiveSet, source: str = "") -> Front:
+    """The front of ``runs``' completed trials (and references) over ``objectives``; runs with
+    an objective unmeasured are left off it and listed."""
+    objs, worst = objectives.objectives, objectives.worst
+    modes = [o.mode for o in objs]
+    points, unmeasured = [], []
+    for r in runs:
+        if r.role in (Role.BASELINE, Role.CANDIDATE) or not r.completed:
+            continue
+        paired = task_deltas(r)
+        d = paired[1] if paired is not None else None
+        values = tuple(objective_value(r, o, worst, d) for o in objs)
+        if not all(map(math.isfinite, values)):
+            unmeasured.append(r)
+            continue
+        ok, why = r.certificate()
+        short = shortfall(r, d)
+        points.append(FrontPoint(r, values, ok, why, short, objectives.feasible(short)))
+    feasible = [p for p in points if p.feasible]
+    for i in pareto_front([p.values for p in feasible], modes):
+        feasible[i].open_front = True
+    eligible = [p for p in feasible if p.certified]
+    for i in pareto_front([p.values for p in eligible], modes):
+        eligible[i].on_front = True
+    return Front(objectives, points, unmeasured, source)
+
+
+def sweep_objectives(client: MlflowClient, experiment: str, sweep: Optional[str]) -> Optional[ObjectiveSet]:
+    """The objectives a sweep (its name or parent run id) recorded on its parent run; None for
+    no sweep, or a sweep that recorded none."""
+    if not sweep:
+        return None
+    try:
+        run = client.get_run(sweep)
+    except MlflowException:
+        exp = client.get_experiment_by_name(experiment)
+        named = client.search_runs([exp.experiment_id], max_results=1, filter_string=(
+            f"tags.{tag.ROLE} = '{Role.SWEEP}' and tags.{tag.SWEEP} = '{sweep}'")) if exp else []
+        if not named:
+            return None
+        run = named[0]
+    return ObjectiveSet.from_params(run.data.params)
+
+
+def resolve_objectives(client: MlflowClient, experiment: str, sweep: Optional[str], names: Optional[str] = None,
+                       worst: Optional[str] = None, constraint_delta: Optional[float] = None
+                       ) -> tuple[Optional[ObjectiveSet], str]:
+    """(objectives, where from): ``names`` (--objectives) when given, else the sweep's own;
+    ``worst`` and ``constraint_delta`` override the sweep's."""
+    recorded = sweep_objectives(client, experiment, sweep)
+    if not names and recorded is None:
+        if worst is not None or constraint_delta is not None:
+            raise LookupError("--worst and --constraint-delta need the objectives: give --objectives (no sweep "
+                              "recorded any here)")
+        return None, ""
+    base = recorded or ObjectiveSet(())
+    spec = names or ",".join(base.names)
+    source = "--objectives" if names else "the sweep's parent run"
+    return parse_objectives(spec, worst or base.worst or DEFAULT_WORST,
+                            constraint_delta if constraint_delta is not None else base.constraint_delta), source
+
+
 def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
-               client: Optional[MlflowClient] = None) -> list[ComparisonRow]:
+               client: Optional[MlflowClient] = None, front: Optional[Front] = None) -> list[ComparisonRow]:
     """The baseline(s), the best *certified* run of each family (converged, tuned to an interior
     optimum; without one its best completed run, labelled uncertified, or a line saying none
     completed), then the top certified runs overall. Pruned, failed and orphaned runs are never
@@ -440,6 +604,10 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
     for r in [r for r in certified if keys[r.run_id] not in shown][:top]:
         chosen.append(("top", r, ""))
         shown.add(keys[r.run_id])
+    if front is not None:       # the front's points, each on a line of its own
+        for p in front.front:
+            if all(p.row is not c for _, c, _ in chosen):
+                chosen.append(("front", p.row, ""))
     for _, r, _ in list(chosen):
         if r is not None and r.baseline is not None and all(r.baseline is not c for _, c, _ in chosen):
             chosen.insert(0, ("baseline", r.baseline, ""))
@@ -467,7 +635,9 @@ def table_rows(rows: list[RunRow], metric: str = "val/auroc_mean", top: int = 5,
             auprc_mean=r.m("best/val/auprc_mean"),
             delta_auroc_mean=c.delta_mean if c else math.nan, wilcoxon_p=c.p_value if c else math.nan,
             tasks_improved=c.improved if c else "", tasks_total=c.compared if c else "",
-            oracle_auroc=oracle,
+            auroc_worst=worst_auroc(r, front.objectives.worst if front else DEFAULT_WORST),
+            worst_shortfall=shortfall(r, c.delta if c else None) if r.role != Role.BASELINE else math.nan,
+            front=front.status(r) if front else "", oracle_auroc=oracle,
             gap_closed=gap_closed(r.m("best/val/auroc_mean"), base.m("best/val/auroc_mean"), oracle)
             if base is not None else math.nan,
             train_val_gap=r.m("best/gap/auroc"), epoch_s=r.m("cost/epoch_s"), samples_per_s=r.m("cost/samples_per_s"),
@@ -576,17 +746,89 @@ def rich_table(title: str, columns: list[str], cells: list[list[str]], left: tup
 TEXT_LABELS = {"auroc_mean": "AUROC", "auprc_mean": "AUPRC", "delta_auroc_mean": "ΔAUROC", "wilcoxon_p": "p",
                "delta_seeds": "Δ seeds",
                "tasks_improved": "better", "n_params": "params", "certified": "cert.",
-               "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch"}
+               "oracle_auroc": "oracle", "gap_closed": "gap closed", "train_val_gap": "train-val", "epoch_s": "s/epoch",
+               "auroc_worst": "worst"}
 # Columns the text table leaves out first when the terminal is narrow (all are in comparison.csv).
 OPTIONAL_TEXT = ("epoch_s", "trials", "train_val_gap", "gap_closed", "oracle_auroc", "auprc_mean", "baseline",
                  "family", "n_params", "role", "delta_seeds")     # a best run's role names its family
 
 
-def render_text(rows: list[ComparisonRow], width: Optional[int] = None) -> str:
-    return rich_table("configurations vs single-task baseline (validation, best epoch)", TEXT_COLUMNS,
-                      [[_fmt(getattr(r, c)) for c in TEXT_COLUMNS] for r in rows],
-                      ("run", "family", "role", "trials", "baseline"), width, OPTIONAL_TEXT, TEXT_LABELS) \
-        + caption(rows) + "\n"
+def render_text(rows: list[ComparisonRow], width: Optional[int] = None, front: Optional[Front] = None) -> str:
+    columns = TEXT_COLUMNS
+    if front is not None:       # beside AUROC: the worst tasks' AUROC, and whether the run is on the front
+        i = columns.index("auprc_mean")
+        columns = columns[:i] + ["auroc_worst"] + columns[i:] + ["front"]
+    return rich_table("configurations vs single-task baseline (validation, best epoch)", columns,
+                      [[_fmt(getattr(r, c)) for c in columns] for r in rows],
+                      ("run", "family", "role", "trials", "baseline", "front"), width, OPTIONAL_TEXT, TEXT_LABELS) \
+        + caption(rows) + "\n" + (front_text(front, width) if front is not None else "")
+
+
+def front_title(front: Front) -> str:
+    return "Pareto front over " + ", ".join(o.label for o in front.objectives.objectives)
+
+
+def front_caption(front: Front) -> list[str]:
+    """What the front is, in lines: its objectives, the worst statistic, the constraint, who can be on it."""
+    objs = front.objectives
+    lines = [f"{front_title(front)}" + (f" (from {front.source})" if front.source else "") + ": no run on it is "
+             "beaten by another in every objective. " + "; ".join(f"{o.name}: {o.about}" for o in objs.objectives)
+             + "."]
+    if not objs.uses_worst:
+        lines.append(f"auroc_worst (a column): {worst_text(objs.worst)}.")
+    lines.append(f"Constraint: {objs.constraint_text()}" + (
+        " (shortfall: max over tasks of the baseline's AUROC minus the run's); an infeasible run is never on the "
+        "front." if objs.constraint_delta is not None else "."))
+    lines.append("Only completed, certified runs are on the front; an uncertified run that no feasible run "
+                 "dominates is listed apart, never on it.")
+    return lines
+
+
+FRONT_COLUMNS = ["run", "family", "status"]
+
+
+def front_cells(front: Front, points: list[FrontPoint]) -> tuple[list[str], list[list[str]]]:
+    names = [o.name for o in front.objectives.objectives]
+    columns = FRONT_COLUMNS + names + ["worst_shortfall"]
+    cells = [[p.row.name.rsplit("/", 1)[-1], p.row.family,
+              "front" if p.on_front else "not certified" if p.feasible else "infeasible",
+              *(_fmt(v) for v in p.values), _fmt(p.shortfall)] for p in points]
+    return columns, cells
+
+
+def front_text(front: Front, width: Optional[int] = None) -> str:
+    """The front's section of `compare`: its points, the uncertified runs beside it, the infeasible ones."""
+    lines = front_caption(front)
+    shown = front.front + front.uncertified
+    if not front.front:
+        lines.append("No run is on the front: none completed certified" + (
+            " and feasible" if front.objectives.constraint_delta is not None else "") + " with every objective "
+            "measured.")
+    text = ""
+    if shown:
+        columns, cells = front_cells(front, shown)
+        text = rich_table(f"{front_title(front)} ({len(front.front)} point(s))", columns, cells,
+                          ("run", "family", "status"), width, ("family",))
+    lines += [f"  not certified, {p.row.name}: {p.why}" for p in front.uncertified]
+    if front.infeasible:
+        lines.append(f"Infeasible (a task more than {front.objectives.constraint_delta:g} below its baseline): "
+                     + ", ".join(f"{p.row.name} (shortfall {p.shortfall:.4f})" for p in front.infeasible) + ".")
+    if front.unmeasured:
+        lines.append("Left off (an objective not measured): " + ", ".join(r.name for r in front.unmeasured) + ".")
+    return text + "\n".join(lines) + "\n"
+
+
+def write_front_csv(front: Front, path: Path) -> Path:
+    """Every completed run with its objectives: on the front or not, and why not."""
+    names = [o.name for o in front.objectives.objectives]
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["run", "run_id", "family", *names, "worst_shortfall", "feasible", "certified", "front",
+                    "certificate"])
+        for p in front._sorted(front.points):
+            w.writerow([p.row.name, p.row.run_id, p.row.family, *p.values, p.shortfall, "yes" if p.feasible else "no",
+                        "yes" if p.certified else "no", front.status(p.row) or "dominated", p.why])
+    return path
 
 
 def write_csv(rows: list[ComparisonRow], path: Path) -> Path:
@@ -607,22 +849,48 @@ def report_title(client: MlflowClient, experiment: str, sweep: Optional[str]) ->
     return f"experiment {experiment}"
 
 
-def write_report(rows: list[ComparisonRow], runs: list[RunRow], out_dir: Path, title: str) -> tuple[Path, Path]:
-    """comparison.csv and comparison.html (table, captioned plots) in ``out_dir``."""
+def write_report(rows: list[ComparisonRow], runs: list[RunRow], out_dir: Path, title: str,
+                 front: Optional[Front] = None) -> tuple[Path, ...]:
+    """comparison.csv and comparison.html (table, captioned plots) in ``out_dir``; with a front,
+    front.csv too (every completed run's objectives)."""
     from mtlsweep.mlflow_server.report_html import write_html  # matplotlib: only when a report is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return write_csv(rows, out_dir / "comparison.csv"), write_html(rows, runs, out_dir / "comparison.html", title)
+    written = (write_csv(rows, out_dir / "comparison.csv"),
+               write_html(rows, runs, out_dir / "comparison.html", title, front=front))
+    return written + ((write_front_csv(front, out_dir / "front.csv"),) if front is not None else ())
+
+
+def runs_front(client: MlflowClient, experiment: str, sweep: Optional[str], runs: list[RunRow],
+               objectives: Optional[str] = None, worst: Optional[str] = None,
+               constraint_delta: Optional[float] = None) -> Optional[Front]:
+    """The Pareto front of ``runs`` (collect's) over the sweep's objectives or those given; None
+    when there is a single objective and no constraint, or none is known."""
+    objs, source = resolve_objectives(client, experiment, sweep, objectives, worst, constraint_delta)
+    return find_front(runs, objs, source) if objs is not None and objs.multi else None
+
+
+def sweep_front(tracking_uri: str, experiment: str, sweep: Optional[str], objectives: Optional[str] = None,
+                worst: Optional[str] = None, constraint_delta: Optional[float] = None) -> Optional[Front]:
+    """The Pareto front that `compare` shows for ``sweep`` (its name or parent run id)."""
+    client = MlflowClient(tracking_uri)
+    return runs_front(client, experiment, sweep, collect(client, experiment, sweep), objectives, worst,
+                      constraint_delta)
 
 
 def compare(tracking_uri: str, experiment: str, sweep: Optional[str] = None, metric: str = "val/auroc_mean",
-            out_dir: Optional[Path] = None, top: int = 5) -> tuple[str, list[ComparisonRow]]:
+            out_dir: Optional[Path] = None, top: int = 5, objectives: Optional[str] = None,
+            worst: Optional[str] = None, constraint_delta: Optional[float] = None) -> tuple[str, list[ComparisonRow]]:
+    """The comparison's text and rows (and report in ``out_dir``). A sweep of several objectives
+    (or a constraint) also gets its Pareto front; ``objectives``/``worst``/``constraint_delta``
+    override what the sweep recorded, or give a front to runs of no such sweep."""
     client = MlflowClient(tracking_uri)
     runs = collect(client, experiment, sweep)
     if not runs:
         raise LookupError(f"experiment {experiment!r} has no runs" + (f" under sweep {sweep}" if sweep else ""))
-    rows = table_rows(runs, metric, top, client)
-    text = render_text(rows)
+    front = runs_front(client, experiment, sweep, runs, objectives, worst, constraint_delta)
+    rows = table_rows(runs, metric, top, client, front=front)
+    text = render_text(rows, front=front)
     if out_dir is not None:
-        write_report(rows, runs, out_dir, report_title(client, experiment, sweep))
+        write_report(rows, runs, out_dir, report_title(client, experiment, sweep), front=front)
     return text, rows

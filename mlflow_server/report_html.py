@@ -6,7 +6,8 @@ pinned, short headers with the column's full name on hover), then the plots: eac
 delta over its seeds, accuracy against cost, the learning curves of each family's best, one
 scatter per configuration against its baseline on shared axes, and a clustered tasks x
 configurations heatmap of the per-task deltas (AUROC, and AUPRC where runs log it), which carries
-the per-task story once there are too many tasks to name on a scatter.
+the per-task story once there are too many tasks to name on a scatter. A sweep of several
+objectives first gets its Pareto front: what it is, its points, and their scatter.
 
 Imported only when a report is written (compare.write_report): it brings matplotlib.
 """
@@ -27,12 +28,17 @@ from mtlsweep.mlflow_server.compare import (
     CURVE_METRIC,
     FAMILIES,
     ComparisonRow,
+    Front,
     RunRow,
     _fmt,
     caption,
     compare_to_baseline,
     config_key,
+    front_caption,
+    front_cells,
+    front_title,
     least_p,
+    objective_value,
     p_floor_note,
 )
 from mtlsweep.plots import cluster_order, row_heatmaps, subplots
@@ -121,6 +127,79 @@ def pareto(rows: list[ComparisonRow], runs: list[RunRow]):
         ax.legend(fontsize=7, loc="best")
     ax.set_title("accuracy against cost")
     return fig
+
+
+# ---- the Pareto front of a multi-objective sweep -------------------------------------------------
+def front_plot(front: Front):
+    """The first two objectives against each other, coloured by the third when there is one (else
+    by family): the front's points ringed and joined, uncertified non-dominated runs as hollow
+    diamonds, infeasible runs as crosses, the single-task baseline as a star. None with fewer than
+    two objectives or no measured run."""
+    objs = front.objectives.objectives
+    if len(objs) < 2 or not front.points:
+        return None
+    fig, ax = subplots(figsize=(6.4, 4.6))
+    xy = np.array([p.values[:2] for p in front.points], dtype=float)
+    ok = np.array([p.feasible for p in front.points])
+    if len(objs) > 2:
+        c = np.array([p.values[2] for p in front.points], dtype=float)
+        cmap = "viridis_r" if objs[2].mode == "min" else "viridis"     # better is always yellow
+        sc = ax.scatter(xy[ok, 0], xy[ok, 1], c=c[ok], cmap=cmap, vmin=np.nanmin(c), vmax=np.nanmax(c), s=26,
+                        zorder=2, label="completed run")
+        fig.colorbar(sc, ax=ax, label=objs[2].label)
+    else:
+        for fam in FAMILIES:
+            sel = ok & np.array([p.row.family == fam for p in front.points])
+            if sel.any():
+                ax.scatter(xy[sel, 0], xy[sel, 1], c=COLORS[fam], s=26, zorder=2, label=fam)
+    if (~ok).any():
+        ax.scatter(xy[~ok, 0], xy[~ok, 1], marker="x", c="0.45", s=30, zorder=2, label="infeasible (constraint)")
+    on = front.front
+    if on:
+        pts = sorted((p.values[0], p.values[1]) for p in on)
+        ax.plot(*zip(*pts), c="k", lw=1, zorder=1)
+        ax.scatter(*zip(*pts), s=110, facecolors="none", edgecolors="k", lw=1.5, zorder=3,
+                   label=f"Pareto front ({len(on)})")
+    if front.uncertified:
+        ax.scatter([p.values[0] for p in front.uncertified], [p.values[1] for p in front.uncertified], marker="D",
+                   s=70, facecolors="none", edgecolors="tab:red", zorder=3, label="not certified, not dominated")
+    base = _baseline_point(front)
+    if base is not None:
+        ax.scatter([base[0]], [base[1]], marker="*", s=160, c="k", zorder=4, label="single-task baseline")
+    ax.set_xlabel(objs[0].label)
+    ax.set_ylabel(objs[1].label)
+    ax.legend(fontsize=7, loc="best")
+    ax.set_title(front_title(front), fontsize=10)
+    return fig
+
+
+def _baseline_point(front: Front):
+    """The first two objectives of the runs' baseline (a delta is 0 against itself); None when
+    the runs face several baselines or one objective is a cost the baseline did not log alike."""
+    bases = {id(p.row.baseline): p.row.baseline for p in front.points if p.row.baseline is not None}
+    if len(bases) != 1:
+        return None
+    b = next(iter(bases.values()))
+    vals = [0.0 if o.name.startswith("delta_") else objective_value(b, o, front.objectives.worst, None)
+            for o in front.objectives.objectives[:2]]
+    return vals if all(map(math.isfinite, vals)) else None
+
+
+def front_table(front: Front) -> str:
+    columns, cells = front_cells(front, front.front + front.uncertified + front.infeasible)
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f'<td class="{"t" if j < 3 else ""}">{html.escape(v)}</td>'
+                                    for j, v in enumerate(row)) + "</tr>" for row in cells)
+    return f'<div class="scroll table"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def front_html(front: Front) -> str:
+    """The front's section: what it is, its points (and the uncertified and infeasible runs beside it)."""
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in front_caption(front))
+    if not front.front:
+        lines += '<p class="warn">No run is on the front: none completed certified' + (
+            " and feasible" if front.objectives.constraint_delta is not None else "") + ".</p>"
+    return f'<h2>{html.escape(front_title(front))}</h2><div class="caption">{lines}</div>{front_table(front)}'
 
 
 # ---- the seeds ----------------------------------------------------------------------------------
@@ -304,8 +383,19 @@ def _task_table(rows: list[ComparisonRow], keys: list[str]) -> str:
             f"<div class=scroll><table>{head}{''.join(body)}</table></div></details>")
 
 
-def figures(rows: list[ComparisonRow], runs: list[RunRow]) -> list[Figure]:
+def figures(rows: list[ComparisonRow], runs: list[RunRow], front: "Front | None" = None) -> list[Figure]:
     out = []
+    fig = front_plot(front) if front is not None else None
+    if fig is not None:
+        objs = front.objectives.objectives
+        colour = f"colour: {objs[2].label} (the 3rd objective)" if len(objs) > 2 else "colour: family"
+        out.append(Figure("front.png", _png_b64(fig),
+                          f"The sweep's objectives: every completed run's {objs[0].name} against its {objs[1].name} "
+                          f"({colour}). Ringed and joined: the Pareto front (certified runs that meet the "
+                          "constraint and that no such run beats in every objective"
+                          + (", over all objectives, so a point may look dominated in these two" if len(objs) > 2
+                             else "") + "); hollow red diamonds: uncertified runs no feasible run dominates; "
+                          "crosses: runs that break the constraint; star: the single-task baseline."))
     fig = seed_plot(rows)
     if fig is not None:
         out.append(Figure("seeds.png", _png_b64(fig),
@@ -392,6 +482,12 @@ HTML_COLUMNS: list[tuple[str, str, Callable[[ComparisonRow], str]]] = [
     ("median", "auroc_median: median validation AUROC over tasks", _attr("auroc_median")),
     ("AUPRC", "auprc_mean: mean validation AUPRC over tasks", _attr("auprc_mean")),
     ("ΔAUROC", "delta_auroc_mean: mean over tasks of this run's AUROC minus its baseline's", _attr("delta_auroc_mean")),
+    ("worst", "auroc_worst: validation AUROC of the worst tasks (the sweep's --worst: the minimum or a low percentile "
+     "over tasks, p10 unless said)", _attr("auroc_worst")),
+    ("shortfall", "worst_shortfall: max over tasks of the baseline's AUROC minus this run's (> 0: a task lost that "
+     "much)", _attr("worst_shortfall")),
+    ("front", "front: on the sweep's Pareto front (yes), not dominated but not certified (uncertified), or breaking "
+     "the per-task constraint (infeasible)", _attr("front")),
     ("Δ seeds", "delta_seed_mean ± delta_seed_sd (seeds: delta_seed_min … delta_seed_max): the configuration's "
      "ΔAUROC over its seeds, each against its own baseline", _seeds),
     ("p", "wilcoxon_p: Wilcoxon signed-rank p over tasks (≥ x: the least p possible with this few tasks)", _p),
@@ -464,8 +560,9 @@ def caption_html(rows: list[ComparisonRow]) -> str:
     return '<div class="caption">' + "".join(out) + "</div>"
 
 
-def write_html(rows: list[ComparisonRow], runs: list[RunRow], path: Path, title: str) -> Path:
-    figs = figures(rows, runs)
+def write_html(rows: list[ComparisonRow], runs: list[RunRow], path: Path, title: str,
+               front: "Front | None" = None) -> Path:
+    figs = figures(rows, runs, front)
     imgs = "".join(f'<figure class="{"wide" if f.wide else ""}"><img src="data:image/png;base64,{f.png}" '
                    f'alt="{html.escape(f.name)}"><figcaption>{html.escape(f.caption)}</figcaption>{f.detail}</figure>'
                    for f in figs)
@@ -473,5 +570,5 @@ def write_html(rows: list[ComparisonRow], runs: list[RunRow], path: Path, title:
 <style>{STYLE}</style></head><body>
 <h1>{html.escape(title)}</h1>{caption_html(rows)}{table_html(rows)}
 <p style="font-size:12px;color:#555">Hover a column's header for its full name; columns with no value here are left out
-(comparison.csv has every column).</p>{imgs}</body></html>""")
+(comparison.csv has every column).</p>{front_html(front) if front is not None else ""}{imgs}</body></html>""")
     return path

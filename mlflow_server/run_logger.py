@@ -34,8 +34,8 @@ from mtlsweep.training.metrics import baseline_array
 # every logged metric's history itself, and each plot costs a trial ~0.3 s.
 PLOTS = ("learning_curves", "schedule_weights", "auroc_vs_baseline")
 TRIAL_PLOTS = ("schedule_weights", "auroc_vs_baseline")
-PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "test/auroc/", "oracle/val/auroc/",
-                     "oracle/test/auroc/")
+PER_TASK_PREFIXES = ("val/auroc/", "val/auprc/", "schedule/weight/", "schedule/task_weight/", "test/auroc/",
+                     "oracle/val/auroc/", "oracle/test/auroc/")
 # Copied to best/... at each improving epoch: what the run is judged by, at its best epoch.
 BEST_PREFIXES = ("val/", "train/auroc_mean", "gap/")
 ORACLE_SPLITS = {"valid": "val", "test": "test"}
@@ -187,9 +187,10 @@ class MlflowRunLogger(Callback):
     def __init__(self, tracking_uri: str, experiment: str, cfg: RunConfig, *, run_name: Optional[str] = None,
                  parent_run_id: Optional[str] = None, tags: Optional[dict[str, str]] = None,
                  run_id: Optional[str] = None, spool_dir: Optional[Path] = None, async_: bool = True,
-                 plots: Sequence[str] = PLOTS):
+                 plots: Sequence[str] = PLOTS, stop_is_pause: bool = False):
         check_reachable(tracking_uri)
         self.plots = tuple(plots)
+        self.stop_is_pause = stop_is_pause
         self.uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.cfg = cfg
@@ -285,10 +286,24 @@ class MlflowRunLogger(Callback):
         self.new_epochs += 1
         if report.best:
             # Kept current every improving epoch, so a trial stopped early (ASHA) still has them.
-            m.update({f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)})
-            m["best/epoch"] = float(report.epoch)
-            m = {**headline(m), **m}        # first in the batch: a run page lists metrics as first logged
+            m = {**self._best(m, report.epoch), **m}
         self._fast(Path(".")).log_metrics(self._rename(m), step=report.epoch)
+
+    @staticmethod
+    def _best(m: dict[str, float], epoch: int) -> dict[str, float]:
+        best = {f"best/{k}": v for k, v in m.items() if k.startswith(BEST_PREFIXES)}
+        best["best/epoch"] = float(epoch)
+        return {**headline({**m, **best}), **best}   # first in the batch: a run page lists metrics as first logged
+
+    def adopt_best(self, history: list[dict], best_epoch: int, step: int) -> None:
+        """The best/ metrics of a lineage this run continues (a population's trial that copied a
+        better trial's checkpoint): its best epoch is now that trial's, and the model it will be
+        tested with too. Logged at ``step``, the epoch of the copy, so they are the latest."""
+        if not 1 <= best_epoch <= len(history):
+            return
+        row = history[best_epoch - 1]
+        m = {k: float(v) for k, v in row.items() if isinstance(v, (int, float)) and k != "epoch"}
+        self._fast(Path(".")).log_metrics(self._rename(self._best(m, best_epoch)), step=step)
 
     def _rename(self, metrics: dict[str, float]) -> dict[str, float]:
         out = {}
@@ -376,8 +391,13 @@ class MlflowRunLogger(Callback):
 
     def on_train_abort(self, exc: BaseException) -> None:
         """A scheduler's stop (SystemExit inside Tune's report) leaves the run FINISHED and tagged;
-        Ctrl-C marks it KILLED, anything else FAILED."""
-        if isinstance(exc, SystemExit):
+        Ctrl-C marks it KILLED, anything else FAILED. A population's scheduler stops a trial to
+        pause it, or to hand it a better trial's checkpoint: its run stays RUNNING, continued when
+        the trial starts again."""
+        if isinstance(exc, SystemExit) and self.stop_is_pause:
+            if self.logger is not None:
+                self.logger.close()
+        elif isinstance(exc, SystemExit):
             self.stopped_early()
         else:
             self.fail("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")

@@ -4,6 +4,7 @@ Errors name the config field: they are user mistakes found once the run's tasks 
 """
 from __future__ import annotations
 
+import inspect
 from typing import Optional, Sequence, Union
 
 import numpy as np
@@ -86,6 +87,13 @@ def build_schedule(cfg, task_names: Sequence[str], *, prevalence: np.ndarray, si
     return WarmStart(n, task, ws.epochs, inner, until_plateau=ws.until_plateau)
 
 
-def build_weighting(cfg, n_tasks: int) -> Weighting:
-    """The registered weighting of ``schedule.weighting`` (config/registry.py WEIGHTINGS)."""
-    return WEIGHTINGS.build(cfg.weighting, cfg, n_tasks)
+def build_weighting(cfg, n_tasks: int, *, seed: int = 0, task_names: Optional[Sequence[str]] = None) -> Weighting:
+    """The registered weighting of ``schedule.weighting`` (config/registry.py WEIGHTINGS).
+
+    ``seed`` (the run's train.seed) and ``task_names`` reach a ``from_config`` that names them as
+    parameters (random weighting, fixed weights by task name); one that does not is called as
+    ``from_config(cfg, n_tasks)``, as every plugin is."""
+    impl = WEIGHTINGS[cfg.weighting].load()
+    accepted = inspect.signature(impl.from_config).parameters
+    extra = {k: v for k, v in (("seed", seed), ("task_names", task_names)) if k in accepted}
+    return impl.from_config(cfg, n_tasks, **extra)

@@ -98,8 +98,13 @@ def sweep_protocol(args, space, cfg: RunConfig, num_samples: int) -> tuple[Proto
         return Protocol("fixed", keys, 1, json.dumps({k: flat[k] for k in keys}, default=str)), None
     per_family = math.ceil(num_samples / len(space.family_names(cfg)))
     trials = args.baseline_trials or per_family
-    spec = json.dumps({"dims": [repr(d) for d in sub.dims], "scheduler": args.scheduler, "grace": args.grace_period,
-                       "seed": args.seed, "objective": args.objective}, sort_keys=True)
+    # A population's baseline search trains each candidate to its end (search/experiment.py), as "none" does.
+    scheduler = "none" if args.scheduler in ("pbt", "pb2") else args.scheduler
+    spec = json.dumps({"dims": [repr(d) for d in sub.dims], "scheduler": scheduler, "grace": args.grace_period,
+                       "seed": args.seed, "objective": args.objective,
+                       # what else steered the search, only when set: older baselines keep their identity
+                       **({"objectives": args.objectives, "worst": args.worst} if args.objectives else {})},
+                      sort_keys=True)
     return Protocol("tuned", keys, trials, spec), sub
 
 

@@ -35,11 +35,14 @@ from mtlsweep.search.experiment import run_experiment
 from mtlsweep.search.grid import GridSpace
 from mtlsweep.search.library_logs import LibraryLogs
 from mtlsweep.search.live_view import SweepView, stop_active
+from mtlsweep.search.objectives import objective_set
+from mtlsweep.search.population import SCHEDULERS, TASK_WEIGHTS, check_population_space, mutable_keys, plot_population
 from mtlsweep.search.ray_leftovers import end_orphaned_agents
 from mtlsweep.search.references import fit_references, parse_references, reference_config
 from mtlsweep.search.space import SearchSpace, load_space
 from mtlsweep.search.summary import summarize_results, summarize_sweep
 from mtlsweep.search.trial import SweepContext
+from mtlsweep.training.metrics import DEFAULT_WORST
 
 
 @dataclass
@@ -52,7 +55,11 @@ class SweepArgs:
     gpus_per_trial: float = 0.0
     scheduler: str = "asha"
     grace_period: int = 1
+    perturbation_interval: int = 2         # pbt/pb2: epochs between perturbations
     objective: str = "val/auroc_mean"
+    objectives: Optional[str] = None       # several, comma-separated (analysis.pareto.OBJECTIVES); replaces objective
+    worst: str = DEFAULT_WORST             # auroc_worst: min or a low percentile over tasks
+    constraint_delta: Optional[float] = None   # every task's validation AUROC >= its baseline's - δ
     name: Optional[str] = None
     storage: Optional[str] = None
     resume: bool = False
@@ -88,8 +95,14 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
     if args.objective not in ("val/auroc_mean", "val/auprc_mean", "val/delta_auroc_mean", "multi"):
         raise ConfigError(f"--objective {args.objective!r}: use val/auroc_mean, val/auprc_mean, "
                           "val/delta_auroc_mean or multi (AUROC up, epoch time down)")
-    if args.scheduler not in ("asha", "none"):
-        raise ConfigError(f"--scheduler {args.scheduler!r}: use asha or none")
+    if len(objective_set(args).objectives) > 1 and args.scheduler in SCHEDULERS:
+        raise ConfigError(f"--scheduler {args.scheduler}: a population is ranked on one objective; "
+                          f"--objectives {args.objectives or args.objective} is for Optuna's search")
+    if args.constraint_delta is not None and args.scheduler in SCHEDULERS:
+        raise ConfigError(f"--constraint-delta with --scheduler {args.scheduler}: a population is ranked on one "
+                          "objective and does not use the constraint; it is for Optuna's search (asha or none)")
+    if args.scheduler not in ("asha", "none", *SCHEDULERS):
+        raise ConfigError(f"--scheduler {args.scheduler!r}: use asha, none, pbt or pb2")
     if (args.num_samples is not None and args.num_samples < 1) or args.max_concurrent < 1:
         raise ConfigError("--num-samples and --max-concurrent must be >= 1")
     if args.cpus_per_trial <= 0 or args.gpus_per_trial < 0:
@@ -104,7 +117,13 @@ def _validate(args: SweepArgs) -> tuple[RunConfig, "SearchSpace | GridSpace"]:
         raise ConfigError(f"--max-failures {args.max_failures}: must be >= 0, or -1 for no limit (as in Tune)")
     cfg = load_config(args.base, list(args.overrides))
     space = load_space(args.space)
-    space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
+    if args.scheduler in SCHEDULERS:
+        check_population_space(space, args.scheduler, cfg.schedule.weighting, cfg.train.epochs,
+                               args.perturbation_interval)
+        # A task weight is one dimension per task, checked against the data once it is open.
+        space.subspace(lambda k: k != TASK_WEIGHTS).check_against(cfg)
+    else:
+        space.check_against(cfg)   # "@baseline" checkpoints are resolved per trial
     for name in parse_references(",".join(args.references)):
         reference_config(cfg, name, cfg.data.path, args.cpus_per_trial)
     return cfg, space
@@ -268,7 +287,11 @@ def _run_sweep(args: SweepArgs, log, stack: ExitStack) -> SweepResult:
         client.log_param(parent_id, "sweep.num_samples", num_samples)
         client.log_param(parent_id, "sweep.search", "grid" if grid else "optuna")
         client.log_param(parent_id, "sweep.objective", args.objective)
+        for k, v in objective_set(args).params().items():        # what compare and export-best read
+            client.log_param(parent_id, k, v)
         client.log_param(parent_id, "sweep.scheduler", args.scheduler)
+        if args.scheduler in SCHEDULERS:
+            client.log_param(parent_id, "sweep.perturbation_interval", args.perturbation_interval)
         client.log_param(parent_id, "sweep.baseline", protocol.describe()[:500])
         client.log_artifact(parent_id, str(Path(args.space).resolve()))
         client.log_artifact(parent_id, str(Path(args.base).resolve()))
@@ -335,8 +358,11 @@ def _run(sweep: Sweep, space, protocol, baseline_space, num_samples: int) -> Swe
                        extra_callbacks=tuple(args.extra_callbacks), cpus_per_trial=args.cpus_per_trial,
                        variants=space.variants if grid else {}, families={} if grid else space.families,
                        baselines={k: (b.run_id, b.auroc) for k, b in baselines.items()}, tuned_keys=protocol.free,
-                       ray_logs=args.verbose >= 3, ranges=space.ranges())
+                       ray_logs=args.verbose >= 3, ranges=space.ranges(),
+                       mutable=mutable_keys(space) if args.scheduler in SCHEDULERS else ())
     results = run_experiment(sweep, ctx, space, num_samples, name)
+    if tracked and ctx.mutable:
+        plot_population(client, sweep.experiment_id, parent_id, workspace / "compare" / name)
     n_errors = sum(1 for r in results if r.error is not None)
     if args.references:
         fit_references(sweep, list(args.references), (space.data_paths() if grid else []) or [cfg.data.path],
@@ -347,6 +373,6 @@ def _run(sweep: Sweep, space, protocol, baseline_space, num_samples: int) -> Swe
                                   log=log)
         end_run(client, parent_id, "FINISHED" if n_errors == 0 else "FAILED", echo=log)   # its page holds the report
     else:       # Tune's own results: every trial's objective was computed in training
-        summary = summarize_results(results, args.objective, workspace / "compare" / name, log=log)
+        summary = summarize_results(results, objective_set(args), workspace / "compare" / name, log=log)
     return SweepResult(name, f"{storage.rstrip('/')}/{name}", parent_id, first, summary, n_trials=len(results),
                        n_errors=n_errors, baselines=baselines, protocol=protocol)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from typing import Optional
 
-import optuna
 from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune import CLIReporter
-from ray.tune.search.optuna import OptunaSearch
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mtlsweep.config import tags as tag
 from mtlsweep.config.tags import Role
@@ -19,6 +17,8 @@ from mtlsweep.mlflow_server.runs_view import end_run
 from mtlsweep.search.grid import GridSpace
 from mtlsweep.search.live_view import LiveTrials
 from mtlsweep.search.lost_checkpoints import restore_lost_checkpoints
+from mtlsweep.search.objectives import make_searcher, tune_objectives
+from mtlsweep.search.population import SCHEDULERS, initial_space, population_scheduler
 from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
 from mtlsweep.search.space import SearchSpace
 from mtlsweep.search.trial import SweepContext, run_trial
@@ -56,23 +56,26 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
     grid = isinstance(space, GridSpace)
     trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx, stores=sweep.datasets),
                                     {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
-    multi = args.objective == "multi"
-    objective = args.objective if ctx.baselines or args.objective in ("val/auroc_mean", "val/auprc_mean", "multi") \
-        else "val/auroc_mean"                        # a baseline's search has no delta to maximize
-    metric = ["val/auroc_mean", "cost/epoch_s"] if multi else objective
-    mode = ["max", "min"] if multi else "max"
+    objectives = tune_objectives(args, bool(ctx.baselines))   # a baseline's own search has no delta, no constraint
+    multi = len(objectives.objectives) > 1
+    metric, mode = objectives.metric_mode()         # lists with several objectives: ASHA prunes on the first
     searcher = None
     if not grid:
-        with warnings.catch_warnings():     # group=True is "experimental" since Optuna 2.8: said once per sweep
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=args.seed,
-                                                 n_startup_trials=min(10, max(2, num_samples // 3)))
-        # OptunaSearch with a define-by-run space ignores TuneConfig's metric, so the searcher and
-        # the scheduler get theirs directly; with two objectives ASHA prunes on the first.
-        searcher = OptunaSearch(space=space.define_by_run(), sampler=sampler, metric=metric, mode=mode)
-    scheduler = None
-    if args.scheduler == "asha":
-        scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric, mode="max",
+        searcher = make_searcher(space.define_by_run(), objectives, args.seed, num_samples)
+    scheduler, param_space = None, space.param_space() if grid else None
+    # A population evolves the sweep's trials; a tuned baseline's own search trains each candidate to its end.
+    population = args.scheduler in SCHEDULERS and ctx.role == Role.TRIAL
+    if population:
+        tasks = list(sweep.store_of(cfg).task_names)
+        scheduler = population_scheduler(args.scheduler, space, tasks, metric=metric, mode=mode,
+                                          interval=args.perturbation_interval, seed=args.seed)
+        param_space = initial_space(space, tasks)
+        # Every member live at once (a synchronous population waits for all at each boundary), their
+        # first values drawn by Tune, seeded; the cluster's resources decide how many train at a time.
+        searcher = BasicVariantGenerator(random_state=args.seed)
+    elif args.scheduler == "asha":
+        scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric,
+                               mode=mode[0] if multi else mode,
                                max_t=cfg.train.epochs, grace_period=args.grace_period, reduction_factor=2)
     reporter = CLIReporter(
         metric_columns={"epoch": "epoch", "val/auroc_mean": "auroc", "val/delta_auroc_mean": "dAUROC",
@@ -93,10 +96,10 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
             logging.getLogger("mtlsweep").info("restored %s: Tune had deleted it after the last snapshot", lost)
         tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
     else:
-        tuner = tune.Tuner(trainable, run_config=run_config, param_space=space.param_space() if grid else None,
+        tuner = tune.Tuner(trainable, run_config=run_config, param_space=param_space,
                            tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=num_samples,
-            max_concurrent_trials=args.max_concurrent, reuse_actors=args.reuse_actors))
+            max_concurrent_trials=None if population else args.max_concurrent, reuse_actors=args.reuse_actors))
     results = tuner.fit()
     # Every result Tune records carries its trial's id; a trial that never reported ran no epoch.
     known = {(r.metrics or {}).get("trial_id") for r in results} - {None}

@@ -23,10 +23,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-concurrent", type=int, default=2, help="trials at once")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional GPUs share one device")
-    p.add_argument("--scheduler", choices=["asha", "none"], default="asha")
+    p.add_argument("--scheduler", choices=["asha", "none", "pbt", "pb2"], default="asha",
+                   help="asha: early stopping within each family; none: every trial to its end; pbt/pb2: a "
+                        "population (--num-samples trials) whose schedule (the space's optim.lr, optim.weight_decay, "
+                        "schedule.task_weights) is mutated from the better trials' checkpoints as it trains")
+    p.add_argument("--perturbation-interval", type=int, default=2,
+                   help="pbt/pb2: epochs between two perturbations of the population")
     p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial can be stopped")
     p.add_argument("--objective", default="val/auroc_mean",
                    help="val/auroc_mean | val/auprc_mean | val/delta_auroc_mean | multi (AUROC up, epoch time down)")
+    p.add_argument("--objectives", metavar="NAMES",
+                   help="several objectives, comma-separated, searched with Optuna's multi-objective TPE (the "
+                        "result is a Pareto front, in compare, the report and export-best --front): auroc_mean, "
+                        "auroc_median, auroc_worst, auprc_mean, delta_auroc_mean, delta_auroc_worst (max) and "
+                        "epoch_s (min); e.g. auroc_mean,auroc_worst,epoch_s (replaces --objective)")
+    # No default here: the parser is built for every `mtlsweep --help`, and the default lives with
+    # the statistics (training.metrics, numpy); SweepArgs takes it.
+    p.add_argument("--worst", metavar="{min,p5,p10,p25}",
+                   help="what auroc_worst and delta_auroc_worst take over tasks: min (the worst task) or a low "
+                        "percentile, linearly interpolated (default p10, the 10th: at 164 tasks one task's minimum "
+                        "is mostly that task's noise)")
+    p.add_argument("--constraint-delta", type=float, metavar="DELTA",
+                   help="every task must keep validation AUROC >= its single-task baseline's - DELTA: an Optuna "
+                        "constraint (infeasible trials rank below feasible ones) and never on the Pareto front")
     p.add_argument("--name", help="sweep name (rerun with the same name to resume it)")
     p.add_argument("--storage", help="Ray Tune storage path: local, NFS or s3:// (default workspace/ray_results)")
     p.add_argument("--resume", action="store_true", help="continue the sweep called --name")
@@ -59,7 +78,10 @@ def args_from_namespace(ns):
     from mtlsweep.search.references import parse_references
     return SweepArgs(base=ns.base, space=ns.space, num_samples=ns.num_samples, max_concurrent=ns.max_concurrent,
                      cpus_per_trial=ns.cpus_per_trial, gpus_per_trial=ns.gpus_per_trial, scheduler=ns.scheduler,
-                     grace_period=ns.grace_period, objective=ns.objective, name=ns.name, storage=ns.storage,
+                     grace_period=ns.grace_period, perturbation_interval=ns.perturbation_interval, objective=ns.objective,
+                     objectives=ns.objectives, constraint_delta=ns.constraint_delta,
+                     **({"worst": ns.worst} if ns.worst else {}),
+                     name=ns.name, storage=ns.storage,
                      resume=ns.resume, address=ns.address, tracking_uri=ns.tracking_uri, workspace=ns.workspace,
                      seed=ns.seed, baseline_seeds=ns.baseline_seeds, baseline=ns.baseline,
                      baseline_trials=ns.baseline_trials, max_failures=ns.max_failures,

@@ -24,6 +24,7 @@ from mtlsweep.config.run import RunConfig
 from mtlsweep.mlflow_server.attach import Tracking, attach
 from mtlsweep.mlflow_server.run_logger import TRIAL_PLOTS
 from mtlsweep.search.grid import VARIANT_KEY
+from mtlsweep.search.population import CopiedLineage, copied_checkpoint, fold_task_weights
 from mtlsweep.search.space import FAMILY_KEY, FAMILY_SEP, NOT_APPLICABLE
 from mtlsweep.training.callbacks import Callback
 from mtlsweep.training.request import RunRequest, resolve
@@ -31,8 +32,12 @@ from mtlsweep.training.run import execute
 
 TUNE_KEYS = ("epoch", "train/loss", "val/loss", "val/auroc_mean", "val/auroc_median", "val/auprc_mean",
              "val/delta_auroc_mean", "val/tasks_improved", "cost/epoch_s", "cost/train_s",
-             "cost/samples_per_s", "cost/peak_mem_mb", "train/auroc_mean", "gap/auroc", "schedule/tasks_entered")
+             "cost/samples_per_s", "cost/peak_mem_mb", "train/auroc_mean", "gap/auroc", "schedule/tasks_entered",
+             # the worst tasks (training.metrics.WORST_STATS) and the shortfall a --constraint-delta bounds
+             "val/auroc_min", "val/auroc_p5", "val/auroc_p10", "val/auroc_p25", "val/delta_auroc_min",
+             "val/delta_auroc_p5", "val/delta_auroc_p10", "val/delta_auroc_p25", "val/worst_shortfall")
 REFERENCES = ("@baseline", "@hard")
+TRIAL_ID_FILE = "trial_id.txt"     # whose checkpoint: a population's trial may continue another's
 
 
 @dataclass
@@ -54,6 +59,7 @@ class SweepContext:
     role: str = "trial"                            # "baseline_candidate" in a tuned baseline's search
     ranges: dict[str, dict] = field(default_factory=dict)       # key -> its searched range (certificates)
     ray_logs: bool = False                         # Ray Train's per-checkpoint INFO lines (--verbose 3)
+    mutable: tuple[str, ...] = ()                  # keys a population-based schedule changes between epochs
 
 
 def to_overrides(sampled: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +82,7 @@ def trial_config(sampled: dict[str, Any], ctx: SweepContext) -> RunConfig:
         if sampled[FAMILY_KEY] not in ctx.families:
             raise ValueError(f"trial asks for family {sampled[FAMILY_KEY]!r}, which this sweep does not define")
         over.update(ctx.families[sampled[FAMILY_KEY]])
-    over.update(to_overrides(sampled))
+    over.update(to_overrides(fold_task_weights(sampled)))
     ck = over.get("init.checkpoint", ctx.base.get("init.checkpoint"))
     if isinstance(ck, str) and ck in REFERENCES:
         if ck not in ctx.references:
@@ -91,8 +97,12 @@ class TuneReporter(Callback):
     MLflow run id): after the epoch's checkpoint, except for the last epoch, which is reported
     after the run's end (test metrics and artifacts), because Tune may end the trial in report()."""
 
-    def __init__(self, run_dir: Path, mlflow_logger=None):
+    def __init__(self, run_dir: Path, mlflow_logger=None, trial_id: str = "", done_at_end: bool = False):
         self.run_dir = run_dir
+        self.trial_id = trial_id
+        # A population's scheduler judges every result it sees: the run's last one says it is the
+        # last, or PBT would hand the ended trial another checkpoint and it would report again.
+        self.done_at_end = done_at_end
         self.mlflow_logger = mlflow_logger
         self.pending: dict[str, float] = {}
         self.last = False
@@ -112,6 +122,8 @@ class TuneReporter(Callback):
             self.pending = {k: float(result.history[-1][k]) for k in TUNE_KEYS if k in result.history[-1]}
         if result.convergence is not None:
             self.pending["cert/converged"] = float(result.convergence.converged)
+        if self.done_at_end:
+            self.pending["done"] = True
         self.report()
 
     def report(self) -> None:
@@ -122,6 +134,7 @@ class TuneReporter(Callback):
                     shutil.copy2(src, Path(tmp) / name)
             if self.mlflow_logger is not None:
                 (Path(tmp) / tag.RUN_ID_FILE).write_text(self.mlflow_logger.run_id)
+            (Path(tmp) / TRIAL_ID_FILE).write_text(self.trial_id)
             tune.report(self.pending, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 
@@ -133,19 +146,24 @@ def _find_trial_run(client, experiment_id: str, parent: Optional[str], trial_id:
     return runs[0].info.run_id if runs else None
 
 
-def _restore(run_dir: Path) -> tuple[bool, Optional[str]]:
-    """(resuming, MLflow run id) from the checkpoint Tune hands a retried or restored trial."""
+def _restore(run_dir: Path, trial_id: str) -> tuple[bool, Optional[str], Optional[str]]:
+    """(resuming, MLflow run id, the trial copied) from the checkpoint Tune hands a retried or
+    restored trial, and the trial whose checkpoint it is when another's: a population's trial
+    handed another trial's checkpoint (PBT's exploit) continues from its model but keeps its own
+    MLflow run."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
-        return False, None
-    run_id = None
+        return False, None, None
+    run_id, owner = None, None
     with checkpoint.as_directory() as d:
         for name in ("last.pt", "best.pt"):
             if (Path(d) / name).is_file():
                 shutil.copy2(Path(d) / name, run_dir / name)
+        if (Path(d) / TRIAL_ID_FILE).is_file():
+            owner = (Path(d) / TRIAL_ID_FILE).read_text().strip() or None
         if (Path(d) / tag.RUN_ID_FILE).is_file():
             run_id = (Path(d) / tag.RUN_ID_FILE).read_text().strip()
-    return True, run_id
+    return True, run_id, owner if owner not in (None, trial_id) else None
 
 
 def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp: Optional[str]):
@@ -177,10 +195,12 @@ def _own_run(ctx: SweepContext, trial_id: str, run_id: Optional[str], config_fp:
     return None
 
 
-def _report_finished(run, tracking_uri: str) -> None:
+def _report_finished(run, tracking_uri: str, done: bool = False) -> None:
     """Give Tune a finished run's last epoch again, without training or logging anything."""
     m = run.data.metrics
     last = {k: float(m[k]) for k in TUNE_KEYS if k in m}
+    if done:
+        last["done"] = True
     last["epoch"] = float(len(MlflowClient(tracking_uri).get_metric_history(run.info.run_id, "val/auroc_mean")))
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / tag.RUN_ID_FILE).write_text(run.info.run_id)
@@ -207,7 +227,7 @@ def _tracking(ctx: SweepContext, config: dict, trial_id: str, run_dir: Path, run
             **({tag.COMPARE_KEY: key} if key else {}), **({tag.BASELINE_RUN: baseline_run} if baseline_run else {})}
     return Tracking(ctx.tracking_uri, ctx.experiment, run_name=trial_id, tags=tags,   # run_logger adds family, arm
                     parent_run_id=ctx.parent_run_id, run_id=run_id, spool_dir=run_dir / "mlflow_spool",
-                    async_=False, plots=TRIAL_PLOTS)
+                    async_=False, plots=TRIAL_PLOTS, stop_is_pause=bool(ctx.mutable))
 
 
 def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] = None) -> None:
@@ -224,10 +244,12 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     # its checkpoints, spool and the command that finishes it outlive the Ray session.
     run_dir = Path(cfg.train.out_dir).resolve() / (ctx.sweep_name or "sweep") / trial_id
     run_dir.mkdir(parents=True, exist_ok=True)
-    resume, run_id = _restore(run_dir)
+    resume, run_id, copied = _restore(run_dir, trial_id)
+    copied_run, run_id = (run_id, None) if copied else (None, run_id)
+    lineage = copied_checkpoint(run_dir / "last.pt", ctx.mutable) if copied else None
     # Concurrent trials must not oversubscribe the cores: the trial's CPU share is its threads.
     req = resolve(RunRequest(cfg, run_dir, data=(stores or {}).get(cfg.data.path), resume="force" if resume else False,
-                             threads=max(1, int(ctx.cpus_per_trial)), progress=False))
+                             mutable=ctx.mutable, threads=max(1, int(ctx.cpus_per_trial)), progress=False))
     key, baseline = trial_baseline(req.cfg, req.data, ctx)
     req = dataclasses.replace(req, baseline=baseline[1] if baseline else None)
     tracking = None
@@ -237,9 +259,12 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
         if own is not None and own.info.status == "FINISHED":
             # Finished (to its end, or stopped by the scheduler) before a driver was killed: its
             # result stands as logged; training it again would log its test metrics twice.
-            _report_finished(own, ctx.tracking_uri)
+            _report_finished(own, ctx.tracking_uri, done=bool(ctx.mutable))
             return
         tracking = _tracking(ctx, config, trial_id, run_dir, own.info.run_id if own else None, fp, key,
                              baseline[0] if baseline else None)
     req, logger = attach(req, tracking)
-    execute(req.with_callbacks(*ctx.extra_callbacks, TuneReporter(run_dir, logger)))
+    extra = (CopiedLineage(logger, lineage, copied, copied_run, req.cfg.flatten()),) \
+        if lineage is not None and logger is not None else ()
+    execute(req.with_callbacks(*ctx.extra_callbacks, *extra,
+                               TuneReporter(run_dir, logger, trial_id, done_at_end=bool(ctx.mutable))))

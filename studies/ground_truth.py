@@ -96,8 +96,10 @@ class Design:
     references: list[str] = field(default_factory=list)      # reference families, fitted once per data set
 
 
-def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) -> Design:
-    """The study's design; a bad knob, arm or key fails here, before any work."""
+def load_design(regimes_file: Path, variants_file: Path, quick: bool = False, only=None) -> Design:
+    """The study's design; a bad knob, arm or key fails here, before any work. ``only``: the
+    regimes to run (their arms are checked against the variants file; another variants file,
+    e.g. optimizers.yaml, need not have the arms the other regimes list)."""
     tree = load_yaml(Path(regimes_file).read_text(), str(regimes_file)) or {}
     common, regimes = tree.get("common") or {}, tree.get("regimes")
     seeds = tree.get("data_seeds", [common.get("seed", 0)])
@@ -117,6 +119,8 @@ def load_design(regimes_file: Path, variants_file: Path, quick: bool = False) ->
     every = [*variants, AFFINITY_ARM]
     arms = {}
     for r in knobs:
+        if only and r not in only:
+            continue
         listed = (tree.get("arms") or {}).get(r, every)
         bad = [a for a in listed if a not in every]
         if bad:
@@ -486,7 +490,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     a = ap.parse_args(argv)
 
-    design = load_design(Path(a.regimes), Path(a.space), a.quick)
+    design = load_design(Path(a.regimes), Path(a.space), a.quick, only=a.regime)
     for r in a.regime or []:
         if r not in design.regimes:
             raise ConfigError(f"--regime {r!r}: not in {a.regimes} (has {', '.join(design.regimes)})")

@@ -231,3 +231,20 @@ def test_reference_families_face_the_towers_of_their_data_and_certificates_gate_
     assert all(r.run not in ("hard-capped", "hard-edge") for r in rows if r.role == "top")
     assert "not certified, best kmer_linear kmer: kmer.C=1.0" in text
     assert by["best hard"].n_params == 1000
+
+
+def test_a_tuned_value_is_read_from_the_last_value_the_run_trained_with():
+    import json
+
+    from mtlsweep.mlflow_server.compare import RunRow
+    ranges = {"optim.lr": {"low": 1e-4, "high": 1e-1, "log": True}}
+
+    def row(metrics):
+        return RunRow("r", "r", "hard", "trial", "FINISHED", metrics, {"optim.lr": "0.003"},
+                      {"search_ranges": json.dumps(ranges), "converged": "yes"})
+    assert row({}).tuning_edges() == []                          # the param: interior
+    # A population's schedule moved it as it trained: its last logged optim/lr sits at the edge.
+    edges = row({"optim/lr": 0.1}).tuning_edges()
+    assert [(e.key, e.side) for e in edges] == [("optim.lr", "high")]
+    assert not row({"optim/lr": 0.1}).certificate()[0]
+    assert row({"optim/lr": 0.003}).tuning_edges() == []

@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional
+from typing import Any, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -125,7 +125,11 @@ class Trainer:
         except (ValueError, KeyError) as exc:
             raise ConfigError(str(exc).splitlines()[0]) from None
         self.model.to(self.device)
-        self.weighting = build_weighting(cfg.schedule, len(self.tasks)).to(self.device)
+        try:
+            self.weighting = build_weighting(cfg.schedule, len(self.tasks), seed=cfg.train.seed,
+                                             task_names=self.tasks).to(self.device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.affinity = affinity_from_config(cfg, self.tasks)
         train_labels = self.store.splits["train"].labels
         try:
@@ -204,11 +208,19 @@ class Trainer:
             "affinity": self.affinity.state_dict() if self.affinity is not None else None,
         }
 
-    def resume(self, path: str | Path, force: bool = False) -> None:
+    def resume(self, path: str | Path, force: bool = False, mutable: Sequence[str] = ()) -> None:
+        """Continue from the checkpoint at ``path``. ``mutable``: config keys that may differ from
+        the checkpoint's (a population-based schedule changes them between epochs); the optimizer's
+        step size and decay then come from this run's config, its moments from the checkpoint."""
         ck = load_checkpoint(path, map_location=self.device)
-        check_resume(self.cfg, Path(path).parent, self.store.fingerprint, self.tasks, force=force, ck=ck)
+        check_resume(self.cfg, Path(path).parent, self.store.fingerprint, self.tasks, force=force, ck=ck,
+                     mutable=mutable)
         self.model.load_state_dict(ck["model"])
+        fresh = [{k: g[k] for k in ("lr", "weight_decay") if k in g} for g in self.optimizer.param_groups]
         self.optimizer.load_state_dict(ck["optimizer"])
+        if mutable:
+            for group, hyper in zip(self.optimizer.param_groups, fresh):
+                group.update(hyper)
         self.weighting.load_state_dict(ck["weighting"])
         self.schedule.load_state_dict(ck["schedule"])
         torch.set_rng_state(ck["rng"]["torch"])
@@ -308,6 +320,9 @@ class Trainer:
         }
         out.update(_task_metric_dict("schedule/weight", self.tasks, (weight_sum / steps).numpy()))
         out.update(self.weighting.report())
+        # What the optimizer stepped with: a population-based schedule changes them between epochs.
+        out["optim/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        out["optim/weight_decay"] = float(self.optimizer.param_groups[0].get("weight_decay", 0.0))
         return out
 
     @torch.no_grad()
@@ -443,15 +458,21 @@ def prepare_run_dir(cfg: RunConfig, name: Optional[str] = None, *, force: bool =
     return run_dir.resolve()
 
 
+def is_mutable(key: str, mutable: Sequence[str]) -> bool:
+    """Whether ``key`` is one of ``mutable`` (a key, or a prefix ending in ".")."""
+    return any(key == m or (m.endswith(".") and key.startswith(m)) for m in mutable)
+
+
 # What a resumed run may change: its budget and its stopping rule (to train it longer).
 RESUMABLE_CHANGES = ("train.epochs", "train.patience")
 
 
 def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: list[str], *, force: bool = False,
-                 ck: Optional[dict] = None) -> None:
+                 ck: Optional[dict] = None, mutable: Sequence[str] = ()) -> None:
     """Refuse to resume ``run_dir`` with a config or data that is not the run's own (naming the
     first key that differs), or a run that already finished (unless ``force``). ``ck``: its last
-    checkpoint, when already loaded."""
+    checkpoint, when already loaded; ``mutable``: keys (or key prefixes ending in ".") that may
+    differ besides the budget."""
     last = Path(run_dir) / LAST
     if ck is None:
         if not last.is_file():
@@ -467,7 +488,9 @@ def check_resume(cfg: RunConfig, run_dir: Path, data_fingerprint: str, tasks: li
         was = run_identity(RunConfig.model_validate(ck["config"]), data_fingerprint, tasks)["config"]
         now = run_identity(cfg, data_fingerprint, tasks)["config"]
         for key in sorted(set(was) | set(now)):
-            if key not in RESUMABLE_CHANGES and was.get(key) != now.get(key):
+            if key in RESUMABLE_CHANGES or is_mutable(key, mutable):
+                continue
+            if was.get(key) != now.get(key):
                 raise ConfigError(f"{run_dir}: --resume with another config: {key} was {was.get(key)!r}, "
                                   f"is {now.get(key)!r}; only {' and '.join(RESUMABLE_CHANGES)} may change")
     if (Path(run_dir) / "metrics.json").is_file() and not force:

@@ -11,6 +11,19 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+# What a sweep may call a run's "worst" task (--worst): a low percentile over tasks (numpy's
+# linear interpolation between the tasks' AUROCs) or the minimum. At 164 tasks the minimum is
+# one task's noise; the 10th percentile (p10, the default) is the 16th-17th worst task.
+WORST_STATS = {"min": 0.0, "p5": 5.0, "p10": 10.0, "p25": 25.0}
+DEFAULT_WORST = "p10"
+
+
+def worst_stats(values: np.ndarray, name: str) -> dict[str, float]:
+    """``{name}_{stat}`` for every WORST_STATS statistic over the finite ``values`` (NaN when none is)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    return {f"{name}_{k}": float(np.percentile(v, q)) if len(v) else float("nan") for k, q in WORST_STATS.items()}
+
 
 @dataclass
 class TaskMetrics:
@@ -32,6 +45,7 @@ class TaskMetrics:
             f"{prefix}accuracy_mean": _agg(np.nanmean, self.accuracy),
             f"{prefix}loss": _agg(np.nanmean, self.loss),
             f"{prefix}tasks_undefined": float(np.isnan(self.auroc).sum()),
+            **worst_stats(self.auroc, f"{prefix}auroc"),
         }
 
 
@@ -116,7 +130,9 @@ def baseline_array(baseline: Optional[Mapping[str, float]], tasks: Sequence[str]
 
 def delta_metrics(auroc: np.ndarray, baseline: np.ndarray, tasks: Sequence[str], prefix: str = "val") -> dict[str, float]:
     """A run against its baseline, task by task: the deltas, their mean (the sweep's
-    ``val/delta_auroc_mean`` objective) and median, and how many tasks improved of those compared."""
+    ``val/delta_auroc_mean`` objective), median and low percentiles (WORST_STATS), how many tasks
+    improved of those compared, and the worst shortfall: max over tasks of baseline − run AUROC
+    (> 0: some task lost that much; a sweep's --constraint-delta δ holds when it is <= δ)."""
     delta = np.asarray(auroc, dtype=np.float64) - baseline
     ok = np.isfinite(delta)
     out = {f"{prefix}/delta_auroc/{t}": float(d) for t, d in zip(tasks, delta) if np.isfinite(d)}
@@ -124,4 +140,6 @@ def delta_metrics(auroc: np.ndarray, baseline: np.ndarray, tasks: Sequence[str],
     out[f"{prefix}/delta_auroc_median"] = float(np.median(delta[ok])) if ok.any() else float("nan")
     out[f"{prefix}/tasks_improved"] = float((delta[ok] > 0).sum())
     out[f"{prefix}/tasks_compared"] = float(ok.sum())
+    out.update(worst_stats(delta, f"{prefix}/delta_auroc"))
+    out[f"{prefix}/worst_shortfall"] = -out[f"{prefix}/delta_auroc_min"]
     return out

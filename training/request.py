@@ -36,6 +36,7 @@ class RunRequest:
     run_dir: Path
     data: Optional[Store] = None                 # as opened (all tasks); None: cfg.data.path is opened
     resume: Union[bool, Literal["force"]] = False
+    mutable: Sequence[str] = ()                  # config keys a resume may change (a population-based schedule)
     threads: Optional[int] = None                # this run's CPU share; default train.num_threads
     baseline: Optional[Mapping[str, float]] = None   # task -> the baseline's validation AUROC
     callbacks: Sequence[Callback] = ()

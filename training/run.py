@@ -28,7 +28,7 @@ def run_cnn(req: RunRequest, callbacks: CallbackList, prepared: Optional[Trainer
     trainer = prepared or Trainer(req.cfg, req.run_dir, store=req.data, progress=req.progress, baseline=req.baseline)
     trainer.callbacks = callbacks
     if req.resume:
-        trainer.resume(req.run_dir / LAST, force=req.resume == "force")
+        trainer.resume(req.run_dir / LAST, force=req.resume == "force", mutable=req.mutable)
     return trainer.fit()
 
 
