@@ -259,6 +259,8 @@ def plot_population(client, experiment_id: str, parent_id: str, out_dir: Path) -
         score = r.data.metrics.get("best/val/auroc_mean", math.nan)
         if math.isfinite(score) and score > best_score:
             best, best_score = name, score
+    # A value no trial ever changed (a decay the space does not search) is not part of the schedule.
+    series = {k: v for k, v in series.items() if len({y for pts in v.values() for _, y in pts}) > 1}
     if not series:
         return None
     import matplotlib
@@ -277,7 +279,8 @@ def plot_population(client, experiment_id: str, parent_id: str, out_dir: Path) -
             marks = [(x, y) for x, y in points if x in exploit_epochs.get(name, [])]
             if marks:
                 ax.scatter(*zip(*marks), marker="v", s=18, color="k", zorder=3)
-        ax.set_yscale("log")          # learning rates, decays and loss weights are all searched on a log scale
+        if all(y > 0 for pts in series[key].values() for _, y in pts):
+            ax.set_yscale("log")      # learning rates, decays and loss weights are searched on a log scale
         ax.set_ylabel(key, fontsize=8)
     axes[0, 0].set_title(f"schedules of the population ({len(runs)} trials; ▼ a copy of a better trial; "
                          f"thick: the best, {best})", fontsize=9)
