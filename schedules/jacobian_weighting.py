@@ -65,7 +65,8 @@ class JacobianWeighting(Weighting):
         return cls(n_tasks, chunk=cfg.per_task_grad_chunk, scale=cfg.aggregate_scale, seed=seed, **cls.options(cfg))
 
     def make(self, m: int) -> jd.Aggregator:
-        raise NotImplementedError
+        """The TorchJD aggregator for m counted tasks: what each registered arm defines."""
+        raise NotImplementedError(f"{type(self).__name__} defines no aggregator")
 
     def aggregator(self, m: int) -> jd.Aggregator:
         """The aggregator for m counted tasks, built once per m (a stateful one holds m-sized state)."""

@@ -59,12 +59,11 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
     objectives = tune_objectives(args, bool(ctx.baselines))   # a baseline's own search has no delta, no constraint
     multi = len(objectives.objectives) > 1
     metric, mode = objectives.metric_mode()         # lists with several objectives: ASHA prunes on the first
-    searcher = None
-    if not grid:
-        searcher = make_searcher(space.define_by_run(), objectives, args.seed, num_samples)
-    scheduler, param_space = None, space.param_space() if grid else None
+    searcher, scheduler, param_space = None, None, space.param_space() if grid else None
     # A population evolves the sweep's trials; a tuned baseline's own search trains each candidate to its end.
     population = args.scheduler in SCHEDULERS and ctx.role == Role.TRIAL
+    if not grid and not population:
+        searcher = make_searcher(space.define_by_run(), objectives, args.seed, num_samples)
     if population:
         tasks = list(sweep.store_of(cfg).task_names)
         scheduler = population_scheduler(args.scheduler, space, tasks, metric=metric, mode=mode,

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining
 from ray.tune.schedulers.pb2 import PB2
 
@@ -91,7 +92,6 @@ def _expanded(space: SearchSpace, task_names: Sequence[str]) -> list[tuple[str, 
 
 
 def _domain(d):
-    from ray import tune
     if d.type == "categorical":
         return tune.choice(list(d.values))
     if d.type == "int":

@@ -133,11 +133,10 @@ def main(argv=None) -> int:
     client = MlflowClient(uri)
     for seed in a.seeds:
         store = ensure_data(ws, "related", design.regimes["related"], seed)
+        (ws / f"base-seed{seed}.yaml").write_text(yaml.safe_dump({**base, "data": {**base["data"], "path": str(store)}}))
         for arm in arms:
             scheduler, space = ARMS[arm]
             name = f"{arm}-seed{seed}"
-            (ws / f"base-seed{seed}.yaml").write_text(yaml.safe_dump({**base, "data": {**base["data"],
-                                                                                       "path": str(store)}}))
             (ws / f"space-{arm}.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
             state = ws / "sweeps" / f"{name}.json"
             if not _finished(client, name):       # rerunning the study resumes it: finished sweeps are reused
