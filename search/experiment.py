@@ -9,7 +9,6 @@ from typing import Optional
 from mlflow.exceptions import MlflowException
 from ray import tune
 from ray.tune import CLIReporter
-from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from mtlsweep.config import tags as tag
 from mtlsweep.config.tags import Role
@@ -18,7 +17,7 @@ from mtlsweep.search.grid import GridSpace
 from mtlsweep.search.live_view import LiveTrials
 from mtlsweep.search.lost_checkpoints import restore_lost_checkpoints
 from mtlsweep.search.objectives import make_searcher, tune_objectives
-from mtlsweep.search.population import SCHEDULERS, initial_space, population_scheduler
+from mtlsweep.search.population import SCHEDULERS, PopulationGenerator, initial_space, population_scheduler
 from mtlsweep.search.scheduler import FamilyASHA, FamilyOf
 from mtlsweep.search.space import SearchSpace
 from mtlsweep.search.trial import SweepContext, run_trial
@@ -71,7 +70,7 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
         param_space = initial_space(space, tasks)
         # Every member live at once (a synchronous population waits for all at each boundary), their
         # first values drawn by Tune, seeded; the cluster's resources decide how many train at a time.
-        searcher = BasicVariantGenerator(random_state=args.seed)
+        searcher = PopulationGenerator(random_state=args.seed)
     elif args.scheduler == "asha":
         scheduler = FamilyASHA(FamilyOf(ctx), sweep.store_of(cfg).n_tasks, metric=metric[0] if multi else metric,
                                mode=mode[0] if multi else mode,

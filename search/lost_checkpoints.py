@@ -7,10 +7,15 @@ checkpoints moved on, but before the next snapshot, leaves a snapshot naming a c
 is gone; Tune then fails that trial on every retry ("does not exist on storage anymore"). The
 name is given a copy of the trial's newest checkpoint instead, so the trial continues from the
 last epoch it reported, which is also the last its MLflow run holds.
+
+The snapshot names a trial's checkpoints in two places: its last result, and its checkpoint
+manager's kept checkpoints (pickled, hex-encoded), which Tune deletes as newer ones come, failing
+with "Path not found" when one is already gone. Every name in either is filled in.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -28,12 +33,29 @@ def restore_lost_checkpoints(experiment_dir: str) -> list[str]:
     filled = []
     for trial_json, meta_json in json.loads(states[-1].read_text()).get("trial_data", []):
         trial, meta = json.loads(trial_json), json.loads(meta_json)
-        named = (meta.get("last_result") or {}).get("checkpoint_dir_name")
         trial_dir = root / (trial.get("relative_logdir") or "")
-        if not named or trial_dir == root or (trial_dir / named).exists():
+        if trial_dir == root:
             continue
+        missing = [n for n in _named(meta) if not (trial_dir / n).exists()]
         kept = sorted(trial_dir.glob("checkpoint_*"))
-        if kept:
-            shutil.copytree(kept[-1], trial_dir / named)
-            filled.append(str(trial_dir / named))
+        if not missing or not kept:
+            continue
+        for name in missing:
+            shutil.copytree(kept[-1], trial_dir / name)
+            filled.append(str(trial_dir / name))
     return filled
+
+
+CHECKPOINT = re.compile(rb"checkpoint_\d{6}")
+
+
+def _named(meta: dict) -> list[str]:
+    """The checkpoint directory names a trial's snapshot metadata holds, in order."""
+    names = [(meta.get("last_result") or {}).get("checkpoint_dir_name")]
+    manager = meta.get("checkpoint_manager")
+    if isinstance(manager, dict) and isinstance(manager.get("value"), str):
+        try:
+            names += [m.decode() for m in CHECKPOINT.findall(bytes.fromhex(manager["value"]))]
+        except ValueError:
+            pass          # not hex: a format this Ray does not write; its last result is still read
+    return list(dict.fromkeys(n for n in names if n))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -234,6 +235,10 @@ def run_trial(config: dict[str, Any], ctx: SweepContext, stores: Optional[dict] 
     """The Tune function trainable (wrapped with tune.with_parameters by the sweep): one run request
     of the trial's config, executed by training.run, reported to Tune each epoch. ``stores`` maps
     each data.path of the sweep to its data as opened, shared through Ray's object store."""
+    # A reused worker's next trial waits this long (Tune's default: 2 s) for the previous one's thread
+    # to end: a paused member's thread first closes its epoch's MLflow writes, and a reset that times
+    # out fails the trial. Read by Tune at each reset, in this process.
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     if not ctx.ray_logs:
         # "Checkpoint successfully created at ..." once per epoch and trial: most of a sweep's terminal.
         logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)

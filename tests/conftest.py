@@ -111,8 +111,10 @@ def ray_cluster(tmp_path_factory):
     import sys
     from pathlib import Path
 
+    from ray_processes import stop_cluster
+
     bin_dir = Path(sys.executable).parent
-    port, dash, agent = _free_port(), _free_port(), _free_port()
+    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     # The venv first on PATH, as the cluster YAMLs do: job entrypoints say plain `python`.
     env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                PATH=f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -123,6 +125,8 @@ def ray_cluster(tmp_path_factory):
            # Not Ray's fixed 52365: an embedded cluster elsewhere on the machine holds it, and the
            # Jobs API goes through this agent.
            f"--dashboard-agent-listen-port={agent}",
+           # Nor the client server's fixed 10001, for the same reason.
+           f"--ray-client-server-port={client}",
            f"--temp-dir={temp}"]
     subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=120)
     old = {k: os.environ.get(k) for k in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
@@ -134,7 +138,8 @@ def ray_cluster(tmp_path_factory):
         import ray
         if ray.is_initialized():
             ray.shutdown()
-        subprocess.run([str(bin_dir / "ray"), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # Only this cluster: `ray stop --force` would end every Ray of the user on the machine.
+        stop_cluster(temp, f":{port}")     # the client server names only the GCS address
         for k, v in old.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -27,3 +27,23 @@ def test_a_checkpoint_deleted_after_the_snapshot_is_given_the_newest_one(tmp_pat
     assert not (exp / "run_trial_c" / "checkpoint_000001").exists()           # nothing to give it
     assert restore_lost_checkpoints(str(exp)) == []                           # once
     assert restore_lost_checkpoints("s3://bucket/sweep") == [] and restore_lost_checkpoints(str(tmp_path / "no")) == []
+
+
+def test_a_kept_checkpoint_the_manager_names_is_filled_in_too(tmp_path):
+    # Tune's checkpoint manager (pickled, hex) names the kept checkpoints; deleting one that is gone
+    # failed a restored trial with "Path not found .../checkpoint_000002".
+    import pickle
+    exp = tmp_path / "sweep"
+    trial = exp / "run_trial_a"
+    for i in (5, 6):
+        (trial / f"checkpoint_{i:06d}").mkdir(parents=True)
+        (trial / f"checkpoint_{i:06d}" / "last.pt").write_text(f"epoch {i + 1}")
+    manager = {"_type": "CLOUDPICKLE_FALLBACK", "value": pickle.dumps(
+        {"kept": [str(trial / f"checkpoint_{i:06d}") for i in (2, 3, 5)]}).hex()}
+    (exp / "experiment_state-2026-01-02_00-00-00.json").write_text(json.dumps({"trial_data": [[
+        json.dumps({"trial_id": "a", "relative_logdir": "run_trial_a"}),
+        json.dumps({"last_result": {"checkpoint_dir_name": "checkpoint_000004"}, "checkpoint_manager": manager})]]}))
+    filled = restore_lost_checkpoints(str(exp))
+    assert filled == [str(trial / f"checkpoint_{i:06d}") for i in (4, 2, 3)]
+    assert all((trial / f"checkpoint_{i:06d}" / "last.pt").read_text() == "epoch 7" for i in (2, 3, 4))
+    assert restore_lost_checkpoints(str(exp)) == []

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -152,6 +153,43 @@ def test_pb2_runs_a_population(ray_cluster, pop_dir):
     lrs = [v for r in runs for v in (m.value for m in client.get_metric_history(r.info.run_id, "optim/lr"))]
     assert len(runs) == 3 and all(1e-3 <= v <= 3e-2 for v in lrs)
     assert any(exploits(r.data.tags) for r in runs)                   # PB2 chose where a copy goes on
+
+
+class _Member:
+    """What PB2 reads of a trial: its config and its name."""
+
+    def __init__(self, name, lr):
+        self.name, self.experiment_tag, self.config = name, name, {"optim.lr": lr}
+
+    def __str__(self):
+        return self.name
+
+
+def test_pb2_models_a_log_range_in_log_space_and_hands_back_values_in_range():
+    from ray.tune.schedulers.pbt import _PBTTrialState
+
+    from mtlsweep.search.population import population_scheduler
+    from mtlsweep.search.space import parse_space
+    space = parse_space({"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-1}})
+    sched = population_scheduler("pb2", space, [], metric="val/auroc_mean", mode="max", interval=2, seed=0)
+    assert sched._hyperparam_bounds_flat["optim.lr"] == pytest.approx([np.log(1e-4), np.log(1e-1)])
+    members = [_Member(f"m{i}", lr) for i, lr in enumerate((1e-4, 1e-3, 1e-2, 1e-1))]
+
+    def barrier(t):      # progress that peaks at lr 1e-3
+        for m in members:
+            auroc = 0.5 + t * (0.05 - 0.01 * abs(np.log10(m.config["optim.lr"]) + 3))
+            sched._save_trial_state(_PBTTrialState(m), t, {"training_iteration": t, "val/auroc_mean": auroc}, m)
+    barrier(2)
+    # One record per member, no progress yet: PB2 hands back the clone's value as it is, which must
+    # not come back exponentiated twice.
+    fresh, _ = sched._get_new_config(members[0], members[2])
+    assert fresh["optim.lr"] == pytest.approx(1e-2) and members[2].config == {"optim.lr": 1e-2}
+    barrier(4)
+    barrier(6)
+    assert sched.data["optim.lr"].min() == pytest.approx(np.log(1e-4))      # the GP's data: log values
+    new, _ = sched._get_new_config(members[3], members[1])
+    assert 1e-4 <= new["optim.lr"] <= 1e-1                                  # a learning rate, in its range
+    assert members[1].config == {"optim.lr": 1e-3}                          # the clone's own config untouched
 
 
 def test_a_killed_then_resumed_population_repeats_nothing(pop_dir):
