@@ -7,8 +7,11 @@ every member is paused at each of the 3 barriers and restarted from its checkpoi
 twice in one run, on the same data and seed: with Ray's own search algorithm for the members
 (BasicVariantGenerator: Tune ends a paused member's worker once every member has been drawn) and
 with the platform's (search/population.py's PopulationGenerator: the worker is kept for the next
-member). The same 4 trials as a plain sweep, with no barrier, are the floor. Prints each sweep's wall time, the worker processes the cluster started for it (one core-worker
-log each) and the ratios; round 0 trains the shared baseline and is not compared. Target: far fewer workers than restarts, and a lower wall time.
+member). The same 4 trials as a plain sweep, with no barrier, are the floor.
+
+Prints each sweep's wall time, the worker processes the cluster started for it (one core-worker
+log each) and the ratios; round 0 trains the shared baseline and is not compared. Target: a
+population costs what the plain sweep does (1.0x), with no more workers than CPUs.
 """
 from __future__ import annotations
 

@@ -85,9 +85,7 @@ def run_experiment(sweep, ctx: SweepContext, space: "SearchSpace | GridSpace", n
         name=name, storage_path=sweep.storage, verbose=max(0, args.verbose - 1), progress_reporter=reporter,
         callbacks=[LiveTrials(stage, planned_trials(space, num_samples, arm), cfg.train.epochs, arm)],
         failure_config=tune.FailureConfig(max_failures=args.max_failures),
-        # Keep a few: a driver killed between checkpoints must find the one its last experiment
-        # snapshot names (num_to_keep=1 lost that race in a test); checkpoints are one epoch each.
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=3))
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=checkpoints_kept(args.perturbation_interval, population)))
     path = f"{sweep.storage.rstrip('/')}/{name}"
     if sweep.restoring and tune.Tuner.can_restore(path):
         for lost in restore_lost_checkpoints(path):
@@ -126,3 +124,14 @@ def _close_stopped_runs(client, exp_id: str, parent_id: str, known_trials: set, 
                 continue
         end_run(client, r.info.run_id, "FINISHED" if stopped else "KILLED",
                 echo=logging.getLogger("mtlsweep").info)
+
+
+def checkpoints_kept(interval: int, population: bool) -> int:
+    """How many of a trial's checkpoints Tune keeps (one per epoch).
+
+    A few: a driver killed between checkpoints must find the one its last experiment snapshot
+    names (keeping 1 lost that race in a test). In a population, a member that copies another
+    restores the donor's checkpoint of the barrier epoch, possibly only after the donor has
+    trained on to the next barrier (fewer slots than members): the donor's checkpoints of a whole
+    interval more are kept, or that restore finds its checkpoint deleted and the member fails."""
+    return 3 + (interval if population else 0)

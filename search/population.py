@@ -123,7 +123,9 @@ class ClipToRange:
 
 
 class ResumableSync:
-    """Ray's synchronous PBT (2.60) after a restore: Tune does not save the scheduler's state, so
+    """Ray's synchronous PBT (2.60), kept moving after a restore and after a member ends early.
+
+    After a restore: Tune does not save the scheduler's state, so
     the restored population's trials report epochs past the fresh scheduler's first barrier; at
     that perturbation the next barrier becomes max(barrier + interval, latest epoch), which is the
     epoch every trial is already paused at, and no trial is ever chosen to run again. The next
@@ -138,6 +140,34 @@ class ResumableSync:
             if self._next_perturbation_sync <= latest:
                 self._next_perturbation_sync = latest + self._perturbation_interval
         return decision
+
+    # A member that ends (early stopping: its last result says done, which Tune does not show the
+    # scheduler; or an error) while every other live member waits at the barrier: Ray perturbs only
+    # when a result reaches the barrier, so none would ever come and the population would wait
+    # forever. Once the ended member is no longer live (it still is in its own end callbacks), the
+    # last result of a waiting member is given again, which performs the perturbation.
+    def choose_trial_to_run(self, tune_controller):
+        trial = super().choose_trial_to_run(tune_controller)
+        if trial is None and self._synch and self._release_barrier(tune_controller):
+            trial = super().choose_trial_to_run(tune_controller)
+        return trial
+
+    def _release_barrier(self, tune_controller) -> bool:
+        from ray.tune.experiment import Trial
+        barrier = self._next_perturbation_sync
+        live = [t for t in tune_controller.get_live_trials() if t in self._trial_state and not t.is_finished()]
+        waiting = [t for t in live if t.status == Trial.PAUSED and self._trial_state[t].last_result
+                   and self._trial_state[t].last_train_time >= barrier]
+        if not live or len(waiting) < len(live):
+            return False
+        # Tune counts a failed trial among the live ones, and PBT waits for every live one to reach
+        # the barrier: an ended member is taken as there (it is in no quantile, being finished).
+        for t, state in self._trial_state.items():
+            if t.is_finished() and state.last_train_time < barrier:
+                state.last_train_time = barrier
+        first = min(waiting, key=lambda t: self._trial_state[t].last_train_time)
+        self.on_trial_result(tune_controller, first, self._trial_state[first].last_result)
+        return True
 
 
 class PopulationGenerator(BasicVariantGenerator):

@@ -14,9 +14,11 @@ most ``--epochs`` epochs each (early stopping on validation as in the study):
 - ``pbt_weights``: the same, and one loss weight per task in [0.25, 4] (a task-weight schedule).
 
 Every sweep tunes the single-task towers alike (their own search, as many trials) and they are
-reused across the three. Each arm is judged by its trial best on validation: its test AUROC,
-its Δ against the towers, its certificates (converged; a value at the edge of its range is
-flagged), and the epochs the sweep trained in all (its compute). Mean ± sd over data seeds.
+reused across the three. Each arm is judged by its trial best on validation, trained on until
+it converged when the epoch cap stopped it (as the ground-truth study does): its test AUROC,
+its Δ against the towers and, paired by data seed, against the fixed schedule, its certificates
+(converged; a value at the edge of its range is flagged), its train − validation gap, and the
+epochs the sweep trained in all (its compute, the finishing included). Mean ± sd over data seeds.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from mtlsweep.config.errors import ConfigError
 from mtlsweep.mlflow_server.compare import collect
 from mtlsweep.mlflow_server.server import check_reachable, resolve_tracking_uri
 from mtlsweep.search.driver import SweepArgs, run_sweep
+from mtlsweep.search.finish import finish_until_converged
 from mtlsweep.search.population import exploits
 from mtlsweep.studies.ground_truth import STUDY, ensure_data, load_design
 
@@ -49,15 +52,22 @@ ARMS = {
 SECTION = "population"
 
 
+def chosen(client, sweep: str, experiment: str = EXPERIMENT) -> list:
+    """The sweep's trial best on validation (completed trials only), as a one-row list."""
+    done = [r for r in collect(client, experiment, sweep)
+            if r.role == "trial" and r.completed and math.isfinite(r.m("best/val/auroc_mean"))]
+    return [max(done, key=lambda r: r.m("best/val/auroc_mean"))] if done else []
+
+
 def arm_result(client, experiment: str, sweep: str) -> dict:
     """The sweep's trial best on validation (completed trials only), with its certificates, and
     the epochs every trial of the sweep trained."""
     rows = [r for r in collect(client, experiment, sweep) if r.role == "trial"]
-    done = [r for r in rows if r.completed and math.isfinite(r.m("best/val/auroc_mean"))]
     epochs = sum(len(client.get_metric_history(r.run_id, "val/auroc_mean")) for r in rows)
-    if not done:
+    picked = chosen(client, sweep, experiment)
+    if not picked:
         return {"sweep": sweep, "epochs": epochs, "best": None}
-    best = max(done, key=lambda r: r.m("best/val/auroc_mean"))
+    best = picked[0]
     ok, why = best.certificate()
     return {"sweep": sweep, "epochs": epochs, "best": best.name, "val": best.m("best/val/auroc_mean"),
             "test": best.m("test/auroc_mean"), "delta_test": best.m("test/delta_auroc_mean"),
@@ -156,6 +166,9 @@ def main(argv=None) -> int:
                     num_samples=a.trials, max_concurrent=a.max_concurrent, cpus_per_trial=a.cpus_per_trial,
                     scheduler=scheduler, perturbation_interval=a.interval, workspace=str(ws), tracking_uri=uri,
                     seed=seed, resume=state.is_file(), verbose=0), log=lambda line: print(line, flush=True))
+            # As in the ground-truth study, the arm's chosen run is trained on until it converged, so
+            # the verdict never rests on a run the epoch cap stopped (a member keeps its last schedule).
+            finish_until_converged(lambda: chosen(client, name), uri, cpus=a.cpus_per_trial)
             res = arm_result(client, EXPERIMENT, name)
             results[arm].append(res)
             print(f"{name}: {res}", flush=True)

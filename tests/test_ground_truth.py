@@ -79,7 +79,16 @@ def test_study_tunes_replicates_finishes_and_certifies_every_arm(ray_cluster, tm
         assert b.data.params["data.path"] == r.data.params["data.path"] and b.data.params["model.arch.preset"] == "motif"
     assert (tmp_path / "docs" / "ground-truth.png").stat().st_size > 1000
 
-    # Rerun: every sweep is restored, nothing is trained or logged again.
-    assert main(args) == 0
+    assert "python -m mtlsweep.studies.ground_truth --regimes" in text and "train.epochs=3" in text   # how to redo it
+
+    # Rerun: every sweep is restored, nothing is trained or logged again. Written this time to a page in
+    # another folder than --out: its figure is copied beside it, so the page's link works in the site.
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "page.md").write_text(readme.read_text())
+    rerun = [*args[:args.index("--out")], "--out", str(tmp_path / "elsewhere"), "--page", str(site / "page.md"),
+             *args[args.index("--page") + 2:]]
+    assert main(rerun) == 0
     again = client.search_runs([exp.experiment_id], "tags.role = 'trial'", max_results=1000)
     assert len(again) == len(trials)
+    assert (site / "page.png").stat().st_size > 1000 and "](page.png)" in (site / "page.md").read_text()

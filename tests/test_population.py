@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from mtlsweep.config.errors import ConfigError
 from mtlsweep.search.driver import SweepArgs, run_sweep
 from mtlsweep.search.population import ClipToRange, exploits, fold_task_weights
+from mtlsweep.training.callbacks import Callback
 from mtlsweep.training.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
@@ -153,6 +154,72 @@ def test_pb2_runs_a_population(ray_cluster, pop_dir):
     lrs = [v for r in runs for v in (m.value for m in client.get_metric_history(r.info.run_id, "optim/lr"))]
     assert len(runs) == 3 and all(1e-3 <= v <= 3e-2 for v in lrs)
     assert any(exploits(r.data.tags) for r in runs)                   # PB2 chose where a copy goes on
+
+
+def test_a_member_copies_a_donor_that_trained_a_whole_interval_on(ray_cluster, pop_dir):
+    # 6 members on 2 CPUs, a barrier every 3 epochs: a donor may train to the next barrier before the
+    # member copying it gets a slot. With Tune keeping 3 checkpoints a trial, the donor's barrier
+    # checkpoint was deleted by then and the member failed ("does not exist on storage anymore").
+    result = run_sweep(_args(pop_dir, "late-copy", scheduler="pbt", num_samples=6, perturbation_interval=3, seed=0,
+                             max_failures=0, overrides=["train.epochs=9", "train.patience=9"]),
+                       log=lambda *_: None)
+    assert result.n_trials == 6 and result.n_errors == 0
+    client = MlflowClient(f"sqlite:///{pop_dir / 'ws' / 'mlflow.db'}")
+    runs = _trials(client, "late-copy")
+    assert any(exploits(r.data.tags) for r in runs)
+    assert all(_steps(client, r.info.run_id) == list(range(1, 10)) for r in runs)
+
+
+class FailWhileOthersWait(Callback):  # pickled by value: Ray's workers cannot import this test module
+    """Member 0 fails at epoch 3, once every other member has reached epoch 4 (the barrier) and waits."""
+
+    def __init__(self, members: int):
+        self.members = members
+
+    def on_epoch_end(self, report):
+        from ray import tune
+        if report.epoch != 3 or not tune.get_context().get_trial_id().endswith("_00000"):
+            return
+        # The members' run directories are siblings (train.out_dir/<sweep>/<trial id>).
+        others = [d for d in Path(self.run_dir).parent.iterdir() if d != Path(self.run_dir)]
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sum(_epoch(d / "last.pt") >= 4 for d in others) < self.members - 1:
+            time.sleep(0.2)
+        raise RuntimeError("injected: member 0 ends at epoch 3 while the others wait at epoch 4")
+
+    def on_train_start(self, info):
+        self.run_dir = str(info.run_dir)
+
+
+def _epoch(path: Path) -> int:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False)["epoch"])
+    except Exception:          # not written yet, or being replaced
+        return 0
+
+
+def test_a_member_that_ends_while_the_others_wait_at_the_barrier_does_not_stall_the_population(ray_cluster,
+                                                                                                 pop_dir):
+    # Ray perturbs when a result reaches the barrier; a member ending instead (an error here, early
+    # stopping alike) left the others waiting there for ever.
+    import ray.cloudpickle
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    def timeout(*_):
+        raise TimeoutError("the population stalled at its barrier")
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(240)
+    try:
+        result = run_sweep(_args(pop_dir, "stall", scheduler="pbt", num_samples=4, perturbation_interval=2, seed=0,
+                                 max_failures=0, extra_callbacks=(FailWhileOthersWait(4),),
+                                 overrides=["train.epochs=6", "train.patience=6"]), log=lambda *_: None)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert result.n_trials == 4 and result.n_errors == 1
+    client = MlflowClient(f"sqlite:///{pop_dir / 'ws' / 'mlflow.db'}")
+    finished = [r for r in _trials(client, "stall") if r.info.status == "FINISHED"]
+    assert len(finished) == 3 and all(_steps(client, r.info.run_id) == list(range(1, 7)) for r in finished)
 
 
 class _Member:
