@@ -84,11 +84,11 @@ def _finished(client, sweep: str) -> bool:
     return bool(runs) and runs[0].info.status == "FINISHED"
 
 
-def _mean_sd(xs) -> str:
+def _mean_sd(xs, digits: int = 3) -> str:
     xs = [x for x in xs if x is not None and math.isfinite(x)]
     if not xs:
         return "–"
-    return f"{np.mean(xs):.3f} ± {np.std(xs, ddof=1):.3f}" if len(xs) > 1 else f"{xs[0]:.3f}"
+    return f"{np.mean(xs):.{digits}f} ± {np.std(xs, ddof=1):.{digits}f}" if len(xs) > 1 else f"{xs[0]:.{digits}f}"
 
 
 def markdown(results: dict[str, list[dict]], towers: list[float], oracle: list[float], trials: int, epochs: int,
@@ -111,13 +111,13 @@ def markdown(results: dict[str, list[dict]], towers: list[float], oracle: list[f
         paired = "–" if arm == "fixed" else _mean_sd(
             [r["test"] - fixed[s]["test"] for r in got if (s := r["sweep"].rsplit("-seed", 1)[-1]) in fixed])
         lines.append(f"| {arm} | {_mean_sd([r['test'] for r in got])} | {_mean_sd([r['delta_test'] for r in got])} | "
-                     f"{paired} | {_mean_sd([r['best_epoch'] for r in got])} | {_mean_sd([r['gap'] for r in got])} | "
-                     f"{cert} of {len(res)} | {_mean_sd([r['epochs'] for r in res])} | "
-                     f"{_mean_sd([r['copies'] for r in got])} |")
+                     f"{paired} | {_mean_sd([r['best_epoch'] for r in got], 0)} | {_mean_sd([r['gap'] for r in got])} | "
+                     f"{cert} of {len(res)} | {_mean_sd([r['epochs'] for r in res], 0)} | "
+                     f"{_mean_sd([r['copies'] for r in got], 1)} |")
     why = sorted({f"{arm} ({r['sweep']}): {r['why']}" for arm, res in results.items() for r in res
                   if r["best"] and not r["certified"]})
     if why:
-        lines += ["", "Not certified (shown, not ranked):", *[f"- {w}" for w in why]]
+        lines += ["", "Not certified (shown, not ranked):", "", *[f"- {w}" for w in why]]
     return "\n".join(lines)
 
 
