@@ -123,14 +123,26 @@ class ClipToRange:
 
 
 class ResumableSync:
-    """Ray's synchronous PBT (2.60), kept moving after a restore and after a member ends early.
+    """Ray's synchronous PBT (2.60), kept in step after a restore and moving after a member ends early.
 
-    After a restore: Tune does not save the scheduler's state, so
-    the restored population's trials report epochs past the fresh scheduler's first barrier; at
-    that perturbation the next barrier becomes max(barrier + interval, latest epoch), which is the
-    epoch every trial is already paused at, and no trial is ever chosen to run again. The next
-    barrier is kept one interval past the latest epoch any trial reached (in an uninterrupted
-    run that is what it already is). Relies on PBT's private fields, pinned with Ray."""
+    After a restore: Tune does not save the scheduler's state, and its snapshot catches the members
+    between two barriers, each at the last checkpoint it had reported (one paused at epoch 2, another
+    still at 1). A fresh scheduler's first barrier lies behind them all, so it would perturb them at
+    once: a member at epoch 1 copying one at epoch 2 goes on at epoch 3, and its run never holds an
+    epoch 2. The first barrier is therefore put past the latest epoch any restored member reached
+    (the perturbation the kill interrupted is not made; every member trains up to the next one).
+    Once perturbed, the next barrier would become max(barrier + interval, latest epoch), the epoch
+    every trial is already paused at, and no trial would ever run again: it is kept one interval
+    past the latest epoch any trial reached (in an uninterrupted run that is what it already is).
+    Relies on PBT's private fields, pinned with Ray."""
+
+    def on_trial_add(self, tune_controller, trial):
+        super().on_trial_add(tune_controller, trial)
+        if self._synch and not trial.is_finished():
+            reached = restored_time(trial, self._time_attr)
+            if reached >= self._next_perturbation_sync:
+                k = self._perturbation_interval
+                self._next_perturbation_sync = (reached // k + 1) * k
 
     def on_trial_result(self, tune_controller, trial, result):
         before = self._next_perturbation_sync
@@ -168,6 +180,18 @@ class ResumableSync:
         first = min(waiting, key=lambda t: self._trial_state[t].last_train_time)
         self.on_trial_result(tune_controller, first, self._trial_state[first].last_result)
         return True
+
+
+def restored_time(trial, time_attr: str) -> int:
+    """How far a trial added to the scheduler had trained: 0 for a new one; for one restored from an
+    experiment snapshot, the time of its last result or of the checkpoint it resumes from (a copied
+    one's, when the kill came between a copy and the restart), whichever is later."""
+    meta = trial.run_metadata          # not trial.last_result, which may wait for a new trial's actor
+    times = [(meta.last_result or {}).get(time_attr)]
+    latest = meta.checkpoint_manager.latest_checkpoint_result
+    if latest is not None:
+        times.append((latest.metrics or {}).get(time_attr))
+    return max((int(t) for t in times if isinstance(t, (int, float))), default=0)
 
 
 class PopulationGenerator(BasicVariantGenerator):

@@ -17,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 
+from mtlsweep.search.processes import alive, process_table
+
 SSHD = "/usr/sbin/sshd"
 HOST = "127.0.0.1"
 # Ray's local provider has no ssh port setting (auth has ssh_user, ssh_private_key and
@@ -45,26 +47,7 @@ def port_in_use(host: str = HOST, port: int = PORT) -> bool:
 
 
 def _children(pid: int) -> list[int]:
-    """Direct children of pid, from /proc."""
-    kids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            # "pid (comm) state ppid ...": comm may contain spaces, so split after the last ')'.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(d.name))
-    return kids
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    return [p for p, proc in process_table().items() if proc.ppid == pid]
 
 
 class LoopbackSshd:
@@ -154,13 +137,13 @@ class LoopbackSshd:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             for pid in kids:
-                if _alive(pid):
+                if alive(pid):
                     try:
                         os.kill(pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
             deadline = time.monotonic() + 10
-            while any(_alive(p) for p in kids) and time.monotonic() < deadline:
+            while any(alive(p) for p in kids) and time.monotonic() < deadline:
                 time.sleep(0.1)
         self.proc = None
         if self._log_file is not None:

@@ -25,13 +25,15 @@ TINY = dict(arch="tiny", steps=4, warmup=1, batch=16, seq_len=100, threads=1)
 def test_hard_cost_grows_much_slower_in_t_than_single_task_towers():
     points = run_study([1, 2, 4, 8, 16], ["single", "hard"], isolate=False, **TINY)
     e = exponents_of(points)
-    # Towers: T separate networks per step; hard: one trunk, only the output layer grows.
-    assert e["single"]["time_per_step_s"] > 0.5
-    assert e["hard"]["time_per_step_s"] < 0.35
-    assert e["single"]["time_per_step_s"] - e["hard"]["time_per_step_s"] > 0.4
+    # Towers: T separate networks per step; hard: one trunk, only the output layer grows. What the
+    # models compute is exact; the measured times only keep its order (their size is the bench's to
+    # report: a busy machine moves them).
     assert e["single"]["n_params"] == pytest.approx(1.0, abs=1e-9)
-    assert e["hard"]["n_params"] < 0.05
+    assert e["single"]["flops_per_sample"] == pytest.approx(1.0, abs=1e-9)
+    assert e["hard"]["n_params"] < 0.05 and e["hard"]["flops_per_sample"] < 0.05
+    assert e["single"]["time_per_step_s"] > e["hard"]["time_per_step_s"]
     by = {(p.family, p.n_tasks): p for p in points}
+    assert all(p.time_per_step_s > 0 and math.isfinite(p.epoch_s) for p in points)
     assert by[("hard", 16)].samples_per_s > by[("single", 16)].samples_per_s
 
 

@@ -259,6 +259,98 @@ def test_pb2_models_a_log_range_in_log_space_and_hands_back_values_in_range():
     assert members[1].config == {"optim.lr": 1e-3}                          # the clone's own config untouched
 
 
+class _Controller:
+    """What PBT asks of Tune's controller, over stub trials that train when chosen."""
+    search_alg = None
+
+    def __init__(self, trials):
+        self.trials = trials
+
+    def get_trials(self):
+        return self.trials
+
+    def get_live_trials(self):
+        return [t for t in self.trials if not t.is_finished()]
+
+    def pause_trial(self, trial, should_checkpoint=True):
+        from ray.tune.experiment import Trial
+        trial.set_status(Trial.PAUSED)
+
+    def _schedule_trial_save(self, trial, result=None):
+        return trial.checkpoint
+
+
+@pytest.mark.parametrize("interval", [1, 2])
+def test_a_population_restored_with_members_at_different_epochs_copies_only_at_one_epoch(tmp_path, interval):
+    """A snapshot catches a population between barriers: members restored at epochs 3, 3, 2 and from
+    scratch (the weakest). Every copy after the restore is of a donor at the copier's own epoch, and
+    every member's run holds each epoch once, none skipped (what a kill that resumed into a barrier
+    behind the leaders lost: a run's epochs 1, 3, 4, ...)."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
+    from mtlsweep.search.population import population_scheduler
+    from mtlsweep.search.space import parse_space
+    sched = population_scheduler("pbt", parse_space({"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}),
+                                 [], metric="val/auroc_mean", mode="max", interval=interval, seed=0)
+    sched._log_config = False             # its policy files go to the trials' storage, which stubs have not
+    skill = {"a": 0.9, "b": 0.8, "c": 0.6, "d": 0.5}
+
+    def result(name, t):
+        return {"training_iteration": t, "val/auroc_mean": skill[name] + 0.001 * t}
+
+    def checkpoint(trial, t):
+        d = tmp_path / f"{trial.trial_id}-{t}"
+        d.mkdir()
+        (d / "epoch").write_text(f"{trial.trial_id} {t}")
+        trial.run_metadata.checkpoint_manager._latest_checkpoint_result = _TrainingResult(
+            Checkpoint.from_directory(str(d)), result(trial.trial_id, t))
+
+    def at(trial):       # (whose checkpoint, epoch) the trial resumes from; ("", 0): from scratch
+        latest = trial.run_metadata.checkpoint_manager.latest_checkpoint_result
+        if latest is None:
+            return "", 0
+        owner, t = (Path(latest.checkpoint.path) / "epoch").read_text().split()
+        return owner, int(t)
+    restored = {"a": 3, "b": 3, "c": 2, "d": 0}
+    trials, logged = [], {}
+    for name, t in restored.items():
+        trial = Trial("f", config={"optim.lr": 0.01}, trial_id=name, stub=True)
+        if t:
+            checkpoint(trial, t)
+            trial.run_metadata.last_result = result(name, t)
+        logged[name] = list(range(1, t + 2))        # each logged the epoch it was training when killed
+        trials.append(trial)
+    ctrl = _Controller(trials)
+    for trial in trials:
+        sched.on_trial_add(ctrl, trial)
+    copies = []
+    while (trial := sched.choose_trial_to_run(ctrl)) is not None:
+        trial.set_status(Trial.RUNNING)
+        before = at(trial)
+        if before[0] not in ("", trial.trial_id):
+            copies.append((trial.trial_id, before))
+        t = before[1] + 1
+        logged[trial.trial_id] += [] if t in logged[trial.trial_id] else [t]
+        checkpoint(trial, t)
+        if t >= 10:
+            trial.set_status(Trial.TERMINATED)
+            continue
+        decision = sched.on_trial_result(ctrl, trial, result(trial.trial_id, t))
+        if decision == TrialScheduler.PAUSE:
+            trial.set_status(Trial.PAUSED)
+        elif decision == TrialScheduler.CONTINUE:
+            trial.set_status(Trial.PAUSED)          # trains its next epoch when chosen again
+        for other in trials:
+            owner, epoch = at(other)
+            if owner not in ("", other.trial_id):
+                assert epoch == max(logged[other.trial_id]), (other.trial_id, owner, epoch, logged)
+    assert copies, "no member copied another after the restore"
+    assert {n: sorted(v) for n, v in logged.items()} == {n: list(range(1, 11)) for n in restored}, logged
+
+
 def test_a_killed_then_resumed_population_repeats_nothing(pop_dir):
     uri = f"sqlite:///{pop_dir / 'ws' / 'mlflow.db'}"
     cmd = [sys.executable, "-m", "mtlsweep.search.sweep", "--base", str(pop_dir / "base.yaml"), "--space",

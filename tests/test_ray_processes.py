@@ -5,7 +5,9 @@ import subprocess
 import sys
 import tempfile
 
-from ray_processes import _alive, cluster_processes, stop_cluster
+from ray_processes import cluster_processes, stop_cluster
+
+from mtlsweep.search.processes import alive
 
 # A stand-in for a cluster's process: names its temp dir, as gcs_server and raylet do, and starts
 # a child that does not (a renamed worker).
@@ -38,8 +40,8 @@ def test_stops_only_the_named_cluster_and_its_descendants(tmp_path):
         stopped = stop_cluster(ours, grace_s=5)
         assert stopped == mine
         a.wait(timeout=5)
-        assert not any(_alive(p) for p in mine)
-        assert all(_alive(p) for p in other), "the other cluster was stopped too"
+        assert not any(alive(p) for p in mine)
+        assert all(alive(p) for p in other), "the other cluster was stopped too"
     finally:
         stop_cluster(ours, grace_s=1)
         stop_cluster(theirs, grace_s=1)
@@ -88,7 +90,7 @@ def test_the_session_cluster_leaves_no_process_once_stopped(ray_cluster, tmp_pat
         pids = stop_cluster(temp, f":{port}")
         assert len(pids) >= 4                      # gcs_server, raylet, monitors, client server, agents
         assert not cluster_processes(temp, f":{port}")
-        assert all(_alive(p) for p in session), "the session's cluster was stopped too"
+        assert all(alive(p) for p in session), "the session's cluster was stopped too"
     finally:
         stop_cluster(temp, f":{port}", grace_s=1)
         shutil.rmtree(temp, ignore_errors=True)
