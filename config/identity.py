@@ -67,11 +67,27 @@ def baseline_config(cfg: RunConfig, seed: Optional[int] = None) -> RunConfig:
     return RunConfig.model_validate(out.model_dump())
 
 
+# The parameters each learning-rate schedule reads; the others change nothing it computes. A
+# constant rate, every run's before optim.lr_schedule existed, names none, so their identities hold.
+LR_SCHEDULE_KEYS = {"constant": (), "cosine": ("optim.lr_min_ratio",),
+                    "plateau": ("optim.lr_patience", "optim.lr_factor", "optim.lr_min_ratio")}
+
+
+def inactive_keys(flat: dict) -> set[str]:
+    """Keys of a flattened config that do not change what the run computes, given its other keys."""
+    schedule = flat.get("optim.lr_schedule", "constant")
+    out = {k for keys in LR_SCHEDULE_KEYS.values() for k in keys} - set(LR_SCHEDULE_KEYS.get(schedule, ()))
+    if schedule == "constant":
+        out.add("optim.lr_schedule")
+    return out
+
+
 def run_identity(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str],
                  leave_out: Iterable[str] = ()) -> dict:
     leave_out = tuple(leave_out)
     flat = {k: v for k, v in cfg.flatten().items()
             if not k.startswith(NOT_IDENTITY) and k not in leave_out}
+    flat = {k: v for k, v in flat.items() if k not in inactive_keys(flat)}
     # A family's own section is part of its identity, the other families' sections are not.
     flat = {k: v for k, v in flat.items()
             if not any(k.startswith(f"{section}.") and cfg.model.family != family

@@ -315,6 +315,16 @@ class OptimConfig(_Section):
     decay_norm_and_bias: bool = Field(False, description="Decay BatchNorm scales/shifts and biases too.")
     max_norm: Optional[float] = Field(7.0, gt=0.0, description="Max L2 norm per unit after each step (null = off).")
     grad_clip: Optional[float] = Field(None, gt=0.0, description="Clip the gradient's global norm (null = off).")
+    lr_schedule: Literal["constant", "cosine", "plateau"] = Field(
+        "constant", description="The learning rate over epochs: constant; cosine (from optim.lr down to "
+                                "optim.lr_min_ratio of it at train.epochs, as torch's CosineAnnealingLR); plateau "
+                                "(multiplied by optim.lr_factor once optim.lr_patience epochs passed without a "
+                                "validation AUROC gain, as ReduceLROnPlateau does). Every parameter group alike.")
+    lr_patience: int = Field(3, ge=1, description="plateau: epochs without validation AUROC gain before the rate "
+                                                  "is cut; below train.patience, or the run stops first.")
+    lr_factor: float = Field(0.2, gt=0.0, lt=1.0, description="plateau: what the rate is multiplied by at each cut.")
+    lr_min_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="cosine and plateau: the lowest rate, as a "
+                                                                 "fraction of optim.lr.")
 
 
 class TrainConfig(_Section):
@@ -465,6 +475,9 @@ class RunConfig(_Section):
         if self.model.n_group and self.init.kind in ("checkpoint", "from_hard", "from_single"):
             raise ValueError(f"init.kind={self.init.kind} copies layers stack by stack, which group layers do not "
                              "have; use random or motifs with model.sharing.group_layers")
+        if self.optim.lr_schedule == "plateau" and self.optim.lr_patience >= self.train.patience:
+            raise ValueError(f"optim.lr_patience={self.optim.lr_patience} must be below train.patience="
+                             f"{self.train.patience}: early stopping would end the run before the rate is ever cut")
         if self.train.affinity_every and self.model.n_shared == 0:
             raise ValueError("train.affinity_every measures affinity through shared layers; "
                              "model.sharing.shared_layers is 0")

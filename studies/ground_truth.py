@@ -491,8 +491,18 @@ def main(argv=None) -> int:
                     help=f"where {TABLE} and {FIGURE} are written")
     ap.add_argument("--page", help="a markdown page to update between its ground-truth markers "
                                    "(the site's docs/results/ground-truth.md)")
+    ap.add_argument("--section", default="ground-truth",
+                    help="the page's section (between its <name>:start/end markers) the table replaces")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base config")
     a = ap.parse_args(argv)
+    if a.page:        # checked now, not after an hour of training
+        if not Path(a.page).is_file():
+            raise ConfigError(f"--page {a.page}: no such file")
+        try:
+            replace_section(Path(a.page).read_text(), a.section, "", f"--page {a.page}")
+        except ValueError as exc:
+            raise ConfigError(f"{exc} (--section {a.section}: add <!-- {a.section}:start --> and "
+                              f"<!-- {a.section}:end --> where its table goes)") from None
 
     design = load_design(Path(a.regimes), Path(a.space), a.quick, only=a.regime)
     for r in a.regime or []:
@@ -535,7 +545,8 @@ def main(argv=None) -> int:
     if a.page and not fig.resolve().is_relative_to(rel):
         # The page links its figure by a path inside the site: one written elsewhere (--out outside
         # the docs) is copied beside the page, under the page's name.
-        fig = Path(shutil.copy2(fig, rel / f"{Path(a.page).stem}.png"))
+        stem = Path(a.page).stem + ("" if a.section == "ground-truth" else f"-{a.section}")
+        fig = Path(shutil.copy2(fig, rel / f"{stem}.png"))
     fig_rel = str(fig.resolve().relative_to(rel)) if fig.resolve().is_relative_to(rel) else str(fig)
     md = markdown(results, design, a.split, fig_rel, oracle_of(ws, design, a.split), base)
     given = argv if argv is not None else sys.argv[1:]
@@ -552,7 +563,7 @@ def main(argv=None) -> int:
     print(f"\nwritten: {out / TABLE}, {fig} (and MLflow run {run.info.run_id})")
     if a.page:
         p = Path(a.page)
-        p.write_text(replace_section(p.read_text(), "ground-truth", md.strip()))
+        p.write_text(replace_section(p.read_text(), a.section, md.strip()))
         print(f"updated {p}")
     return 0
 

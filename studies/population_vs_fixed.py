@@ -11,14 +11,18 @@ most ``--epochs`` epochs each (early stopping on validation as in the study):
   fixed for the whole run (the tuned plain sum);
 - ``pbt_lr``: a PBT population of as many members over the same two ranges, mutated every
   ``--interval`` epochs (a learning-rate and decay schedule);
-- ``pbt_weights``: the same, and one loss weight per task in [0.25, 4] (a task-weight schedule).
+- ``pbt_weights``: the same, and one loss weight per task in [0.25, 4] (a task-weight schedule);
+- ``plateau``: as ``fixed``, the rate cut to a fifth after 3 epochs without a validation gain
+  (``optim.lr_schedule: plateau``): the control that tells a searched schedule from a rate that
+  merely decays.
 
-Every sweep tunes the single-task towers alike (their own search, as many trials) and they are
-reused across the three. Each arm is judged by its trial best on validation, trained on until
-it converged when the epoch cap stopped it (as the ground-truth study does): its test AUROC,
-its Δ against the towers and, paired by data seed, against the fixed schedule, its certificates
-(converged; a value at the edge of its range is flagged), its train − validation gap, and the
-epochs the sweep trained in all (its compute, the finishing included). Mean ± sd over data seeds.
+Every sweep tunes the single-task towers alike (their own search, as many trials); the three arms
+with a constant rate share theirs, ``plateau``'s towers have its schedule too. Each arm is judged
+by its trial best on validation, trained on until it converged when the epoch cap stopped it (as
+the ground-truth study does): its test AUROC, its Δ against the towers and, paired by data seed,
+against the fixed schedule, its certificates (converged; a value at the edge of its range is
+flagged), its train − validation gap, and the epochs the sweep trained in all (its compute, the
+finishing included). Mean ± sd over data seeds.
 """
 from __future__ import annotations
 
@@ -44,10 +48,13 @@ from mtlsweep.studies.ground_truth import STUDY, ensure_data, load_design
 EXPERIMENT = "mtlsweep-population"
 RANGES = {"optim.lr": {"type": "loguniform", "low": 1.0e-3, "high": 3.0e-2},
           "optim.weight_decay": {"type": "loguniform", "low": 1.0e-2, "high": 1.0}}
+# arm -> (scheduler, space, config overrides of every trial and of its towers)
 ARMS = {
-    "fixed": ("none", RANGES),
-    "pbt_lr": ("pbt", RANGES),
-    "pbt_weights": ("pbt", {**RANGES, "schedule.task_weights": {"type": "loguniform", "low": 0.25, "high": 4.0}}),
+    "fixed": ("none", RANGES, {}),
+    "pbt_lr": ("pbt", RANGES, {}),
+    "pbt_weights": ("pbt", {**RANGES, "schedule.task_weights": {"type": "loguniform", "low": 0.25, "high": 4.0}}, {}),
+    # The control for pbt_lr: a rate cut when validation stalls, searched by Optuna over the same ranges.
+    "plateau": ("none", RANGES, {"optim.lr_schedule": "plateau", "optim.lr_patience": 3, "optim.lr_factor": 0.2}),
 }
 SECTION = "population"
 
@@ -99,7 +106,9 @@ def markdown(results: dict[str, list[dict]], towers: list[float], oracle: list[f
              f"arm; per arm {trials} trials of at most {epochs} epochs (early stopping as in the ground-truth "
              f"study); PBT perturbs every {interval} epochs. Test AUROC of the trial best on validation, mean ± sd "
              f"over {len(towers)} data seed(s); the towers are each seed's tuned single-task baseline; the ceiling "
-             f"is the generator's oracle, {_mean_sd(oracle)}. Gap: train − validation AUROC at the best epoch.", "",
+             f"is the generator's oracle, {_mean_sd(oracle)}. Gap: train − validation AUROC at the best epoch."
+             + (" Δ vs towers is against the towers of the arm's own rate schedule (plateau's are tuned with it)."
+                if any(ARMS.get(arm, ("", {}, {}))[2] for arm in results) else ""), "",
              "| arm | test AUROC | Δ vs towers | Δ vs fixed (paired) | best epoch | gap | certified "
              "| epochs trained (all trials) | copies made by the best |",
              "|---|---|---|---|---|---|---|---|---|",
@@ -156,7 +165,7 @@ def main(argv=None) -> int:
         store = ensure_data(ws, "related", design.regimes["related"], seed)
         (ws / f"base-seed{seed}.yaml").write_text(yaml.safe_dump({**base, "data": {**base["data"], "path": str(store)}}))
         for arm in arms:
-            scheduler, space = ARMS[arm]
+            scheduler, space, over = ARMS[arm]
             name = f"{arm}-seed{seed}"
             (ws / f"space-{arm}.yaml").write_text(yaml.safe_dump(space, sort_keys=False))
             state = ws / "sweeps" / f"{name}.json"
@@ -165,7 +174,8 @@ def main(argv=None) -> int:
                     base=str(ws / f"base-seed{seed}.yaml"), space=str(ws / f"space-{arm}.yaml"), name=name,
                     num_samples=a.trials, max_concurrent=a.max_concurrent, cpus_per_trial=a.cpus_per_trial,
                     scheduler=scheduler, perturbation_interval=a.interval, workspace=str(ws), tracking_uri=uri,
-                    seed=seed, resume=state.is_file(), verbose=0), log=lambda line: print(line, flush=True))
+                    seed=seed, resume=state.is_file(), verbose=0, overrides=[f"{k}={v}" for k, v in over.items()]),
+                    log=lambda line: print(line, flush=True))
             # As in the ground-truth study, the arm's chosen run is trained on until it converged, so
             # the verdict never rests on a run the epoch cap stopped (a member keeps its last schedule).
             finish_until_converged(lambda: chosen(client, name), uri, cpus=a.cpus_per_trial)

@@ -35,6 +35,7 @@ from mtlsweep.training.certificates import Convergence, epoch_convergence
 from mtlsweep.training.checkpoint import load_checkpoint, save_checkpoint
 from mtlsweep.training.cost import peak_memory_mb
 from mtlsweep.training.loss import masked_bce_per_task
+from mtlsweep.training.lr_schedule import lr_factor
 from mtlsweep.training.metrics import TaskMetrics, baseline_array, delta_metrics, task_metrics
 from mtlsweep.training.optim import build_optimizer
 from mtlsweep.training.sharing_groups import resolve_groups, schedule_affinity
@@ -142,6 +143,8 @@ class Trainer:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         self.optimizer = build_optimizer(cfg.optim, self.model, extra_params=list(self.weighting.parameters()))
+        # Each group's rate as configured: optim.lr_schedule's factor of the epoch applies to these.
+        self.base_lrs = [g["lr"] for g in self.optimizer.param_groups]
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
 
         n_train = self.store.n("train")
@@ -320,8 +323,11 @@ class Trainer:
         }
         out.update(_task_metric_dict("schedule/weight", self.tasks, (weight_sum / steps).numpy()))
         out.update(self.weighting.report())
-        # What the optimizer stepped with: a population-based schedule changes them between epochs.
-        out["optim/lr"] = float(self.optimizer.param_groups[0]["lr"])
+        # The rate and decay as configured, what a search tunes and its certificate reads (a
+        # population-based schedule changes them between epochs); a rate schedule's own rate beside.
+        out["optim/lr"] = float(self.base_lrs[0])
+        if self.cfg.optim.lr_schedule != "constant":
+            out["optim/lr_effective"] = float(self.optimizer.param_groups[0]["lr"])
         out["optim/weight_decay"] = float(self.optimizer.param_groups[0].get("weight_decay", 0.0))
         return out
 
@@ -358,6 +364,9 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> EpochReport:
         t0 = time.perf_counter()
+        factor = lr_factor(self.cfg.optim, epoch, self.cfg.train.epochs, self.history)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor
         m = {"epoch": float(epoch)}
         m.update(self.train_epoch(epoch))
         val = self.evaluate("valid")
