@@ -341,8 +341,8 @@ def figure(results: dict[str, list], path: Path) -> Path:
     ax.set_xticks(np.arange(len(names)), names, rotation=35, ha="right", fontsize=8)
     ax.set_ylim(max(-3.0, ax.get_ylim()[0]), min(1.5, ax.get_ylim()[1]))
     ax.set_ylabel("share of the towers' gap to the oracle closed (test)")
-    ax.set_title("0 = single-task towers of the same trunk, 1 = oracle (true motifs); bars: mean over data seeds, "
-                 "dots: one each", fontsize=8)
+    ax.set_title("0 = single-task towers of the same trunk, 1 = oracle (true motifs)\n"
+                 "bars: mean over data seeds, dots: one data seed each", fontsize=8)
     ax.legend(title="regime", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
