@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import socket
 import subprocess
 import time
 import uuid
 from pathlib import Path
 
-from mtlsweep.search.processes import alive, process_table
+from mtlsweep.search.processes import alive, end_processes, process_table
 
 SSHD = "/usr/sbin/sshd"
 HOST = "127.0.0.1"
@@ -136,15 +135,7 @@ class LoopbackSshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-            for pid in kids:
-                if alive(pid):
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
-            deadline = time.monotonic() + 10
-            while any(alive(p) for p in kids) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            end_processes([p for p in kids if alive(p)], grace_s=10)
         self.proc = None
         if self._log_file is not None:
             self._log_file.close()

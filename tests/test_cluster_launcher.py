@@ -33,8 +33,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from sshd_fixture import HOST, LoopbackSshd, missing_requirements, port_in_use
+
+from mtlsweep.search.processes import alive
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "search" / "clusters" / "onprem.yaml"
@@ -75,7 +76,8 @@ def ray_session_dirs(pids: list[int]) -> set[Path]:
 
 
 def ray_pids() -> list[int]:
-    """Pids of Ray's daemons on this machine (any cluster, any user)."""
+    """Pids of Ray's daemons running on this machine (any cluster, any user). A zombie has ended:
+    where the test runs as a PID namespace's init, nothing reaps the daemons `ray stop` ended."""
     pids = []
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
@@ -83,7 +85,7 @@ def ray_pids() -> list[int]:
                 comm = (d / "comm").read_text().strip()
             except OSError:
                 continue
-            if comm in ("raylet", "gcs_server"):
+            if comm in ("raylet", "gcs_server") and alive(int(d.name)):
                 pids.append(int(d.name))
     return pids
 
