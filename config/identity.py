@@ -87,7 +87,8 @@ def run_identity(cfg: RunConfig, data_fingerprint: str, tasks: Sequence[str],
     leave_out = tuple(leave_out)
     flat = {k: v for k, v in cfg.flatten().items()
             if not k.startswith(NOT_IDENTITY) and k not in leave_out}
-    flat = {k: v for k, v in flat.items() if k not in inactive_keys(flat)}
+    inactive = inactive_keys(flat)
+    flat = {k: v for k, v in flat.items() if k not in inactive}
     # A family's own section is part of its identity, the other families' sections are not.
     flat = {k: v for k, v in flat.items()
             if not any(k.startswith(f"{section}.") and cfg.model.family != family

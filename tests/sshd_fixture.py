@@ -16,7 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
-from mtlsweep.search.processes import alive, end_processes, process_table
+from mtlsweep.search.processes import end_processes, process_table
 
 SSHD = "/usr/sbin/sshd"
 HOST = "127.0.0.1"
@@ -135,7 +135,7 @@ class LoopbackSshd:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-            end_processes([p for p in kids if alive(p)], grace_s=10)
+            end_processes(kids, grace_s=10)
         self.proc = None
         if self._log_file is not None:
             self._log_file.close()
