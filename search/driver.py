@@ -200,7 +200,9 @@ def start_embedded(num_cpus: Optional[int] = None, log_to_driver: bool = True, l
     ended = end_orphaned_agents()          # left by an earlier embedded cluster's killed driver
     if ended:
         log(f"ended {len(ended)} Ray agent(s) an earlier killed sweep left behind (pids {', '.join(map(str, ended))})")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
+    # address="local": without it Ray joins the last cluster `ray start` left on this machine
+    # (/tmp/ray/ray_current_cluster), a cluster nobody named, and then refuses num_cpus.
+    ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), include_dashboard=False,
              object_store_memory=min(2 * 1024**3, 512 * 1024**2 * max(1, (num_cpus or os.cpu_count() or 1))),
              log_to_driver=log_to_driver)
 
